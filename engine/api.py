@@ -1,0 +1,319 @@
+"""The Python API: ``download_ee_image`` with geemap's arguments, resumable underneath.
+
+A user of ``geemap.download_ee_image`` swaps the import and keeps the call. eefetch's own
+arguments (state location, concurrency, endpoint, proxy, ...) come after geemap's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ee
+import numpy as np
+
+from engine import ee_adapter
+from engine.ee_adapter import BandInfo, EEUserError
+from engine.grid import (
+    METRES_PER_DEGREE,
+    Grid,
+    GridError,
+    grid_from_region,
+    grid_from_transform,
+)
+from engine.job import JobResult, RunOptions, default_state_path, run_job
+from engine.progress import Progress, choose_progress
+from engine.region_input import load_region
+from engine.scheduler import SchedulerOptions
+from engine.spec import COMPRESSIONS, Endpoint, JobSpec, default_nodata
+from engine.transport import TransportOptions
+
+T = TypeVar("T")
+DEFAULT_CONCURRENCY = 8
+
+
+def download_ee_image(
+    image: ee.Image,
+    filename: str | os.PathLike[str],
+    region: Any = None,
+    crs: str | None = None,
+    crs_transform: Sequence[float] | None = None,
+    scale: float | None = None,
+    resampling: str | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    num_threads: int | None = None,
+    max_tile_size: float | None = None,
+    max_tile_dim: int | None = None,
+    shape: Sequence[int] | None = None,
+    scale_offset: bool = False,
+    unmask_value: float | None = None,
+    *,
+    bands: Sequence[str] | None = None,
+    state: str | os.PathLike[str] | None = None,
+    concurrency: int | None = None,
+    endpoint: Endpoint = "urls",
+    proxy: str | None = None,
+    ca_bundle: str | None = None,
+    max_tile_bytes: int | None = None,
+    compress: str = "deflate",
+    cog: bool = False,
+    keep_tiles: bool = False,
+    ee_url: str | None = None,
+    project: str | None = None,
+    quiet: bool = False,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> JobResult:
+    """Download ``image`` to one GeoTIFF at ``filename``; call again to resume.
+
+    geemap's arguments keep their meaning: ``scale`` is in metres also for geographic CRSs,
+    ``shape`` is (height, width) with ``crs_transform``, ``num_threads`` is the concurrency,
+    ``max_tile_size`` is in MB and ``max_tile_dim`` in pixels. Returns a :class:`JobResult`;
+    raises :class:`DownloadIncomplete` when tiles failed (run again to retry them).
+    """
+    del kwargs  # geemap passes extra keywords through to geedim; none change the result
+    if ee_url is not None:
+        ee_adapter.initialize(
+            ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
+        )
+    if resampling and resampling != "near":
+        image = image.resample(resampling)
+    if scale_offset:
+        raise EEUserError(
+            "scale_offset is not supported yet; apply the scale and offset to "
+            "the image in Earth Engine before downloading"
+        )
+    spec = build_spec(
+        image,
+        Path(filename),
+        region=region,
+        crs=crs,
+        crs_transform=crs_transform,
+        scale=scale,
+        dtype=dtype,
+        shape=shape,
+        bands=bands,
+        nodata=unmask_value,
+        endpoint=endpoint,
+        max_tile_bytes=_max_tile_bytes(max_tile_bytes, max_tile_size),
+        concurrency=concurrency or num_threads or DEFAULT_CONCURRENCY,
+        compress=compress,
+        cog=cog,
+        keep_tiles=keep_tiles,
+        ee_url=ee_url,
+        project=project,
+    )
+    if max_tile_dim:
+        spec = _with_extra(spec, max_tile_dim=int(max_tile_dim))
+    state_path = Path(state) if state else default_state_path(Path(spec.output))
+    options = RunOptions(
+        concurrency=concurrency or num_threads or DEFAULT_CONCURRENCY,
+        transport=TransportOptions(proxy=proxy, ca_bundle=ca_bundle),
+        overwrite=overwrite,
+    )
+    result = run_sync(run_job(spec, state_path, options, progress or choose_progress(quiet)))
+    if not result.complete:
+        raise DownloadIncomplete(result)
+    return result
+
+
+class DownloadIncomplete(Exception):
+    """Some tiles failed; the job is saved and the same call (or ``eefetch resume``) retries."""
+
+    def __init__(self, result: JobResult) -> None:
+        counts = result.counts
+        first = f" First error: {result.summary.errors[0]}" if result.summary.errors else ""
+        super().__init__(
+            f"{counts.get('failed', 0)} tile(s) failed and {counts.get('pending', 0)} are still "
+            f"pending; run the same command again (or `eefetch resume {result.state_path}`) to "
+            f"retry them.{first}"
+        )
+        self.result = result
+
+
+def build_spec(
+    image: ee.Image,
+    output: Path,
+    *,
+    region: Any,
+    crs: str | None,
+    crs_transform: Sequence[float] | None,
+    scale: float | None,
+    dtype: str | None,
+    shape: Sequence[int] | None,
+    bands: Sequence[str] | None,
+    nodata: float | None,
+    endpoint: Endpoint,
+    max_tile_bytes: int,
+    concurrency: int,
+    compress: str,
+    cog: bool,
+    keep_tiles: bool,
+    ee_url: str | None,
+    project: str | None,
+) -> JobSpec:
+    """Everything the job needs, checked before anything is fetched."""
+    if compress not in COMPRESSIONS:
+        raise EEUserError(f"unknown compression {compress!r}; use one of {', '.join(COMPRESSIONS)}")
+    if endpoint not in ("urls", "compute"):
+        raise EEUserError(f"unknown endpoint {endpoint!r}; use 'urls' or 'compute'")
+    if dtype is not None and dtype not in ee_adapter.CASTS:
+        raise EEUserError(f"unknown dtype {dtype!r}; use one of {', '.join(ee_adapter.CASTS)}")
+    info = ee_adapter.band_info(image)
+    band_ids = ee_adapter.select_bands([b.id for b in info], bands)
+    chosen = [b for b in info if b.id in band_ids]
+    out_dtype = dtype or common_dtype([b.dtype for b in chosen])
+    if isinstance(region, ee.Geometry | ee.Feature | ee.FeatureCollection):
+        region = (
+            region.geometry().getInfo() if not isinstance(region, ee.Geometry) else region.getInfo()
+        )
+    try:
+        grid = resolve_grid(
+            chosen,
+            load_region(region) if region is not None else None,
+            crs,
+            crs_transform,
+            scale,
+            shape,
+        )
+    except GridError as exc:
+        raise EEUserError(str(exc)) from exc
+    fill = default_nodata(out_dtype) if nodata is None else nodata
+    return JobSpec(
+        expression=ee_adapter.serialize(image),
+        grid=grid,
+        band_ids=tuple(band_ids),
+        dtype=out_dtype,
+        nodata=fill,
+        output=str(output.expanduser().resolve()),
+        endpoint=endpoint,
+        max_tile_bytes=max_tile_bytes,
+        plan_concurrency=concurrency,
+        compress=compress,
+        cog=cog,
+        keep_tiles=keep_tiles,
+        ee_url=ee_url,
+        project=project,
+    )
+
+
+def resolve_grid(
+    bands: Sequence[BandInfo],
+    region: dict[str, Any] | None,
+    crs: str | None,
+    crs_transform: Sequence[float] | None,
+    scale: float | None,
+    shape: Sequence[int] | None,
+) -> Grid:
+    """The output grid, as EE would compute it for one download with the same arguments."""
+    native = next(
+        (b for b in bands if b.crs and b.transform and not _is_default_projection(b)), None
+    )
+    if crs_transform is not None:
+        if shape is None:
+            raise GridError("crs_transform needs shape=(height, width) (--shape H W)")
+        target_crs = crs or (native.crs if native else None)
+        if not target_crs:
+            raise GridError("crs_transform needs crs (--crs) for an image without a projection")
+        return grid_from_transform(target_crs, crs_transform, int(shape[0]), int(shape[1]))
+    if region is None:
+        bounded = next((b for b in bands if b.dimensions and b.transform and b.crs), None)
+        if bounded is None or crs is not None or scale is not None:
+            raise GridError(
+                "the image has no fixed bounds; pass a region (--region GeoJSON "
+                "file or west,south,east,north)"
+            )
+        width, height = bounded.dimensions  # type: ignore[misc]
+        return grid_from_transform(bounded.crs, bounded.transform, height, width)  # type: ignore[arg-type]
+    if (crs is None or scale is None) and native is None:
+        raise GridError(
+            "the image has no fixed projection (a composite?); pass crs and "
+            "scale, e.g. --crs EPSG:4326 --scale 10"
+        )
+    target_crs = crs or native.crs  # type: ignore[union-attr]
+    target_scale = scale if scale is not None else native_scale(native)  # type: ignore[arg-type]
+    return grid_from_region(region, target_crs, target_scale)
+
+
+def native_scale(band: BandInfo) -> float:
+    """A band's pixel size in metres (EE's nominal scale)."""
+    from rasterio.crs import CRS
+
+    size = abs(band.transform[0])  # type: ignore[index]
+    if CRS.from_user_input(band.crs).is_geographic:
+        return size * METRES_PER_DEGREE
+    return size
+
+
+def common_dtype(dtypes: Sequence[str]) -> str:
+    """The smallest type that holds every band, as EE promotes bands written together."""
+    result = np.result_type(*[np.dtype(d) for d in dtypes])
+    name = result.name
+    if name in ee_adapter.CASTS:
+        return name
+    return "float64"
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to the end, also from a notebook whose event loop is already running.
+
+    In a running loop (Jupyter), the job runs on a fresh loop in a helper thread and this call
+    waits for it, so ``download_ee_image`` stays a plain function call everywhere.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coroutine)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="eefetch-runner", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _is_default_projection(band: BandInfo) -> bool:
+    return (
+        band.crs == "EPSG:4326"
+        and band.transform is not None
+        and tuple(band.transform) == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        and band.dimensions is None
+    )
+
+
+def _max_tile_bytes(max_tile_bytes: int | None, max_tile_size_mb: float | None) -> int:
+    from engine.grid import EE_MAX_REQUEST_BYTES
+
+    if max_tile_bytes is not None:
+        value = int(max_tile_bytes)
+    elif max_tile_size_mb is not None:
+        value = int(max_tile_size_mb * 1024 * 1024)
+    else:
+        return EE_MAX_REQUEST_BYTES
+    if value <= 0 or value > EE_MAX_REQUEST_BYTES:
+        raise EEUserError(
+            f"max tile bytes must be between 1 and {EE_MAX_REQUEST_BYTES} (Earth Engine's limit)"
+        )
+    return value
+
+
+def _with_extra(spec: JobSpec, **extra: Any) -> JobSpec:
+    from dataclasses import replace
+
+    return replace(spec, extra={**spec.extra, **extra})
+
+
+__all__ = ["DownloadIncomplete", "SchedulerOptions", "build_spec", "download_ee_image"]

@@ -1,0 +1,304 @@
+"""Everything that touches earthengine-api. No other module imports ``ee``.
+
+The client is synchronous; the scheduler calls the blocking functions here from worker
+threads. The client's own retries are turned off (``setMaxRetries(0)``): eefetch's retry
+policy in ``engine.retry`` decides instead, with knowledge the client does not have.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ee
+import numpy as np
+
+from engine.grid import Grid
+from engine.retry import ErrorKind, FetchError
+
+HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
+OFFLINE_PROJECT = "eefetch-offline"
+
+CASTS = {
+    "uint8": "toUint8",
+    "int8": "toInt8",
+    "uint16": "toUint16",
+    "int16": "toInt16",
+    "uint32": "toUint32",
+    "int32": "toInt32",
+    "float32": "toFloat",
+    "float64": "toDouble",
+}
+
+
+class EEUserError(Exception):
+    """A problem the user must fix (credentials, project, the image itself); one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where the EE API is and how to reach it."""
+
+    url: str | None = None  # None: Google's service with the user's credentials
+    project: str | None = None
+    high_volume: bool = False
+    proxy: str | None = None
+    ca_bundle: str | None = None
+    deadline_seconds: float = 180.0
+
+    @property
+    def offline(self) -> bool:
+        return self.url is not None
+
+    @property
+    def base_url(self) -> str:
+        if self.url:
+            return self.url.rstrip("/")
+        return HIGH_VOLUME_URL if self.high_volume else "https://earthengine.googleapis.com"
+
+
+@dataclass(frozen=True, slots=True)
+class BandInfo:
+    id: str
+    dtype: str
+    crs: str | None
+    transform: tuple[float, ...] | None
+    dimensions: tuple[int, int] | None
+
+
+def initialize(connection: Connection) -> None:
+    """Initialise the client once per process, against an emulator or the real service."""
+    try:
+        if connection.offline:
+            # The client reads a catalog from a Google storage host at init, with no timeout;
+            # an offline run must not try.
+            ee.deprecation._FetchDataCatalogStac = lambda: {}
+            ee.Initialize(
+                credentials=None,
+                project=connection.project or OFFLINE_PROJECT,
+                url=connection.base_url,
+            )
+        else:
+            url = HIGH_VOLUME_URL if connection.high_volume else None
+            ee.Initialize(project=connection.project, url=url)
+    except ee.EEException as exc:
+        raise EEUserError(
+            f"could not initialise Earth Engine: {exc}. Run `earthengine authenticate` and "
+            "pass --project (or set EE_PROJECT), or point --ee-url at an emulator"
+        ) from exc
+    except (OSError, ConnectionError) as exc:
+        raise EEUserError(
+            f"could not reach Earth Engine at {connection.base_url}: {exc}. Check the network, "
+            "the proxy (--proxy or HTTPS_PROXY) and --ee-url"
+        ) from exc
+    ee.data.setMaxRetries(0)
+    ee.data.setDeadline(int(connection.deadline_seconds * 1000))
+    session = ee.data._get_state().requests_session
+    if session is not None:
+        if connection.proxy:
+            session.proxies = {"http": connection.proxy, "https": connection.proxy}
+        if connection.ca_bundle:
+            session.verify = connection.ca_bundle
+
+
+def image_from_asset(asset_id: str) -> ee.Image:
+    return ee.Image(asset_id)
+
+
+def image_from_expression(text: str) -> ee.Image:
+    """An image from a serialized expression (``ee.Image.serialize()`` output)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise EEUserError(
+            f"the expression is not JSON ({exc}); give the output of image.serialize()"
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise EEUserError(
+            "the expression is JSON but not an object; give the output of image.serialize()"
+        )
+    try:
+        return ee.Image(ee.deserializer.fromJSON(text))
+    except Exception as exc:
+        raise EEUserError(
+            f"the expression could not be read as an Earth Engine image: {exc}"
+        ) from exc
+
+
+def image_from_script(path: Path) -> ee.Image:
+    """Run a user's Python file and take the ``image`` it defines."""
+    try:
+        namespace = runpy.run_path(str(path), run_name="__eefetch_script__")
+    except FileNotFoundError as exc:
+        raise EEUserError(f"script {path} does not exist") from exc
+    except Exception as exc:
+        raise EEUserError(
+            f"script {path} raised {type(exc).__name__}: {exc}; fix the script and run again"
+        ) from exc
+    image = namespace.get("image")
+    if image is None:
+        raise EEUserError(
+            f"script {path} defines no variable named `image`; assign the "
+            "ee.Image to download to `image`"
+        )
+    if not isinstance(image, ee.Image):
+        raise EEUserError(f"`image` in {path} is a {type(image).__name__}, not an ee.Image")
+    return image
+
+
+def serialize(image: ee.Image) -> str:
+    return image.serialize()
+
+
+def deserialize(text: str) -> ee.Image:
+    return ee.Image(ee.deserializer.fromJSON(text))
+
+
+def dtype_from_ee(data_type: dict[str, Any]) -> str:
+    """The numpy dtype that holds an EE PixelType exactly."""
+    precision = data_type.get("precision")
+    if precision == "float":
+        return "float32"
+    if precision == "double":
+        return "float64"
+    low, high = data_type.get("min"), data_type.get("max")
+    if low is None or high is None:
+        return "float64"
+    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32"):
+        info = np.iinfo(name)
+        if info.min <= low and high <= info.max:
+            return name
+    return "float64"
+
+
+def band_info(image: ee.Image) -> list[BandInfo]:
+    """The bands of an image (one getInfo round trip)."""
+    try:
+        info = image.getInfo()
+    except ee.EEException as exc:
+        raise EEUserError(f"Earth Engine could not describe the image: {exc}") from exc
+    if not isinstance(info, dict) or info.get("type") != "Image":
+        raise EEUserError("the object given is not an Earth Engine image")
+    bands = []
+    for band in info.get("bands", []):
+        dims = band.get("dimensions")
+        transform = band.get("crs_transform")
+        bands.append(
+            BandInfo(
+                id=band["id"],
+                dtype=dtype_from_ee(band.get("data_type", {})),
+                crs=band.get("crs"),
+                transform=tuple(transform) if transform else None,
+                dimensions=(int(dims[0]), int(dims[1])) if dims else None,
+            )
+        )
+    if not bands:
+        raise EEUserError("the image has no bands; check the collection filters and selectors")
+    return bands
+
+
+def select_bands(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
+    """Band names chosen by names or regular expressions, EE-style (whole-name matches)."""
+    if not wanted:
+        return list(available)
+    chosen: list[str] = []
+    for selector in wanted:
+        if selector in available:
+            matches = [selector]
+        else:
+            try:
+                pattern = re.compile(selector)
+            except re.error:
+                matches = []
+            else:
+                matches = [name for name in available if pattern.fullmatch(name)]
+        if not matches:
+            raise EEUserError(
+                f"band {selector!r} is not in the image; it has {', '.join(available)}"
+            )
+        chosen.extend(name for name in matches if name not in chosen)
+    return chosen
+
+
+def prepare_image(
+    image: ee.Image, band_ids: Sequence[str], dtype: str, nodata: float | int
+) -> ee.Image:
+    """The image a tile is cut from: chosen bands, masked pixels filled with nodata, one type.
+
+    Filling masked pixels here (not trusting whatever EE writes there) is what lets the merged
+    GeoTIFF carry a nodata value that means exactly "masked in Earth Engine".
+    """
+    selected = image.select(list(band_ids))
+    filled = selected.unmask(nodata, False)
+    return getattr(filled, CASTS[dtype])()
+
+
+def download_url(image: ee.Image, grid: Grid) -> str:
+    """Make a download URL for one tile's exact grid (blocking: run in a thread)."""
+    params = {
+        "crs": grid.crs,
+        "crs_transform": list(grid.transform),
+        "dimensions": [grid.width, grid.height],
+        "format": "GEO_TIFF",
+    }
+    try:
+        return image.getDownloadURL(params)
+    except ee.EEException as exc:
+        raise FetchError(ErrorKind.EE, str(exc), status=_status_of(exc)) from exc
+    except TimeoutError as exc:
+        raise FetchError(ErrorKind.TIMEOUT, f"Earth Engine API call timed out: {exc}") from exc
+    except (ConnectionError, OSError) as exc:
+        raise FetchError(ErrorKind.CONNECT, f"Earth Engine API unreachable: {exc}") from exc
+
+
+def compute_pixels_request(
+    image: ee.Image, grid: Grid, project: str | None, base_url: str
+) -> tuple[str, dict[str, Any]]:
+    """URL and JSON body of an image:computePixels call for one tile's exact grid."""
+    a, b, c, d, e, f = grid.transform
+    body = {
+        "expression": ee.serializer.encode(image, for_cloud_api=True),
+        "fileFormat": "GEO_TIFF",
+        "grid": {
+            "dimensions": {"width": grid.width, "height": grid.height},
+            "affineTransform": {
+                "scaleX": a,
+                "shearX": b,
+                "translateX": c,
+                "shearY": d,
+                "scaleY": e,
+                "translateY": f,
+            },
+            "crsCode": grid.crs,
+        },
+    }
+    name = project or ee.data._get_state().cloud_api_user_project
+    return f"{base_url.rstrip('/')}/v1/projects/{name}/image:computePixels", body
+
+
+def auth_headers() -> dict[str, str]:
+    """Authorization for calls eefetch makes itself (blocking: may refresh a token)."""
+    credentials = ee.data._get_state().credentials
+    if credentials is None:
+        return {}
+    import google.auth.transport.requests
+
+    if not credentials.valid:
+        credentials.refresh(google.auth.transport.requests.Request())
+    return {"Authorization": f"Bearer {credentials.token}"}
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status behind an EEException (the client drops it; the context keeps it)."""
+    cause = exc.__cause__ or exc.__context__
+    resp = getattr(cause, "resp", None)
+    status = getattr(resp, "status", None)
+    try:
+        return int(status) if status is not None else None
+    except (TypeError, ValueError):
+        return None

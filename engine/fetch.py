@@ -1,0 +1,124 @@
+"""One attempt at one tile: a URL (or a computePixels call), a streamed GET, a checked file.
+
+This is the bridge between the scheduler (which only sees "a tile in, a stored file or a
+FetchError out") and the EE adapter, the transport and the tile store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import ee
+
+from engine import ee_adapter
+from engine.grid import Grid, Window
+from engine.retry import ErrorKind, FetchError
+from engine.spec import JobSpec
+from engine.tilestore import StoredTile, TileExpectation, TileStore, TileValidationError
+from engine.transport import Transport
+from state import TileRecord, TileUpdate, TileUrl
+
+URL_LIFETIME = 3600.0  # reuse a stored download URL for an hour; EE keeps them a few hours
+
+
+def tile_name(tile_id: int) -> str:
+    return f"t{tile_id:08d}.tif"
+
+
+def tile_grid(spec: JobSpec, tile: TileRecord) -> Grid:
+    return spec.grid.window_grid(Window(tile.row_off, tile.col_off, tile.height, tile.width))
+
+
+def tile_expectation(spec: JobSpec, tile: TileRecord) -> TileExpectation:
+    grid = tile_grid(spec, tile)
+    return TileExpectation(
+        width=grid.width,
+        height=grid.height,
+        count=tile.band_stop - tile.band_start,
+        dtype=spec.dtype,
+        crs=None,
+        transform=grid.transform,
+    )
+
+
+class TileFetcher:
+    """Fetches tiles of one job; callable as the scheduler's ``fetch``."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        image: ee.Image,
+        transport: Transport,
+        tiles: TileStore,
+        executor: Executor,
+        record: Callable[[TileUpdate], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.image = image
+        self.transport = transport
+        self.tiles = tiles
+        self.executor = executor
+        self.record = record
+        self.clock = clock
+        self.band_count = len(spec.band_ids)
+
+    async def __call__(self, tile: TileRecord) -> StoredTile:
+        grid = tile_grid(self.spec, tile)
+        image = self._tile_image(tile)
+        if self.spec.endpoint == "compute":
+            return await self._compute(tile, image, grid)
+        url = tile.url
+        if (
+            url is None
+            or tile.url_made_at is None
+            or self.clock() - tile.url_made_at > URL_LIFETIME
+        ):
+            url = await self._in_thread(ee_adapter.download_url, image, grid)
+            self.record(TileUrl(tile.id, url, self.clock()))
+        async with self.transport.stream("GET", url) as body:
+            return await self._store(tile, body)
+
+    async def _compute(self, tile: TileRecord, image: ee.Image, grid: Grid) -> StoredTile:
+        url, payload = await self._in_thread(
+            ee_adapter.compute_pixels_request, image, grid, self.spec.project, self.transport_base()
+        )
+        headers = await self._in_thread(ee_adapter.auth_headers)
+        async with self.transport.stream(
+            "POST", url, json=payload, headers=headers, during_download=False
+        ) as body:
+            return await self._store(tile, body)
+
+    def transport_base(self) -> str:
+        return (self.spec.ee_url or ee_adapter.Connection().base_url).rstrip("/")
+
+    def _tile_image(self, tile: TileRecord) -> ee.Image:
+        if tile.band_start == 0 and tile.band_stop == self.band_count:
+            return self.image
+        return self.image.slice(tile.band_start, tile.band_stop)
+
+    async def _store(self, tile: TileRecord, body: object) -> StoredTile:
+        expect = tile_expectation(self.spec, tile)
+        try:
+            return await self.tiles.write_stream(
+                tile_name(tile.id), body.chunks(), expect, body.length
+            )
+        except TileValidationError as exc:
+            raise FetchError(ErrorKind.BODY, str(exc)) from exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise FetchError(
+                    ErrorKind.DISK,
+                    f"cannot write tile files in {self.tiles.root}: "
+                    f"{exc.strerror}; free some space or choose another folder "
+                    "with --state, then run the same command again",
+                ) from exc
+            raise FetchError(ErrorKind.BODY, f"writing the tile failed: {exc}") from exc
+
+    async def _in_thread(self, function, *args):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, function, *args)

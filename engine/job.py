@@ -1,0 +1,330 @@
+"""One job from start to finish: open or create its state, reconcile, fetch, verify, merge.
+
+This is the only module that holds the state store, the tile store, the transport and the
+scheduler at once; each of them stays ignorant of the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from engine import __version__, ee_adapter
+from engine.fetch import TileFetcher, tile_expectation, tile_name
+from engine.grid import EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS, TilePlan, Window, plan_tiles
+from engine.merge import merge_tiles
+from engine.progress import Progress, SilentProgress
+from engine.scheduler import RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
+from engine.spec import JobSpec
+from engine.tilestore import TileStore
+from engine.transport import Transport, TransportOptions
+from state import JobLock, NewTile, Store, TileDone, TileRecord, TileReset
+
+MAX_VERIFY_ROUNDS = 3
+
+
+class JobError(Exception):
+    """A job cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How a run goes, as opposed to what it fetches (see JobSpec)."""
+
+    concurrency: int = 8
+    transport: TransportOptions = field(default_factory=TransportOptions)
+    scheduler: SchedulerOptions | None = None
+    overwrite: bool = False
+    verify_checksums: bool = True
+    seed: int | None = None
+
+
+@dataclass
+class JobResult:
+    output: Path | None
+    state_path: Path
+    counts: dict[str, int]
+    summary: RunSummary
+    merged: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.merged
+
+
+def default_state_path(output: Path) -> Path:
+    return output.with_name(output.name + ".eefetch.db")
+
+
+def tiles_folder(state_path: Path) -> Path:
+    name = state_path.name.removesuffix(".db")
+    return state_path.with_name(name + "-tiles")
+
+
+def itemsizes(spec: JobSpec) -> list[int]:
+    return [np.dtype(spec.dtype).itemsize] * len(spec.band_ids)
+
+
+def plan(spec: JobSpec) -> list[TilePlan]:
+    max_side = EE_MAX_SIDE_COMPUTE if spec.endpoint == "compute" else EE_MAX_SIDE_URLS
+    max_side = min(max_side, int(spec.extra.get("max_tile_dim", max_side)))
+    return plan_tiles(
+        spec.grid,
+        itemsizes(spec),
+        max_bytes=spec.max_tile_bytes,
+        max_side=max_side,
+        min_tiles=spec.plan_concurrency,
+    )
+
+
+def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[str]]:
+    """Create the job in an empty state file, or check that the file holds this very job."""
+    job = store.job()
+    if job is None:
+        tiles = [
+            NewTile(
+                t.window.row_off,
+                t.window.col_off,
+                t.window.height,
+                t.window.width,
+                t.band_start,
+                t.band_stop,
+            )
+            for t in plan(spec)
+        ]
+        store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
+        return True, [
+            f"planned {len(tiles)} tiles for a {spec.grid.width} x "
+            f"{spec.grid.height} grid of {len(spec.band_ids)} bands"
+        ]
+    if job.fingerprint != spec.fingerprint():
+        raise JobError(
+            f"state file {state_path} holds another job (for {job.output_path}); give this "
+            "download its own --state, or delete that file to start over"
+        )
+    return False, []
+
+
+def reconcile(store: Store, tiles: TileStore, spec: JobSpec) -> list[str]:
+    """Make the state and the tile files agree before fetching, and say what changed."""
+    notes: list[str] = []
+    stale = tiles.remove_stale_parts()
+    if stale:
+        notes.append(f"removed {stale} partial tile file(s) left by an interrupted run")
+    now = _now()
+    updates: list[TileDone | TileReset] = []
+    for tile in store.tiles("done"):
+        path = tiles.final_path(tile.path or tile_name(tile.id))
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            updates.append(TileReset(tile.id, "tile file missing"))
+            continue
+        if size != tile.bytes:
+            updates.append(TileReset(tile.id, f"tile file is {size} bytes, expected {tile.bytes}"))
+    for status in ("pending", "in_flight", "failed"):
+        for tile in store.tiles(status):
+            name = tile_name(tile.id)
+            if not tiles.final_path(name).exists():
+                continue
+            expect = tile_expectation(spec, tile)
+            if tiles.verify(name, expect, None) is None:
+                stored = tiles.describe(name)
+                updates.append(TileDone(tile.id, name, stored.bytes, stored.checksum))
+            else:
+                tiles.remove(name)
+    if updates:
+        store.apply(updates, now)
+        resets = [u for u in updates if isinstance(u, TileReset)]
+        adopted = len(updates) - len(resets)
+        if resets:
+            notes.append(
+                f"{len(resets)} finished tile(s) will be fetched again: "
+                + "; ".join(f"tile {u.tile_id}: {u.reason}" for u in resets[:5])
+            )
+        if adopted:
+            notes.append(f"kept {adopted} tile file(s) written just before an interruption")
+    return notes
+
+
+def verify_done_tiles(store: Store, tiles: TileStore, spec: JobSpec) -> list[str]:
+    """Re-hash every finished tile before the merge; a tile that changed is fetched again."""
+    resets = []
+    for tile in store.tiles("done"):
+        name = tile.path or tile_name(tile.id)
+        problem = tiles.verify(name, tile_expectation(spec, tile), tile.checksum)
+        if problem is not None:
+            resets.append(TileReset(tile.id, problem))
+            tiles.remove(name)
+    if resets:
+        store.apply(resets, _now())
+    return [f"tile {r.tile_id} will be fetched again: {r.reason}" for r in resets]
+
+
+async def run_job(
+    spec: JobSpec, state_path: Path, options: RunOptions, progress: Progress | None = None
+) -> JobResult:
+    """Fetch whatever is missing of ``spec`` and merge it; safe to call again after any stop."""
+    progress = progress or SilentProgress()
+    output = Path(spec.output)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    with JobLock(state_path), Store.open(state_path) as store:
+        created, notes = open_job(store, spec, state_path)
+        job = store.job()
+        assert job is not None
+        if job.status == "merged" and output.exists() and not options.overwrite:
+            counts = store.counts()
+            return JobResult(
+                output, state_path, counts, RunSummary(), True, [f"already complete: {output}"]
+            )
+        if output.exists() and not options.overwrite and job.status != "merged":
+            raise JobError(
+                f"{output} already exists; pass --overwrite to replace it, or "
+                "choose another output with -o"
+            )
+        tiles = TileStore(tiles_folder(state_path))
+        if not created:
+            retried = store.reset_failed()
+            if retried:
+                notes.append(f"trying {retried} failed tile(s) again")
+            store.release_all_claims()
+            notes.extend(reconcile(store, tiles, spec))
+        for note in notes:
+            progress.note(note)
+        summary = await _fetch_all(spec, store, tiles, options, progress)
+        counts = store.counts()
+        if counts["pending"] or counts["in_flight"] or counts["failed"]:
+            store.set_job_status("failed" if counts["failed"] else "running")
+            return JobResult(None, state_path, counts, summary, False, notes)
+        store.set_job_status("downloaded")
+        progress.note(f"all {counts['done']} tiles fetched; merging into {output}")
+        merged = await asyncio.to_thread(
+            _merge, spec, store, tiles, options.overwrite or job.status == "merged"
+        )
+        store.set_job_status("merged", str(merged))
+        if not spec.keep_tiles:
+            tiles.remove_all()
+        return JobResult(merged, state_path, store.counts(), summary, True, notes)
+
+
+async def _fetch_all(
+    spec: JobSpec, store: Store, tiles: TileStore, options: RunOptions, progress: Progress
+) -> RunSummary:
+    """Fetch until every tile is done (or failed), re-checking finished tiles each round."""
+    total = RunSummary()
+    counts = store.counts()
+    leaves = counts["pending"] + counts["in_flight"] + counts["done"] + counts["failed"]
+    progress.start(leaves, counts["done"], store.bytes_done())
+    image = ee_adapter.prepare_image(
+        ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
+    )
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    scheduler_options = options.scheduler or SchedulerOptions(concurrency=options.concurrency)
+    rng = random.Random(options.seed)
+    base_url = (spec.ee_url or ee_adapter.Connection().base_url).rstrip("/")
+    executor = ThreadPoolExecutor(
+        max_workers=scheduler_options.concurrency, thread_name_prefix="eefetch-ee"
+    )
+    try:
+        async with Transport(options.transport, base_url) as transport:
+            updates = UpdateBuffer(store)
+            fetcher = TileFetcher(spec, image, transport, tiles, executor, updates.record)
+            for _ in range(MAX_VERIFY_ROUNDS):
+                scheduler = Scheduler(
+                    store,
+                    fetcher,
+                    partial(transport.probe, base_url),
+                    owner=owner,
+                    itemsizes=itemsizes(spec),
+                    updates=updates,
+                    options=scheduler_options,
+                    progress=progress,
+                    rng=rng,
+                )
+                summary = await scheduler.run()
+                _add(total, summary)
+                if store.counts()["pending"] or not options.verify_checksums:
+                    break
+                changed = await asyncio.to_thread(verify_done_tiles, store, tiles, spec)
+                for note in changed:
+                    progress.note(note)
+                if not changed:
+                    break
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        progress.close()
+    return total
+
+
+def _merge(spec: JobSpec, store: Store, tiles: TileStore, overwrite: bool) -> Path:
+    done: list[TileRecord] = store.tiles("done")
+    pieces = [
+        (
+            TilePlan(Window(t.row_off, t.col_off, t.height, t.width), t.band_start, t.band_stop),
+            tiles.final_path(t.path or tile_name(t.id)),
+        )
+        for t in done
+    ]
+    return merge_tiles(
+        spec.grid,
+        spec.band_ids,
+        spec.dtype,
+        pieces,
+        Path(spec.output),
+        nodata=spec.nodata,
+        compress=spec.compress,
+        cog=spec.cog,
+        overwrite=overwrite,
+    )
+
+
+def _add(total: RunSummary, part: RunSummary) -> None:
+    total.fetched_tiles += part.fetched_tiles
+    total.fetched_bytes += part.fetched_bytes
+    total.retries += part.retries
+    total.splits += part.splits
+    total.failed += part.failed
+    total.outages += part.outages
+    total.errors.extend(part.errors)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def merge_only(state_path: Path, *, overwrite: bool = False) -> Path:
+    """Redo the merge of a job whose tiles are all fetched and still on disk."""
+    with JobLock(state_path), Store.open(state_path, create=False) as store:
+        job = store.job()
+        if job is None:
+            raise JobError(f"{state_path} holds no job; start one with `eefetch download`")
+        spec = JobSpec.from_dict(job.spec)
+        counts = store.counts()
+        missing = counts["pending"] + counts["in_flight"] + counts["failed"]
+        if missing:
+            raise JobError(
+                f"{missing} tile(s) are not fetched yet; run `eefetch resume "
+                f"{state_path}` to fetch them and merge"
+            )
+        tiles = TileStore(tiles_folder(state_path))
+        problems = verify_done_tiles(store, tiles, spec)
+        if problems:
+            raise JobError(
+                f"{len(problems)} tile file(s) are gone or changed (tiles are "
+                f"deleted after a merge unless --keep-tiles); run `eefetch resume "
+                f"{state_path}` to fetch them again"
+            )
+        merged = _merge(spec, store, tiles, overwrite or job.status == "merged")
+        store.set_job_status("merged", str(merged))
+        return merged

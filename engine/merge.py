@@ -1,0 +1,538 @@
+"""The streaming merge: many tile files become one GeoTIFF (or COG) in flat memory.
+
+Memory stays bounded whatever the output size: tiles are read window by window in strips no
+larger than ``CHUNK_BYTES`` and GDAL's block cache is capped. Windows are visited in row-major
+order and all band groups of a window are written by the same call, so with block-aligned
+tiles every output block is compressed and written exactly once. The output only appears
+under its final name once complete and fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.windows import Window as RioWindow
+
+if TYPE_CHECKING:
+    from engine.grid import Grid, TilePlan
+
+CHUNK_BYTES = 32 << 20
+"""Largest buffer of pixels held at once (one strip of one window, all its bands)."""
+GDAL_CACHE_BYTES = 64 << 20
+"""GDAL's block cache during the merge; its default (5% of RAM) would dominate peak RSS."""
+MAX_PIXEL_BLOCK_BYTES = 16 << 20
+"""Above this many bytes per all-band block the output is band-interleaved instead."""
+COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
+_TIFF_LIMIT = 1 << 32
+_GDAL_TYPES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+
+Progress = Callable[[int, int], None]
+
+
+class MergeError(Exception):
+    """The tiles cannot be merged into the requested output; the message says why."""
+
+
+class OutputExistsError(MergeError, FileExistsError):
+    """The output exists and the caller did not ask to replace it."""
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One tile file placed on the output: a window and a band range."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+    band_start: int
+    band_stop: int
+    path: Path
+
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        return (self.row_off, self.col_off, self.height, self.width)
+
+    @property
+    def bands(self) -> int:
+        return self.band_stop - self.band_start
+
+
+def uncompressed_bytes(width: int, height: int, count: int, dtype: str) -> int:
+    """Size of the pixel data alone, before compression."""
+    return width * height * count * np.dtype(dtype).itemsize
+
+
+def bigtiff_option(
+    width: int, height: int, count: int, dtype: str, *, blocksize: int, overviews: bool = False
+) -> str:
+    """``YES`` when the file may pass the 4 GiB classic-TIFF limit, else ``IF_SAFER``.
+
+    Decided from the uncompressed size (plus overviews, block tables and a margin for data
+    that does not compress), because compressed sizes are unknown until the end and a classic
+    TIFF that overflows fails only after hours of writing.
+    """
+    data = uncompressed_bytes(width, height, count, dtype)
+    if overviews:
+        data = data * 4 // 3
+    blocks = -(-width // blocksize) * -(-height // blocksize) * count
+    estimate = data + data // 50 + blocks * 16 + (1 << 20)
+    return "YES" if estimate >= _TIFF_LIMIT else "IF_SAFER"
+
+
+def choose_interleave(
+    count: int, dtype: str, blocksize: int, *, windows_have_all_bands: bool = True
+) -> str:
+    """``PIXEL`` (GDAL's usual layout) unless one all-band block would be large, or band groups
+    lie on different windows, where band interleave keeps each band's blocks independent."""
+    block = blocksize * blocksize * count * np.dtype(dtype).itemsize
+    if windows_have_all_bands and block <= MAX_PIXEL_BLOCK_BYTES:
+        return "PIXEL"
+    return "BAND"
+
+
+def creation_options(
+    dtype: str, compress: str, blocksize: int, bigtiff: str, interleave: str
+) -> dict[str, object]:
+    """GTiff creation options: tiled, compressed with the right predictor, multithreaded."""
+    if compress not in COMPRESSIONS:
+        raise ValueError(f"compress must be one of {', '.join(COMPRESSIONS)}, not {compress!r}")
+    if blocksize <= 0 or blocksize % 16:
+        raise ValueError(f"blocksize must be a positive multiple of 16, not {blocksize}")
+    options: dict[str, object] = {
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        "interleave": interleave,
+        "BIGTIFF": bigtiff,
+        "NUM_THREADS": "ALL_CPUS",
+    }
+    if compress != "none":
+        options["compress"] = compress
+        options["predictor"] = 3 if np.dtype(dtype).kind == "f" else 2
+    return options
+
+
+def _pieces(tiles: Iterable[tuple[TilePlan, Path]]) -> list[_Piece]:
+    pieces = []
+    for plan, path in tiles:
+        w = plan.window
+        pieces.append(
+            _Piece(
+                int(w.row_off),
+                int(w.col_off),
+                int(w.height),
+                int(w.width),
+                int(plan.band_start),
+                int(plan.band_stop),
+                Path(path),
+            )
+        )
+    pieces.sort(key=lambda p: (p.row_off, p.col_off, p.band_start))
+    return pieces
+
+
+def _describe(row: int, col: int, height: int, width: int) -> str:
+    return f"window (row_off={row}, col_off={col}, height={height}, width={width})"
+
+
+def _check_coverage(
+    height: int, width: int, band_names: Sequence[str], pieces: Sequence[_Piece]
+) -> None:
+    """Raise MergeError unless the pieces cover every pixel of every band exactly once.
+
+    Sweeps row segments per band segment, so the cost follows the number of tiles, not pixels.
+    """
+    count = len(band_names)
+    for p in pieces:
+        if (
+            p.height <= 0
+            or p.width <= 0
+            or p.row_off < 0
+            or p.col_off < 0
+            or p.row_off + p.height > height
+            or p.col_off + p.width > width
+            or not 0 <= p.band_start < p.band_stop <= count
+        ):
+            raise MergeError(
+                f"tile {p.path} lies outside the {width}x{height} grid with {count} band(s): "
+                f"{_describe(*p.window)}, bands {p.band_start}:{p.band_stop}"
+            )
+    band_edges = sorted({0, count, *(p.band_start for p in pieces), *(p.band_stop for p in pieces)})
+    for band in band_edges[:-1]:
+        layer = sorted(
+            (p for p in pieces if p.band_start <= band < p.band_stop), key=lambda p: p.row_off
+        )
+        _check_layer(height, width, band_names[band], layer)
+
+
+def _check_layer(height: int, width: int, band_name: str, layer: list[_Piece]) -> None:
+    edges = sorted({0, height, *(p.row_off for p in layer), *(p.row_off + p.height for p in layer)})
+    active: list[_Piece] = []
+    nxt = 0
+    for top, bottom in itertools.pairwise(edges):
+        while nxt < len(layer) and layer[nxt].row_off <= top:
+            active.append(layer[nxt])
+            nxt += 1
+        active = [p for p in active if p.row_off + p.height > top]
+        col = 0
+        for p in sorted(active, key=lambda p: p.col_off):
+            if p.col_off > col:
+                break
+            if p.col_off < col:
+                raise MergeError(
+                    f"tiles overlap at {_describe(top, p.col_off, bottom - top, col - p.col_off)}"
+                    f", band {band_name!r}: {p.path}"
+                )
+            col = p.col_off + p.width
+        if col < width:
+            gap_end = min([p.col_off for p in active if p.col_off > col], default=width)
+            raise MergeError(
+                f"no tile covers {_describe(top, col, bottom - top, gap_end - col)}"
+                f", band {band_name!r}"
+            )
+
+
+def _group_by_window(pieces: list[_Piece]) -> list[list[_Piece]]:
+    groups: dict[tuple[int, int, int, int], list[_Piece]] = {}
+    for p in pieces:
+        groups.setdefault(p.window, []).append(p)
+    return list(groups.values())
+
+
+def _strip_edges(start: int, stop: int, block: int, blocks_per_step: int) -> list[int]:
+    """Cut ``[start, stop)`` on output block lines, every ``blocks_per_step`` blocks."""
+    lines = list(range((start // block + 1) * block, stop, block))
+    return [start, *lines[blocks_per_step - 1 :: blocks_per_step], stop]
+
+
+def _chunks(
+    row: int, col: int, height: int, width: int, pixel_bytes: int, block: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """Sub-windows of a window, each within CHUNK_BYTES (but never below one block)."""
+    strip = width * block * pixel_bytes
+    if strip <= CHUNK_BYTES:
+        rows = _strip_edges(row, row + height, block, max(1, CHUNK_BYTES // strip))
+        cols = [col, col + width]
+    else:
+        rows = _strip_edges(row, row + height, block, 1)
+        per_block = block * block * pixel_bytes
+        cols = _strip_edges(col, col + width, block, max(1, CHUNK_BYTES // per_block))
+    for top, bottom in itertools.pairwise(rows):
+        for left, right in itertools.pairwise(cols):
+            yield top, left, bottom - top, right - left
+
+
+def _band_batches(piece: _Piece, itemsize: int, block: int) -> list[tuple[int, int]]:
+    """Band ranges of one piece small enough that one block of them fits CHUNK_BYTES."""
+    per_band = block * block * itemsize
+    size = max(1, CHUNK_BYTES // per_band)
+    return [
+        (start, min(start + size, piece.band_stop))
+        for start in range(piece.band_start, piece.band_stop, size)
+    ]
+
+
+class _Writer:
+    """Copies pieces into an open output dataset through one reusable buffer."""
+
+    def __init__(
+        self,
+        dst: rasterio.io.DatasetWriter,
+        dtype: str,
+        block: int,
+        total: int,
+        progress: Progress | None,
+    ) -> None:
+        self.dst = dst
+        self.dtype = np.dtype(dtype)
+        self.block = block
+        self.total = total
+        self.done = 0
+        self.progress = progress
+        self.buffer = np.empty(0, dtype=self.dtype)
+
+    def _view(self, bands: int, height: int, width: int) -> np.ndarray:
+        """A C-contiguous (bands, height, width) view of the shared buffer."""
+        size = bands * height * width
+        if self.buffer.size < size:
+            self.buffer = np.empty(size, dtype=self.dtype)
+        return self.buffer[:size].reshape(bands, height, width)
+
+    def copy(self, parts: list[tuple[_Piece, rasterio.io.DatasetReader, int, int]]) -> None:
+        """Write the given band ranges ``[lo, hi)`` of pieces sharing one window."""
+        first = parts[0][0]
+        bands = sum(hi - lo for _, _, lo, hi in parts)
+        pixel_bytes = bands * self.dtype.itemsize
+        indexes = [b + 1 for _, _, lo, hi in parts for b in range(lo, hi)]
+        for top, left, height, width in _chunks(
+            first.row_off, first.col_off, first.height, first.width, pixel_bytes, self.block
+        ):
+            data = self._view(bands, height, width)
+            source = RioWindow(left - first.col_off, top - first.row_off, width, height)
+            at = 0
+            for piece, src, lo, hi in parts:
+                src_bands = list(range(lo - piece.band_start + 1, hi - piece.band_start + 1))
+                src.read(src_bands, window=source, out=data[at : at + hi - lo])
+                at += hi - lo
+            self.dst.write(data, indexes=indexes, window=RioWindow(left, top, width, height))
+            self.done += data.nbytes
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+
+
+def _open_piece(piece: _Piece, dtype: str) -> rasterio.io.DatasetReader:
+    """Open a tile and check it is what its plan says, so a wrong file fails loudly."""
+    try:
+        src = rasterio.open(piece.path)
+    except RasterioError as exc:
+        raise MergeError(f"cannot read tile {piece.path}: {exc}") from exc
+    if (src.width, src.height, src.count) != (piece.width, piece.height, piece.bands) or any(
+        d != dtype for d in src.dtypes
+    ):
+        found = f"{src.width}x{src.height} with {src.count} band(s) of {src.dtypes[0]}"
+        src.close()
+        raise MergeError(
+            f"tile {piece.path} is {found}; expected {piece.width}x{piece.height} with "
+            f"{piece.bands} band(s) of {dtype}"
+        )
+    return src
+
+
+def _write_window(writer: _Writer, group: list[_Piece], dtype: str, interleave: str) -> None:
+    with contextlib.ExitStack() as stack:
+        opened = [(p, stack.enter_context(_open_piece(p, dtype))) for p in group]
+        if interleave == "PIXEL":
+            writer.copy([(p, src, p.band_start, p.band_stop) for p, src in opened])
+            return
+        itemsize = np.dtype(dtype).itemsize
+        for p, src in opened:
+            for lo, hi in _band_batches(p, itemsize, writer.block):
+                writer.copy([(p, src, lo, hi)])
+
+
+def _temp_path(output: Path, tag: str) -> Path:
+    return output.with_name(f".{output.name}.eefetch-{tag}.tmp")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(temp: Path, output: Path, overwrite: bool) -> None:
+    """Give ``temp`` the output's name, durably; without overwrite never clobber a file that
+    appeared meanwhile (a hard link fails if the name exists)."""
+    _fsync(temp)
+    if overwrite:
+        os.replace(temp, output)
+    else:
+        try:
+            os.link(temp, output)
+        except FileExistsError:
+            raise _exists(output) from None
+        except OSError:
+            if output.exists():
+                raise _exists(output) from None
+            os.replace(temp, output)
+        else:
+            temp.unlink()
+    _fsync(output.parent)
+
+
+def _exists(output: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{output} already exists; pass overwrite=True / --overwrite to replace it"
+    )
+
+
+def merge_tiles(
+    grid: Grid,
+    band_names: Sequence[str],
+    dtype: str,
+    tiles: Iterable[tuple[TilePlan, Path]],
+    output: Path,
+    *,
+    nodata: float | int | None,
+    compress: str = "deflate",
+    cog: bool = False,
+    overwrite: bool = False,
+    blocksize: int = 512,
+    progress: Progress | None = None,
+    overview_resampling: str | None = None,
+) -> Path:
+    """Merge tile files into one GeoTIFF (a COG with ``cog``) at ``output``; return its path.
+
+    ``progress(done, total)`` counts uncompressed bytes written. Overviews of a COG use
+    ``overview_resampling`` (default: nearest for integers, which may be classes; average
+    for floats).
+    """
+    output = Path(output)
+    count = len(band_names)
+    if count == 0:
+        raise MergeError("no bands to merge")
+    if dtype not in _GDAL_TYPES:
+        raise MergeError(f"unsupported data type {dtype!r}")
+    if output.is_dir():
+        raise MergeError(f"{output} is a folder, not a file name")
+    if output.exists() and not overwrite:
+        raise _exists(output)
+    pieces = _pieces(tiles)
+    _check_coverage(grid.height, grid.width, band_names, pieces)
+    groups = _group_by_window(pieces)
+    all_bands = all(sum(p.bands for p in g) == count for g in groups)
+    interleave = choose_interleave(count, dtype, blocksize, windows_have_all_bands=all_bands)
+    bigtiff = bigtiff_option(grid.width, grid.height, count, dtype, blocksize=blocksize)
+    options = creation_options(dtype, compress, blocksize, bigtiff, interleave)
+    plain = _temp_path(output, "merge")
+    final_temp = _temp_path(output, "cog") if cog else plain
+    temps = {plain, final_temp}
+    for temp in temps:
+        temp.unlink(missing_ok=True)
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            _write_plain(grid, band_names, dtype, groups, plain, nodata, options, progress)
+            if cog:
+                _write_cog(
+                    plain, final_temp, grid, count, dtype, compress, blocksize, overview_resampling
+                )
+                plain.unlink()
+        _publish(final_temp, output, overwrite)
+    except BaseException:
+        for temp in temps:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+        raise
+    return output
+
+
+def _write_plain(
+    grid: Grid,
+    band_names: Sequence[str],
+    dtype: str,
+    groups: list[list[_Piece]],
+    path: Path,
+    nodata: float | int | None,
+    options: dict[str, object],
+    progress: Progress | None,
+) -> None:
+    total = uncompressed_bytes(grid.width, grid.height, len(band_names), dtype)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=grid.width,
+        height=grid.height,
+        count=len(band_names),
+        dtype=dtype,
+        crs=CRS.from_user_input(grid.crs),
+        transform=Affine(*grid.transform),
+        nodata=nodata,
+        **options,
+    ) as dst:
+        dst.descriptions = tuple(band_names)
+        writer = _Writer(dst, dtype, dst.block_shapes[0][0], total, progress)
+        for group in groups:
+            _write_window(writer, group, dtype, str(options["interleave"]))
+
+
+def _write_cog(
+    plain: Path,
+    target: Path,
+    grid: Grid,
+    count: int,
+    dtype: str,
+    compress: str,
+    blocksize: int,
+    resampling: str | None,
+) -> None:
+    """Copy the plain GeoTIFF to a COG (GDAL builds the overviews and orders the blocks)."""
+    floating = np.dtype(dtype).kind == "f"
+    options: dict[str, object] = {
+        "COMPRESS": "NONE" if compress == "none" else compress.upper(),
+        "BLOCKSIZE": blocksize,
+        "OVERVIEWS": "AUTO",
+        "RESAMPLING": resampling or ("AVERAGE" if floating else "NEAREST"),
+        "NUM_THREADS": "ALL_CPUS",
+        "BIGTIFF": bigtiff_option(
+            grid.width, grid.height, count, dtype, blocksize=blocksize, overviews=True
+        ),
+    }
+    if compress != "none":
+        options["PREDICTOR"] = "FLOATING_POINT" if floating else "STANDARD"
+    rasterio.shutil.copy(plain, target, driver="COG", **options)
+
+
+def write_vrt(
+    grid: Grid,
+    band_names: Sequence[str],
+    dtype: str,
+    tiles: Iterable[tuple[TilePlan, Path]],
+    vrt_path: Path,
+    nodata: float | int | None,
+) -> Path:
+    """Write a GDAL VRT mosaicking the tile files (e.g. to compare with ``gdal_translate``)."""
+    pieces = _pieces(tiles)
+    _check_coverage(grid.height, grid.width, band_names, pieces)
+    a, b, c, d, e, f = grid.transform
+    root = ET.Element("VRTDataset", rasterXSize=str(grid.width), rasterYSize=str(grid.height))
+    ET.SubElement(root, "SRS").text = CRS.from_user_input(grid.crs).to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in (c, a, b, f, d, e))
+    for index, name in enumerate(band_names):
+        band = ET.SubElement(
+            root, "VRTRasterBand", dataType=_GDAL_TYPES[dtype], band=str(index + 1)
+        )
+        ET.SubElement(band, "Description").text = name
+        if nodata is not None:
+            ET.SubElement(band, "NoDataValue").text = repr(nodata)
+        for p in pieces:
+            if not p.band_start <= index < p.band_stop:
+                continue
+            source = ET.SubElement(band, "SimpleSource")
+            ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(p.path.resolve())
+            ET.SubElement(source, "SourceBand").text = str(index - p.band_start + 1)
+            size = {"xSize": str(p.width), "ySize": str(p.height)}
+            ET.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
+            ET.SubElement(source, "DstRect", xOff=str(p.col_off), yOff=str(p.row_off), **size)
+    vrt_path = Path(vrt_path)
+    ET.ElementTree(root).write(vrt_path, encoding="utf-8", xml_declaration=False)
+    return vrt_path
+
+
+__all__ = [
+    "CHUNK_BYTES",
+    "COMPRESSIONS",
+    "MergeError",
+    "OutputExistsError",
+    "bigtiff_option",
+    "choose_interleave",
+    "creation_options",
+    "merge_tiles",
+    "uncompressed_bytes",
+    "write_vrt",
+]

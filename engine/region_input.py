@@ -1,0 +1,141 @@
+"""Read a region as users give it: a GeoJSON file, a GeoJSON object, or a bounding box.
+
+Region files are untrusted input: every failure is a :class:`engine.grid.GridError` whose
+message says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.grid import GridError
+
+GEOMETRY_TYPES = {
+    "Point",
+    "MultiPoint",
+    "LineString",
+    "MultiLineString",
+    "Polygon",
+    "MultiPolygon",
+    "GeometryCollection",
+}
+MAX_REGION_FILE_BYTES = 256 * 1024 * 1024
+
+
+def load_region(region: Any) -> dict[str, Any]:
+    """A GeoJSON geometry from a file path, a 'west,south,east,north' string, a bbox
+    sequence, or a GeoJSON Geometry / Feature / FeatureCollection mapping."""
+    if isinstance(region, Mapping):
+        return geometry_from_geojson(region, "the region")
+    if isinstance(region, Sequence) and not isinstance(region, str | bytes):
+        return bbox_polygon(region, "the region")
+    if isinstance(region, Path | str):
+        text = str(region).strip()
+        if not text:
+            raise GridError("the region is empty; give a GeoJSON file or west,south,east,north")
+        if _looks_like_bbox(text):
+            return bbox_polygon(text.split(","), f"region {text!r}")
+        return geometry_from_file(Path(text))
+    raise GridError(
+        f"cannot read a region from a {type(region).__name__}; give a GeoJSON file, "
+        "a GeoJSON dict or west,south,east,north"
+    )
+
+
+def geometry_from_file(path: Path) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise GridError(f"region file {path} does not exist") from None
+    except OSError as exc:
+        raise GridError(f"cannot read region file {path}: {exc.strerror}") from None
+    if size > MAX_REGION_FILE_BYTES:
+        raise GridError(f"region file {path} is {size} bytes; simplify the outline first")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise GridError(
+            f"region file {path} is not GeoJSON ({_short(exc)}); give a GeoJSON "
+            "Polygon, Feature or FeatureCollection"
+        ) from None
+    except RecursionError:
+        raise GridError(f"region file {path} is nested too deeply to be GeoJSON") from None
+    return geometry_from_geojson(data, f"region file {path}")
+
+
+def geometry_from_geojson(data: Any, what: str) -> dict[str, Any]:
+    """The geometry of a Geometry, a Feature, or a FeatureCollection (all its features)."""
+    if not isinstance(data, Mapping):
+        raise GridError(f"{what} is not a GeoJSON object")
+    kind = data.get("type")
+    if kind == "FeatureCollection":
+        features = data.get("features")
+        if not isinstance(features, list) or not features:
+            raise GridError(f"{what} is a FeatureCollection with no features")
+        geometries = [geometry_from_geojson(f, what) for f in features]
+        if len(geometries) == 1:
+            return geometries[0]
+        return _with_crs({"type": "GeometryCollection", "geometries": geometries}, data)
+    if kind == "Feature":
+        geometry = data.get("geometry")
+        if geometry is None:
+            raise GridError(f"{what} is a Feature with no geometry")
+        return _with_crs(geometry_from_geojson(geometry, what), data)
+    if kind not in GEOMETRY_TYPES:
+        raise GridError(
+            f"{what} has GeoJSON type {kind!r}; expected a Polygon, Feature or FeatureCollection"
+        )
+    if kind == "GeometryCollection":
+        members = data.get("geometries")
+        if not isinstance(members, list) or not members:
+            raise GridError(f"{what} is an empty GeometryCollection")
+    elif not data.get("coordinates"):
+        raise GridError(f"{what} is a {kind} with no coordinates")
+    return dict(data)
+
+
+def bbox_polygon(values: Sequence[Any], what: str) -> dict[str, Any]:
+    """A lon/lat rectangle from west, south, east, north."""
+    try:
+        west, south, east, north = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise GridError(f"{what} must be four numbers: west,south,east,north") from None
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise GridError(f"{what} has a number that is not finite")
+    if not (-90 <= south < north <= 90):
+        raise GridError(f"{what}: south must be below north, both within -90..90 degrees")
+    if west == east:
+        raise GridError(f"{what}: west and east are equal; the box has no width")
+    if east < west:  # crosses the antimeridian, e.g. 179,-10,-179,10
+        east += 360
+    return {
+        "type": "Polygon",
+        "coordinates": [
+            [[west, south], [east, south], [east, north], [west, north], [west, south]]
+        ],
+    }
+
+
+def _with_crs(geometry: dict[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+    if "crs" in source and "crs" not in geometry:
+        return {**geometry, "crs": source["crs"]}
+    return geometry
+
+
+def _looks_like_bbox(text: str) -> bool:
+    parts = text.split(",")
+    if len(parts) != 4:
+        return False
+    try:
+        [float(p) for p in parts]
+    except ValueError:
+        return False
+    return True
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:120]

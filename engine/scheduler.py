@@ -1,0 +1,322 @@
+"""The download loop: claim tiles, fetch them under an adaptive limit, record what happened.
+
+The scheduler knows nothing of Earth Engine or HTTP: it is given a ``fetch`` coroutine that
+turns a tile into a stored file or raises :class:`engine.retry.FetchError`, and a ``probe``
+coroutine that says whether the network is back. What to do after a failure is decided by
+``engine.retry.classify``; this module carries the decision out (it is where a tile is
+retried, split or failed) and writes it to the state store in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from engine.grid import TilePlan, Window, split_tile
+from engine.pacing import AdaptiveLimiter, OutageMonitor
+from engine.progress import Progress, SilentProgress
+from engine.retry import Action, FetchError, Verdict, classify, retry_delay
+from engine.tilestore import StoredTile
+from state import (
+    NewTile,
+    Store,
+    TileDone,
+    TileFailed,
+    TileRecord,
+    TileReleased,
+    TileRetry,
+    TileSplit,
+    TileUpdate,
+    TileUrl,
+)
+
+Fetch = Callable[[TileRecord], Awaitable[StoredTile]]
+Probe = Callable[[], Awaitable[bool]]
+
+
+class JobStopped(Exception):
+    """A failure that no tile can get past (credentials, disk full): the whole run stops."""
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerOptions:
+    concurrency: int = 8
+    max_attempts: int = 8
+    lease_seconds: float = 600.0
+    flush_every: float = 1.0
+    flush_batch: int = 64
+    backoff_base: float = 2.0
+    backoff_cap: float = 120.0
+    outage_threshold: int = 3
+    first_probe_interval: float = 2.0
+    max_probe_interval: float = 300.0
+    min_split_side: int = 1
+
+
+@dataclass
+class RunSummary:
+    fetched_tiles: int = 0
+    fetched_bytes: int = 0
+    retries: int = 0
+    splits: int = 0
+    failed: int = 0
+    outages: int = 0
+    stopped_by: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class UpdateBuffer:
+    """State changes queued in memory and written in batches, one transaction each.
+
+    A tile's status changes several times a second in a busy job; one transaction per change
+    would make SQLite's fsyncs the bottleneck.
+    """
+
+    def __init__(
+        self, store: Store, clock: Callable[[], float] = time.time, batch: int = 64
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.batch = batch
+        self._pending: list[TileUpdate] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def record(self, update: TileUpdate) -> None:
+        self._pending.append(update)
+        if len(self._pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.store.apply(batch, self.clock())
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        fetch: Fetch,
+        probe: Probe,
+        *,
+        owner: str,
+        itemsizes: Sequence[int],
+        updates: UpdateBuffer | None = None,
+        options: SchedulerOptions | None = None,
+        progress: Progress | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.fetch = fetch
+        self.probe = probe
+        self.owner = owner
+        self.itemsizes = list(itemsizes)
+        self.options = options or SchedulerOptions()
+        self.progress = progress or SilentProgress()
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.sleep = sleep
+        self.limiter = AdaptiveLimiter(self.options.concurrency)
+        self.outage = OutageMonitor(
+            self.options.outage_threshold,
+            self.options.first_probe_interval,
+            self.options.max_probe_interval,
+        )
+        self.summary = RunSummary()
+        self.updates = updates or UpdateBuffer(store, clock, self.options.flush_batch)
+        self._queue: list[TileRecord] = []
+        self._in_flight = 0
+        self._changed = asyncio.Event()
+        self._fatal: str | None = None
+
+    def record(self, update: TileUpdate) -> None:
+        self.updates.record(update)
+
+    def flush(self) -> None:
+        self.updates.flush()
+
+    async def run(self) -> RunSummary:
+        """Fetch every claimable tile; return when none is left or the job must stop."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                housekeeping = group.create_task(self._housekeeping())
+                await self._dispatch(group)
+                housekeeping.cancel()
+        finally:
+            for tile in self._queue:
+                self.updates.record(TileReleased(tile.id))
+            self._queue.clear()
+            self.flush()
+            self.store.release_claims(self.owner)
+        self.summary.outages = self.outage.outages
+        if self._fatal is not None:
+            self.summary.stopped_by = self._fatal
+            raise JobStopped(self._fatal)
+        return self.summary
+
+    async def _dispatch(self, group: asyncio.TaskGroup) -> None:
+        while self._fatal is None:
+            if self.outage.down:
+                await self._wait_out_outage()
+                continue
+            await self.limiter.acquire()
+            tile = self._next_tile()
+            if tile is None:
+                self.limiter.release()
+                if self._in_flight == 0 and not self.updates:
+                    wake = self.store.next_wakeup()
+                    if wake is None:
+                        return
+                    await self._wait(max(0.0, wake - self.clock()))
+                else:
+                    await self._wait(self.options.flush_every)
+                continue
+            self._in_flight += 1
+            group.create_task(self._attempt(tile))
+
+    def _next_tile(self) -> TileRecord | None:
+        if not self._queue:
+            self.flush()
+            self._queue = self.store.claim(
+                self.owner, self.clock(), self.options.lease_seconds, max(1, self.limiter.limit * 2)
+            )
+            self._queue.reverse()
+        return self._queue.pop() if self._queue else None
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep until ``seconds`` pass or a tile finishes, whichever comes first."""
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+
+    async def _attempt(self, tile: TileRecord) -> None:
+        try:
+            stored = await self.fetch(tile)
+        except FetchError as error:
+            self._handle_failure(tile, error)
+        except asyncio.CancelledError:
+            self.updates.record(TileReleased(tile.id))
+            raise
+        else:
+            self.record(TileDone(tile.id, stored.path.name, stored.bytes, stored.checksum))
+            self.summary.fetched_tiles += 1
+            self.summary.fetched_bytes += stored.bytes
+            self.limiter.on_success()
+            self.outage.record_success()
+            self.progress.tile_done(stored.bytes)
+        finally:
+            self._in_flight -= 1
+            self.limiter.release()
+            self._changed.set()
+
+    def _handle_failure(self, tile: TileRecord, error: FetchError) -> None:
+        verdict = classify(error)
+        if verdict.rate_limited:
+            self.limiter.on_rate_limited()
+        in_outage = verdict.network_down and self.outage.record_network_failure()
+        action = verdict.action
+        if action is Action.STOP_JOB:
+            self._fatal = verdict.reason
+            self.record(TileReleased(tile.id))
+            return
+        if action is Action.SPLIT:
+            self._split(tile, verdict)
+            return
+        if action is Action.FAIL:
+            self._fail(tile, verdict.reason)
+            return
+        if in_outage:
+            # The network is down, not this tile: keep its attempts for when it is back.
+            self.record(TileReleased(tile.id))
+            return
+        if tile.attempts + 1 >= self.options.max_attempts:
+            self._fail(tile, f"gave up after {tile.attempts + 1} attempts: {verdict.reason}")
+            return
+        self._retry(tile, verdict)
+
+    def _retry(self, tile: TileRecord, verdict: Verdict) -> None:
+        delay = retry_delay(
+            verdict,
+            tile.attempts,
+            self.rng,
+            base=self.options.backoff_base,
+            cap=self.options.backoff_cap,
+        )
+        if verdict.action is Action.REMAKE_URL:
+            delay = 0.0
+            self.record(TileUrl(tile.id, None, None))
+        self.record(TileRetry(tile.id, verdict.reason, self.clock() + delay))
+        self.summary.retries += 1
+        self.progress.retry(f"tile {tile.id}: {verdict.reason} (next try in {delay:.1f} s)")
+
+    def _split(self, tile: TileRecord, verdict: Verdict) -> None:
+        plan = TilePlan(
+            Window(tile.row_off, tile.col_off, tile.height, tile.width),
+            tile.band_start,
+            tile.band_stop,
+        )
+        if plan.window.width * plan.window.height <= 1 and plan.band_stop - plan.band_start <= 1:
+            self._fail(tile, f"too big for Earth Engine even as one pixel: {verdict.reason}")
+            return
+        children = split_tile(plan, self.itemsizes)
+        self.record(
+            TileSplit(
+                tile.id,
+                [
+                    NewTile(
+                        c.window.row_off,
+                        c.window.col_off,
+                        c.window.height,
+                        c.window.width,
+                        c.band_start,
+                        c.band_stop,
+                        tile.id,
+                    )
+                    for c in children
+                ],
+                verdict.reason,
+            )
+        )
+        self.summary.splits += 1
+        self.progress.tiles_added(len(children) - 1)
+        self.progress.note(f"tile {tile.id} split into {len(children)}: {verdict.reason}")
+
+    def _fail(self, tile: TileRecord, reason: str) -> None:
+        self.record(TileFailed(tile.id, reason))
+        self.summary.failed += 1
+        self.summary.errors.append(f"tile {tile.id}: {reason}")
+        self.progress.note(f"tile {tile.id} failed: {reason}")
+
+    async def _wait_out_outage(self) -> None:
+        """Stop spending attempts while the network is down; probe until it answers again."""
+        self.flush()
+        while self._in_flight:
+            await self._wait(1.0)
+        delay = self.outage.next_probe_delay()
+        self.progress.note(f"network or proxy unreachable; probing again in {delay:.0f} s")
+        await self.sleep(delay)
+        if await self.probe():
+            self.outage.record_recovery()
+            self.progress.note("network is back; carrying on")
+
+    async def _housekeeping(self) -> None:
+        """Flush batched updates and renew leases while the run lasts."""
+        renew_every = max(1.0, self.options.lease_seconds / 3)
+        last_renew = self.clock()
+        while True:
+            await asyncio.sleep(self.options.flush_every)
+            self.flush()
+            now = self.clock()
+            if now - last_renew >= renew_every:
+                self.store.renew_claims(self.owner, now, self.options.lease_seconds)
+                last_renew = now

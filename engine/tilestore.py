@@ -1,0 +1,377 @@
+"""Tile files on disk: streamed, checked, then published atomically.
+
+A tile is only ever visible under its final name once it has been fully received, checked to
+be the GeoTIFF that was asked for, and fsynced: a crash leaves at most a ``.part`` file, which
+``remove_stale_parts`` clears on the next run. Resume can therefore trust any final file whose
+checksum still matches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import re
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import CRSError, RasterioError
+from rasterio.windows import Window as RioWindow
+
+Transform = tuple[float, float, float, float, float, float]
+
+PART_SUFFIX = ".part"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+_SNIFF_BYTES = 8
+_SNIPPET_BYTES = 120
+_HASH_CHUNK = 1 << 20
+_DECODE_BYTES = 16 << 20
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# Opening one tile must not make GDAL list a folder that may hold thousands of tiles.
+_GDAL_OPEN_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+@dataclass(frozen=True)
+class TileExpectation:
+    """What a tile file must be: shape, band count, type, and optionally georeferencing."""
+
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str | None = None
+    transform: Transform | None = None
+
+
+@dataclass(frozen=True)
+class StoredTile:
+    """A published tile file, with what the state store records to detect later changes."""
+
+    path: Path
+    bytes: int
+    checksum: str
+
+
+class TileValidationError(Exception):
+    """The body received is not the tile that was asked for; the message says why."""
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a plain file name; tile names must never escape the store."""
+    if not _NAME_RE.fullmatch(name) or ".." in name:
+        raise ValueError(f"unsafe tile name {name!r}: use letters, digits, '_', '-' and '.'")
+    return name
+
+
+def sniff_body(head: bytes, *, complete: bool) -> bool:
+    """Judge the first bytes of a body: True if it starts like a TIFF, False if more are needed.
+
+    Raises TileValidationError as soon as the bytes show something else (an HTML page from a
+    proxy, a ZIP archive, a JSON error), so a wrong body is not downloaded to the end.
+    ``complete`` says the body has ended, so a short head is final.
+    """
+    stripped = head.lstrip(b" \t\r\n\xef\xbb\xbf")
+    if stripped.startswith(b"<"):
+        raise TileValidationError(
+            "tile body is an HTML page, not a GeoTIFF (a proxy or captive portal answered)"
+        )
+    if stripped.startswith((b"{", b"[")):
+        raise TileValidationError(
+            f"tile body is JSON, not a GeoTIFF (an error response?): {_snippet(head)}"
+        )
+    if head.startswith(b"PK"):
+        raise TileValidationError(
+            "tile body is a ZIP archive, not a GeoTIFF (the request must ask for GEO_TIFF)"
+        )
+    if len(head) >= 4:
+        if head[:4] in _TIFF_MAGICS:
+            return True
+        raise TileValidationError(f"tile body is not a TIFF: it starts with {_snippet(head)}")
+    if complete:
+        if not head:
+            raise TileValidationError("empty body: 0 bytes")
+        raise TileValidationError(f"tile body is not a TIFF: only {len(head)} byte(s)")
+    return False
+
+
+def _snippet(data: bytes) -> str:
+    return repr(bytes(data[:_SNIPPET_BYTES]))
+
+
+def sha256_file(path: Path) -> str:
+    """Hash a file in bounded memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_HASH_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable; without this a crash can forget the new name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _check_tiff_header(path: Path, size: int) -> None:
+    """Catch a cut-off file cheaply: the first IFD must start inside the file."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    sniff_body(head, complete=True)
+    little = head[:2] == b"II"
+    order = "<" if little else ">"
+    if head[2:4] in (b"*\x00", b"\x00*"):
+        (ifd,) = struct.unpack(order + "I", head[4:8])
+    else:
+        if len(head) < 16:
+            raise TileValidationError(f"truncated: {size} bytes, shorter than a BigTIFF header")
+        (ifd,) = struct.unpack(order + "Q", head[8:16])
+    if ifd >= size:
+        raise TileValidationError(f"truncated: first directory at byte {ifd}, file is {size} bytes")
+
+
+def _same_crs(actual: CRS, wanted: str) -> bool:
+    try:
+        expected = CRS.from_user_input(wanted)
+    except CRSError as exc:
+        raise TileValidationError(f"expected CRS {wanted!r} is not understood: {exc}") from exc
+    if actual == expected:
+        return True
+    epsg = expected.to_epsg()
+    return epsg is not None and actual.to_epsg() == epsg
+
+
+def _same_transform(actual: Transform, wanted: Transform) -> bool:
+    """Equal up to float noise: a millionth of a pixel, whatever the units."""
+    pixel = max(abs(wanted[0]), abs(wanted[4]), 1e-300)
+    return all(
+        math.isclose(a, w, rel_tol=1e-9, abs_tol=1e-6 * pixel)
+        for a, w in zip(actual, wanted, strict=True)
+    )
+
+
+def _check_blocks(dataset: rasterio.io.DatasetReader, size: int) -> None:
+    """Every data block must end inside the file; catches truncation without decoding."""
+    interleave = dataset.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "PIXEL")
+    bands = range(1, dataset.count + 1) if interleave == "BAND" else range(1, 2)
+    block_h, block_w = dataset.block_shapes[0]
+    rows = -(-dataset.height // block_h)
+    cols = -(-dataset.width // block_w)
+    for band in bands:
+        for row in range(rows):
+            for col in range(cols):
+                offset = dataset.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+                length = dataset.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+                if offset and length and int(offset) + int(length) > size:
+                    raise TileValidationError(
+                        f"truncated: band {band} block ({row}, {col}) ends at byte "
+                        f"{int(offset) + int(length)}, file is {size} bytes"
+                    )
+
+
+def _decode_all(dataset: rasterio.io.DatasetReader) -> None:
+    """Read every pixel once in bounded strips, so corrupt compressed data is caught now."""
+    row_bytes = dataset.width * dataset.count * np.dtype(dataset.dtypes[0]).itemsize
+    rows = max(1, _DECODE_BYTES // max(row_bytes, 1))
+    for row in range(0, dataset.height, rows):
+        height = min(rows, dataset.height - row)
+        dataset.read(window=RioWindow(0, row, dataset.width, height))
+
+
+def validate_geotiff(path: Path, expect: TileExpectation, *, decode: bool) -> None:
+    """Raise TileValidationError unless ``path`` is a readable GeoTIFF matching ``expect``.
+
+    Blocking (GDAL); run it in a worker thread from async code. With ``decode`` every pixel is
+    read, which also catches corrupt compressed data inside an intact-looking file.
+    """
+    size = path.stat().st_size
+    _check_tiff_header(path, size)
+    try:
+        with rasterio.Env(**_GDAL_OPEN_ENV), rasterio.open(path) as dataset:
+            _check_metadata(dataset, expect)
+            _check_blocks(dataset, size)
+            if decode:
+                _decode_all(dataset)
+    except RasterioError as exc:
+        raise TileValidationError(f"not a readable GeoTIFF: {exc}") from exc
+
+
+def _check_metadata(dataset: rasterio.io.DatasetReader, expect: TileExpectation) -> None:
+    if dataset.driver != "GTiff":
+        raise TileValidationError(f"tile is read as {dataset.driver}, not a GeoTIFF")
+    if (dataset.width, dataset.height) != (expect.width, expect.height):
+        raise TileValidationError(
+            f"tile is {dataset.width}x{dataset.height}, expected {expect.width}x{expect.height}"
+        )
+    if dataset.count != expect.count:
+        raise TileValidationError(f"tile has {dataset.count} band(s), expected {expect.count}")
+    wrong = sorted({d for d in dataset.dtypes if d != expect.dtype})
+    if wrong:
+        raise TileValidationError(f"tile data type is {', '.join(wrong)}, expected {expect.dtype}")
+    if expect.crs is not None:
+        if dataset.crs is None:
+            raise TileValidationError(f"tile has no CRS, expected {expect.crs}")
+        if not _same_crs(dataset.crs, expect.crs):
+            raise TileValidationError(f"tile CRS is {dataset.crs}, expected {expect.crs}")
+    if expect.transform is not None:
+        actual = tuple(dataset.transform)[:6]
+        if not _same_transform(actual, expect.transform):  # type: ignore[arg-type]
+            raise TileValidationError(
+                f"tile transform is {actual}, expected {tuple(expect.transform)}"
+            )
+
+
+class TileStore:
+    """One folder of tile files (e.g. ``out.tif.eefetch-tiles/``); one writer per name at a time."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def final_path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def part_path(self, name: str) -> Path:
+        return self.root / (check_name(name) + PART_SUFFIX)
+
+    def _ensure_root(self) -> None:
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.root.parent)
+
+    async def write_stream(
+        self,
+        name: str,
+        chunks: AsyncIterator[bytes],
+        expect: TileExpectation,
+        expected_length: int | None,
+    ) -> StoredTile:
+        """Stream a body to ``<name>.part``, check it, fsync it and publish it as ``name``.
+
+        On any failure (including cancellation) the part file is removed and the error
+        propagates: TileValidationError for a wrong body, OSError for disk trouble.
+        """
+        final = self.final_path(name)
+        part = self.part_path(name)
+        await asyncio.to_thread(self._ensure_root)
+        try:
+            received, checksum = await self._receive(part, chunks, expected_length)
+            await asyncio.to_thread(validate_geotiff, part, expect, decode=True)
+            await asyncio.to_thread(os.replace, part, final)
+            await asyncio.to_thread(_fsync_dir, self.root)
+        except BaseException:
+            _unlink_quietly(part)
+            raise
+        return StoredTile(final, received, checksum)
+
+    async def _receive(
+        self, part: Path, chunks: AsyncIterator[bytes], expected_length: int | None
+    ) -> tuple[int, str]:
+        """Write chunks as they come, hashing and sniffing on the way; fsync before returning."""
+        digest = hashlib.sha256()
+        head = b""
+        sniffed = False
+        received = 0
+        async with aiofiles.open(part, "wb") as handle:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                if not sniffed:
+                    head += bytes(chunk[: _SNIFF_BYTES - len(head)])
+                    sniffed = sniff_body(head, complete=False)
+                received += len(chunk)
+                if expected_length is not None and received > expected_length:
+                    raise TileValidationError(
+                        f"long body: more than the {expected_length} bytes announced"
+                    )
+                digest.update(chunk)
+                await handle.write(chunk)
+            await handle.flush()
+            await asyncio.to_thread(os.fsync, handle.fileno())
+        if expected_length is not None and received != expected_length:
+            raise TileValidationError(f"short body: {received} of {expected_length} bytes")
+        if not sniffed:
+            sniff_body(head, complete=True)
+        return received, digest.hexdigest()
+
+    def verify(
+        self,
+        name: str,
+        expect: TileExpectation,
+        checksum: str | None,
+        *,
+        fast: bool = False,
+        size: int | None = None,
+    ) -> str | None:
+        """Say why a finished tile cannot be trusted on resume, or None if it can.
+
+        ``fast`` checks only the size (if given), the TIFF structure and the metadata, which
+        catches truncation and wrong tiles without reading the pixels. Otherwise the file is
+        rehashed against ``checksum`` (a match proves it is the file that passed the full check
+        when written); without a checksum every pixel is decoded instead.
+        """
+        path = self.final_path(name)
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        if size is not None and actual != size:
+            if actual < size:
+                return f"truncated: {actual} of {size} bytes"
+            return f"size mismatch: {actual} bytes, expected {size}"
+        try:
+            validate_geotiff(path, expect, decode=False)
+            if fast:
+                return None
+            if checksum is not None:
+                return None if sha256_file(path) == checksum else "checksum mismatch"
+            validate_geotiff(path, expect, decode=True)
+        except TileValidationError as exc:
+            return str(exc)
+        return None
+
+    def describe(self, name: str) -> StoredTile:
+        """Size and checksum of a final tile file, e.g. to adopt one written before a crash."""
+        path = self.final_path(name)
+        return StoredTile(path, path.stat().st_size, sha256_file(path))
+
+    def remove_stale_parts(self) -> int:
+        """Delete the ``.part`` files an interrupted run left; return how many."""
+        if not self.root.is_dir():
+            return 0
+        removed = 0
+        for part in self.root.glob("*" + PART_SUFFIX):
+            if part.is_file():
+                _unlink_quietly(part)
+                removed += 1
+        return removed
+
+    def remove(self, name: str) -> None:
+        """Forget one tile: its final file and any part file."""
+        _unlink_quietly(self.final_path(name))
+        _unlink_quietly(self.part_path(name))
+
+    def remove_all(self) -> None:
+        """Delete the tile files (``*.tif``, ``*.tiff``, ``*.part``) and the folder if now empty."""
+        if not self.root.is_dir():
+            return
+        for entry in self.root.iterdir():
+            if entry.suffix in (".tif", ".tiff", PART_SUFFIX) and entry.is_file():
+                _unlink_quietly(entry)
+        with contextlib.suppress(OSError):
+            self.root.rmdir()

@@ -1,0 +1,146 @@
+"""The offline demo: the tutorial's composite through eefetch, interrupted once and resumed.
+
+Starts the bundled Earth Engine emulator in its own process, runs `eefetch download` as a user
+would, stops it with Ctrl-C (SIGINT) part way, runs the same command again, and shows from
+the emulator's own accounting that the finished tiles were not fetched again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_emulator(profile: str, seed: int) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "emulator", "--profile", profile, "--seed", str(seed)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().strip()
+    if not url.startswith("http"):
+        process.kill()
+        raise SystemExit(f"the emulator did not start (said {url!r})")
+    return process, url
+
+
+def tiles_done(state: Path) -> tuple[int, int]:
+    """(done, total) read from the state database while the download runs."""
+    from state import Store
+
+    if not state.exists():
+        return 0, 0
+    try:
+        with Store.open(state, create=False) as store:
+            counts = store.counts()
+    except Exception:
+        return 0, 0
+    total = sum(v for k, v in counts.items() if k != "split")
+    return counts.get("done", 0), total
+
+
+def stats(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=10) as answer:
+        return json.load(answer)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--profile", default="realistic", choices=["clean", "realistic", "flaky", "hostile"]
+    )
+    parser.add_argument("--scale", type=float, default=30.0, help="metres per pixel")
+    parser.add_argument("--output-dir", type=Path, default=REPO / "demo-output")
+    parser.add_argument(
+        "--interrupt-at",
+        type=float,
+        default=0.4,
+        help="fraction of tiles after which the first run is interrupted",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    if args.output_dir.exists():
+        shutil.rmtree(args.output_dir)
+    args.output_dir.mkdir(parents=True)
+    output = args.output_dir / "nanjing-s2-2022-median.tif"
+    state = output.with_name(output.name + ".eefetch.db")
+
+    emulator, url = start_emulator(args.profile, args.seed)
+    print(f"demo: emulator ({args.profile} profile) at {url}", flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "download",
+        "--script",
+        str(REPO / "examples" / "tutorial_composite.py"),
+        "--region",
+        str(REPO / "engine" / "data" / "nanjing.geojson"),
+        "--crs",
+        "EPSG:4326",
+        "--scale",
+        str(args.scale),
+        "-o",
+        str(output),
+        "--ee-url",
+        url,
+    ]
+    try:
+        print("demo: $ eefetch " + " ".join(command[3:]), flush=True)
+        first = subprocess.Popen(command, cwd=REPO)
+        interrupted = False
+        while first.poll() is None:
+            done, total = tiles_done(state)
+            if total and done >= max(1, int(total * args.interrupt_at)):
+                print(f"\ndemo: {done}/{total} tiles done: pressing Ctrl-C", flush=True)
+                first.send_signal(signal.SIGINT)
+                interrupted = True
+                break
+            time.sleep(0.2)
+        first.wait(timeout=120)
+        if interrupted:
+            done, total = tiles_done(state)
+            print(f"demo: stopped with {done}/{total} tiles saved in {state}", flush=True)
+            print("demo: running the same command again to resume", flush=True)
+            second = subprocess.run(command, cwd=REPO, check=False)
+            if second.returncode != 0:
+                print("demo: the resumed run did not finish; see the messages above")
+                return second.returncode
+        elif first.returncode != 0:
+            return first.returncode
+        served = stats(url)
+        repeats = [item for item in served.get("tiles_served", []) if item["count"] > 1]
+        print(
+            f"demo: the emulator served {len(served.get('tiles_served', []))} distinct tiles; "
+            f"{len(repeats)} were served twice (at most the tiles in flight at the interrupt)"
+        )
+    finally:
+        emulator.send_signal(signal.SIGTERM)
+        emulator.wait(timeout=30)
+
+    import rasterio
+
+    with rasterio.open(output) as dataset:
+        print(f"demo: {output}")
+        print(
+            f"demo:   {dataset.width} x {dataset.height} pixels, {dataset.count} bands "
+            f"{dataset.descriptions}, {dataset.dtypes[0]}, {dataset.crs}, "
+            f"{output.stat().st_size / 1e6:.0f} MB on disk"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""eefetch's persistent state: the job store (SQLite through SQLAlchemy) and the job lock."""
+
+from state.lock import JobLock
+from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES
+from state.store import (
+    JobLockedError,
+    JobRecord,
+    NewTile,
+    StateError,
+    Store,
+    TileDone,
+    TileFailed,
+    TileRecord,
+    TileReleased,
+    TileReset,
+    TileRetry,
+    TileSplit,
+    TileUpdate,
+    TileUrl,
+)
+
+__all__ = [
+    "JOB_STATUSES",
+    "SCHEMA_VERSION",
+    "TILE_STATUSES",
+    "JobLock",
+    "JobLockedError",
+    "JobRecord",
+    "NewTile",
+    "StateError",
+    "Store",
+    "TileDone",
+    "TileFailed",
+    "TileRecord",
+    "TileReleased",
+    "TileReset",
+    "TileRetry",
+    "TileSplit",
+    "TileUpdate",
+    "TileUrl",
+]

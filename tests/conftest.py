@@ -1,0 +1,85 @@
+"""Shared test set-up: no test may reach anything but loopback."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import pytest
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _is_loopback_host(host: object) -> bool:
+    if not isinstance(host, str):
+        return False
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class InternetAccessError(RuntimeError):
+    """Raised when a test tries to reach a host that is not on this machine."""
+
+
+def _check(address: object) -> None:
+    if isinstance(address, tuple) and address and not _is_loopback_host(address[0]):
+        raise InternetAccessError(f"test tried to reach {address!r}; tests must stay on 127.0.0.1")
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _check(address)
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _check(address)
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    if isinstance(host, bytes):
+        host = host.decode()
+    if host is not None and not _is_loopback_host(host):
+        raise InternetAccessError(f"test tried to resolve {host!r}; tests must stay on 127.0.0.1")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_internet() -> None:
+    """Fail any test that tries to open a connection off this machine."""
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+    socket.getaddrinfo = _guarded_getaddrinfo  # type: ignore[assignment]
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+    socket.getaddrinfo = _real_getaddrinfo
+
+
+@pytest.fixture
+def ee_emulator():  # type: ignore[no-untyped-def]
+    """Factory for emulators on 127.0.0.1 with the bundled model, stopped after the test.
+
+    `ee_emulator("flaky", seed=3, stall_s=1.0)` returns a started `EmulatorThread`; its `.url`
+    goes to `ee.Initialize(url=...)` or the engine, `.stats()` reads the server's counters.
+    """
+    from engine.emulator import EmulatorConfig, EmulatorThread
+
+    started: list[EmulatorThread] = []
+
+    def start(profile: str = "clean", **overrides: object) -> EmulatorThread:
+        emulator = EmulatorThread(EmulatorConfig.from_profile(profile, **overrides)).start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()

@@ -1,0 +1,221 @@
+"""The scheduler against a real SQLite state file and scripted fetch outcomes.
+
+The fetch function here stands in for the network only; the state store, the retry policy,
+the limiter and the outage monitor are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from engine.retry import ErrorKind, FetchError
+from engine.scheduler import JobStopped, Scheduler, SchedulerOptions
+from engine.tilestore import StoredTile
+from state import NewTile, Store, TileRecord
+
+FAST = SchedulerOptions(
+    concurrency=4,
+    max_attempts=4,
+    flush_every=0.01,
+    backoff_base=0.001,
+    backoff_cap=0.01,
+    first_probe_interval=0.001,
+    max_probe_interval=0.01,
+)
+
+
+def make_store(tmp_path: Path, count: int, size: int = 64) -> Store:
+    store = Store.open(tmp_path / "job.db")
+    tiles = [NewTile(0, i * size, size, size, 0, 1) for i in range(count)]
+    store.create_job("fp", {"test": True}, "0", str(tmp_path / "out.tif"), tiles)
+    return store
+
+
+def stored(tile: TileRecord) -> StoredTile:
+    return StoredTile(Path(f"t{tile.id}.tif"), 100 + tile.id, f"{tile.id:064x}")
+
+
+class ScriptedFetch:
+    """Per tile id, a list of errors to raise on successive attempts before succeeding."""
+
+    def __init__(self, script: dict[int, list[FetchError]] | None = None,
+                 default: Callable[[TileRecord], FetchError | None] | None = None) -> None:
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.default = default
+        self.calls: Counter[int] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def __call__(self, tile: TileRecord) -> StoredTile:
+        self.calls[tile.id] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.001)
+            queued = self.script.get(tile.id)
+            if queued:
+                raise queued.pop(0)
+            if self.default is not None:
+                error = self.default(tile)
+                if error is not None:
+                    raise error
+            return stored(tile)
+        finally:
+            self.in_flight -= 1
+
+
+async def always_up() -> bool:
+    return True
+
+
+def run(scheduler: Scheduler):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(scheduler.run(), 30))
+
+
+def test_every_tile_is_fetched_once_and_recorded(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 50)
+    fetch = ScriptedFetch()
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
+    assert summary.fetched_tiles == 50
+    assert set(fetch.calls.values()) == {1}
+    assert fetch.max_in_flight <= FAST.concurrency
+    counts = store.counts()
+    assert counts["done"] == 50 and counts["pending"] == 0 and counts["in_flight"] == 0
+    assert all(t.checksum for t in store.tiles("done"))
+
+
+def test_transient_errors_are_retried_until_success(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 5)
+    first = store.tiles()[0].id
+    fetch = ScriptedFetch({first: [FetchError(ErrorKind.HTTP, "Service unavailable", status=503),
+                                   FetchError(ErrorKind.BODY, "short body: 5 of 10 bytes")]})
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
+    assert fetch.calls[first] == 3
+    assert summary.retries == 2
+    assert store.counts()["done"] == 5
+
+
+def test_deterministic_400_fails_that_tile_at_once_and_the_rest_go_on(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 6)
+    bad = store.tiles()[2].id
+    fetch = ScriptedFetch({bad: [FetchError(ErrorKind.EE, "Image.load: asset not found",
+                                            status=400)]})
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
+    assert fetch.calls[bad] == 1
+    assert summary.failed == 1
+    counts = store.counts()
+    assert counts["failed"] == 1 and counts["done"] == 5
+    assert "asset not found" in store.last_errors(1)[0][1]
+
+
+def test_a_tile_that_runs_out_of_attempts_is_failed(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 3)
+    bad = store.tiles()[0].id
+    fetch = ScriptedFetch({bad: [FetchError(ErrorKind.HTTP, "Bad gateway", status=502)] * 10})
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
+    assert fetch.calls[bad] == FAST.max_attempts
+    assert summary.failed == 1
+    assert "gave up after 4 attempts" in store.last_errors(1)[0][1]
+
+
+def test_too_big_tiles_are_split_and_the_halves_fetched(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 1, size=1024)
+    parent = store.tiles()[0].id
+
+    def too_big(tile: TileRecord) -> FetchError | None:
+        if tile.width * tile.height > 512 * 512:
+            return FetchError(ErrorKind.EE, "User memory limit exceeded.", status=400)
+        return None
+
+    fetch = ScriptedFetch(default=too_big)
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
+    assert summary.splits >= 2
+    done = store.tiles("done")
+    assert sum(t.width * t.height for t in done) == 1024 * 1024
+    assert all(t.width * t.height <= 512 * 512 for t in done)
+    assert store.counts()["split"] >= 1
+    assert fetch.calls[parent] == 1
+
+
+def test_an_outage_pauses_without_spending_attempts(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 20)
+    network = {"up": False, "probes": 0}
+
+    def maybe_down(tile: TileRecord) -> FetchError | None:
+        return None if network["up"] else FetchError(ErrorKind.CONNECT, "Cannot connect to proxy")
+
+    async def probe() -> bool:
+        network["probes"] += 1
+        if network["probes"] >= 6:  # the network comes back after a while
+            network["up"] = True
+        return network["up"]
+
+    fetch = ScriptedFetch(default=maybe_down)
+    scheduler = Scheduler(store, fetch, probe, owner="a", itemsizes=[4], options=FAST)
+    summary = run(scheduler)
+    assert network["probes"] >= 6
+    assert summary.outages >= 1
+    assert summary.failed == 0
+    assert store.counts()["done"] == 20
+    # the failures during the outage did not eat the tiles' attempt budget
+    assert all(t.attempts < FAST.max_attempts for t in store.tiles("done"))
+
+
+def test_rate_limits_lower_the_concurrency(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 30)
+    limited = {t.id: [FetchError(ErrorKind.HTTP, "Too Many Requests", status=429,
+                                 retry_after=0.0)] for t in store.tiles()[:10]}
+    fetch = ScriptedFetch(limited)
+    scheduler = Scheduler(store, fetch, always_up, owner="a", itemsizes=[4],
+                          options=replace(FAST, concurrency=8))
+    limits: list[int] = []
+    inner = fetch.__call__
+
+    async def watching(tile: TileRecord) -> StoredTile:
+        limits.append(scheduler.limiter.limit)
+        return await inner(tile)
+
+    scheduler.fetch = watching
+    run(scheduler)
+    assert limits[0] == 8
+    assert min(limits) <= 4  # halved at least once
+    assert store.counts()["done"] == 30
+
+
+def test_credential_errors_stop_the_job_and_leave_tiles_claimable(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 10)
+    fetch = ScriptedFetch(default=lambda t: FetchError(ErrorKind.HTTP, "Caller does not have "
+                                                        "permission", status=403))
+    with pytest.raises(JobStopped, match="permission"):
+        run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
+    counts = store.counts()
+    assert counts["in_flight"] == 0 and counts["failed"] == 0
+    assert counts["pending"] == 10
+
+
+def test_cancellation_releases_every_claim(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 40)
+
+    async def slow(tile: TileRecord) -> StoredTile:
+        await asyncio.sleep(10)
+        return stored(tile)
+
+    async def scenario() -> None:
+        scheduler = Scheduler(store, slow, always_up, owner="a", itemsizes=[4], options=FAST)
+        task = asyncio.create_task(scheduler.run())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    counts = store.counts()
+    assert counts["in_flight"] == 0
+    assert counts["pending"] == 40
+    assert all(t.attempts == 0 for t in store.tiles())
