@@ -106,6 +106,12 @@ def initialize(connection: Connection) -> None:
             session.verify = connection.ca_bundle
 
 
+def current_base_url() -> str:
+    """The base URL the client was initialised with (where computePixels and probes go)."""
+    url = ee.data._get_state().cloud_api_base_url
+    return (url or Connection().base_url).rstrip("/")
+
+
 def image_from_asset(asset_id: str) -> ee.Image:
     return ee.Image(asset_id)
 

@@ -85,16 +85,17 @@ class TileFetcher:
 
     async def _compute(self, tile: TileRecord, image: ee.Image, grid: Grid) -> StoredTile:
         url, payload = await self._in_thread(
-            ee_adapter.compute_pixels_request, image, grid, self.spec.project, self.transport_base()
+            ee_adapter.compute_pixels_request,
+            image,
+            grid,
+            self.spec.project,
+            ee_adapter.current_base_url(),
         )
         headers = await self._in_thread(ee_adapter.auth_headers)
         async with self.transport.stream(
             "POST", url, json=payload, headers=headers, during_download=False
         ) as body:
             return await self._store(tile, body)
-
-    def transport_base(self) -> str:
-        return (self.spec.ee_url or ee_adapter.Connection().base_url).rstrip("/")
 
     def _tile_image(self, tile: TileRecord) -> ee.Image:
         if tile.band_start == 0 and tile.band_stop == self.band_count:

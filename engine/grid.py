@@ -11,9 +11,11 @@ order; windows are ``(row_off, col_off, height, width)`` in pixels of the job's 
 Antimeridian: when the target CRS is geographic and the region crosses longitude 180 (a ring
 whose consecutive vertices jump by more than 180 degrees, longitudes beyond 180, or RFC 7946
 parts that meet at 180 from both sides), the grid is one continuous block whose left edge lies
-in [-180, 180) and which extends past 180 (e.g. translateX 179.5, spanning to 180.5). Edges that
-jump by more than 180 degrees are taken the short way round, as EE does for its default
-geodesic geometries. Without such a crossing, longitudes are used as given.
+in [-180, 180) and which extends past 180 (e.g. translateX 179.5, spanning to 180.5), on the
+same lattice anchored at longitude 0. Edges that jump by more than 180 (and less than 360)
+degrees are taken the short way round, as EE does for its default geodesic geometries; an edge
+from -180 to 180 is a deliberate full-width edge. Without a crossing, the region's longitudes
+are used as given, shifted by whole turns so that the west edge lies in [-180, 180).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class Grid:
     height: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.crs, str) or not self.crs:
+            raise GridError(f"grid crs must be a non-empty string, got {self.crs!r}")
         values = tuple(float(v) for v in self.transform)
         if len(values) != 6:
             raise GridError(f"grid transform needs 6 numbers, got {len(values)}")
@@ -268,7 +272,7 @@ def _member_crs(region: Mapping) -> str | None:
     )
 
 
-def region_sequences(
+def _region_sequences(
     region: Mapping, region_crs: str | None = None
 ) -> tuple[list[np.ndarray], CRS]:
     """Validate a GeoJSON region; return its coordinate sequences and its CRS.
@@ -389,14 +393,14 @@ def grid_from_region(
     size, and the grid covers every pixel that the region's bounds in ``crs`` touch. Region
     edges are densified before projecting so curved edges are bounded. A bound within ~1e-9
     pixel of a lattice line snaps to it (no spurious row from float noise); a point or a region
-    smaller than a pixel gives (at least) a 1x1 grid. See the module docstring for the
-    antimeridian. ``region_crs`` overrides the region's ``crs`` member (default EPSG:4326).
+    smaller than a pixel gives a 1x1 grid (a point on a lattice corner gets the pixel to its
+    north-east: floor on both axes). See the module docstring for the antimeridian. ``region_crs`` overrides the region's ``crs`` member (default EPSG:4326).
     """
     size = _check_scale(scale)
     crs_text = _crs_text(crs, "crs")
     dst = _parse_crs(crs_text, "crs")
     pixel = _pixel_size(dst, size)
-    sequences, src = region_sequences(region, region_crs)
+    sequences, src = _region_sequences(region, region_crs)
 
     if src != dst:
         if src.is_geographic:
@@ -426,7 +430,11 @@ def _project(src: CRS, dst: CRS, seq: np.ndarray) -> np.ndarray:
     try:
         xs, ys = _warp_transform(src, dst, seq[:, 0].tolist(), seq[:, 1].tolist())
     except Exception as exc:
-        raise GridError(f"region cannot be transformed to {dst.to_string()}: {exc}") from exc
+        reason = " ".join(str(exc).split())
+        raise GridError(
+            f"region cannot be transformed to {dst.to_string()} ({reason}): choose a CRS that "
+            "covers the region"
+        ) from exc
     out = np.column_stack([np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)])
     if not np.isfinite(out).all():
         raise GridError(
@@ -443,8 +451,11 @@ def grid_from_transform(crs: str, transform: Sequence[float], height: int, width
     """
     crs_text = _crs_text(crs, "crs")
     _parse_crs(crs_text, "crs")
-    values = list(transform)
-    if len(values) == 9 and [float(v) for v in values[6:]] == [0.0, 0.0, 1.0]:
+    try:
+        values = list(transform)
+    except TypeError as exc:
+        raise GridError(f"crs_transform must be a list of 6 numbers, got {transform!r}") from exc
+    if len(values) == 9 and values[6:] == [0, 0, 1]:
         values = values[:6]
     if len(values) != 6:
         raise GridError(

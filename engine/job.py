@@ -232,7 +232,7 @@ async def _fetch_all(
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     scheduler_options = options.scheduler or SchedulerOptions(concurrency=options.concurrency)
     rng = random.Random(options.seed)
-    base_url = (spec.ee_url or ee_adapter.Connection().base_url).rstrip("/")
+    base_url = ee_adapter.current_base_url()
     executor = ThreadPoolExecutor(
         max_workers=scheduler_options.concurrency, thread_name_prefix="eefetch-ee"
     )

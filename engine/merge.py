@@ -22,6 +22,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
@@ -307,7 +308,7 @@ def _open_piece(piece: _Piece, dtype: str) -> rasterio.io.DatasetReader:
     """Open a tile and check it is what its plan says, so a wrong file fails loudly."""
     try:
         src = rasterio.open(piece.path)
-    except RasterioError as exc:
+    except (RasterioError, CPLE_BaseError) as exc:
         raise MergeError(f"cannot read tile {piece.path}: {exc}") from exc
     if (src.width, src.height, src.count) != (piece.width, piece.height, piece.bands) or any(
         d != dtype for d in src.dtypes
@@ -400,6 +401,8 @@ def merge_tiles(
         raise MergeError(f"unsupported data type {dtype!r}")
     if output.is_dir():
         raise MergeError(f"{output} is a folder, not a file name")
+    if not output.parent.is_dir():
+        raise MergeError(f"cannot write {output}: folder {output.parent} does not exist")
     if output.exists() and not overwrite:
         raise _exists(output)
     pieces = _pieces(tiles)
@@ -411,7 +414,8 @@ def merge_tiles(
     options = creation_options(dtype, compress, blocksize, bigtiff, interleave)
     plain = _temp_path(output, "merge")
     final_temp = _temp_path(output, "cog") if cog else plain
-    temps = {plain, final_temp}
+    # GDAL's COG driver builds overviews in a side file it only removes when it finishes.
+    temps = {plain, final_temp, final_temp.with_name(final_temp.name + ".ovr.tmp")}
     for temp in temps:
         temp.unlink(missing_ok=True)
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 import aiofiles
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioError
 from rasterio.windows import Window as RioWindow
@@ -208,7 +209,7 @@ def validate_geotiff(path: Path, expect: TileExpectation, *, decode: bool) -> No
             _check_blocks(dataset, size)
             if decode:
                 _decode_all(dataset)
-    except RasterioError as exc:
+    except (RasterioError, CPLE_BaseError) as exc:
         raise TileValidationError(f"not a readable GeoTIFF: {exc}") from exc
 
 
@@ -272,7 +273,7 @@ class TileStore:
         try:
             received, checksum = await self._receive(part, chunks, expected_length)
             await asyncio.to_thread(validate_geotiff, part, expect, decode=True)
-            await asyncio.to_thread(os.replace, part, final)
+            os.replace(part, final)
             await asyncio.to_thread(_fsync_dir, self.root)
         except BaseException:
             _unlink_quietly(part)

@@ -195,7 +195,7 @@ TileUpdate = TileDone | TileRetry | TileFailed | TileSplit | TileUrl | TileRelea
 
 _TILE_COLUMNS = tuple(tile_t.c[f.name] for f in fields(TileRecord))
 _JOB_COLUMNS = tuple(job_t.c[f.name] for f in fields(JobRecord))
-_NO_CLAIM: dict[str, Any] = {"claim_owner": None, "claim_expires": None}
+_NO_CLAIM: Mapping[str, None] = MappingProxyType({"claim_owner": None, "claim_expires": None})
 _LEAF_STATUSES = tuple(s for s in TILE_STATUSES if s != "split")
 _UNRESOLVED = ("pending", "in_flight", "failed")
 

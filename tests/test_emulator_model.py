@@ -7,6 +7,7 @@ same window of the whole grid.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.emulator import pixels
-from engine.emulator.evaluate import EvaluationError, Image, evaluate, to_info
+from engine.emulator.evaluate import EvaluationError, Image, _sorted_planes, evaluate, to_info
 from engine.grid import grid_from_region
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
@@ -215,8 +216,26 @@ def test_function_definitions_references_and_arrays() -> None:
     image = evaluate(expr)
     assert [b.id for b in image.bands] == ["constant", "constant_1"]
     out = image.render("EPSG:4326", (0.5, 0, 10, 0, -0.5, 20), 3, 2)
-    assert [int(d[0, 0]) for d in out.data] == [3, 5]
+    assert [d.shape for d in out.data] == [(2, 3), (2, 3)]
+    assert [v.shape for v in out.valid] == [(2, 3), (2, 3)]
+    assert [int(d[1, 2]) for d in out.data] == [3, 5]
     assert all(v.all() for v in out.valid)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        {"values": {}},
+        {"result": "0", "values": {}},
+        {"result": "0", "values": {"0": {"functionInvocationValue": {"arguments": {}}}}},
+        {"result": "0", "values": {"0": {"functionDefinitionValue": {"argumentNames": []}}}},
+        {"result": "0", "values": {"0": {"arrayValue": 3}}},
+        {"result": "0", "values": {"0": {"weird": 1}}},
+    ],
+)
+def test_malformed_expressions_raise_evaluation_error(expr: dict[str, Any]) -> None:
+    with pytest.raises(EvaluationError):
+        evaluate(expr)
 
 
 def test_missing_asset_and_bad_selector(ee: Any) -> None:
@@ -282,7 +301,7 @@ def test_arithmetic_values(ee: Any) -> None:
 
 
 def test_masks_and_unmask(ee: Any) -> None:
-    grid = ("EPSG:32650", (30, 0, 660000, 0, -30, 3550000), 200, 150)
+    grid = ("EPSG:32650", (60, 0, 640000, 0, -60, 3570000), 300, 300)
     masked = _mask_clouds(ee)(ee.Image(SCENE))
     out = evaluate(wire(masked.select("B4"))).render(*grid)
     qa = evaluate(wire(ee.Image(SCENE).select("QA60"))).render(*grid).data[0]
@@ -299,7 +318,7 @@ def test_masks_and_unmask(ee: Any) -> None:
 
 def test_qa60_cloud_bits_and_values_look_like_s2(ee: Any) -> None:
     img = evaluate(wire(ee.Image(SCENE)))
-    out = img.render("EPSG:32650", (20, 0, 640000, 0, -20, 3560000), 300, 300)
+    out = img.render("EPSG:32650", (60, 0, 640000, 0, -60, 3570000), 300, 300)
     bands = dict(zip(out.band_ids, out.data, strict=True))
     qa = bands["QA60"]
     assert set(np.unique(qa)) <= {0, 1024, 2048}
@@ -399,6 +418,21 @@ def test_tiles_equal_window_of_whole(
             assert np.array_equal(v, v_all[r : r + h, col : col + w]), name
 
 
+def test_scene_footprint_masks_pixels_exactly_per_tile(ee: Any) -> None:
+    image = evaluate(wire(ee.Image(SCENE).select(["B4", "QA60"])))
+    a, c, f, width, height = 60.0, 594000.0, 3550000.0, 200, 100
+    whole = image.render("EPSG:32650", (a, 0, c, 0, -a, f), width, height)
+    valid = whole.valid[0]
+    xs = c + (np.arange(width) + 0.5) * a
+    assert not valid[:, xs < 599900].any()
+    assert valid[:, xs > 600100].all()
+    for r, col, h, w in _windows(width, height, 37, 23):
+        part = image.render("EPSG:32650", (a, 0, c + col * a, 0, -a, f - r * a), w, h)
+        for d_all, v_all, d, v in zip(whole.data, whole.valid, part.data, part.valid, strict=True):
+            assert np.array_equal(d, d_all[r : r + h, col : col + w])
+            assert np.array_equal(v, v_all[r : r + h, col : col + w])
+
+
 def test_composite_is_numpy_median_of_valid_inputs(ee: Any) -> None:
     grid = ("EPSG:32650", (30, 0, 663000, 0, -30, 3546000), 120, 90)
     mapped = evaluate(wire(_tutorial_collection(ee).select("B[1-8]")))
@@ -414,6 +448,18 @@ def test_composite_is_numpy_median_of_valid_inputs(ee: Any) -> None:
         expected[y, x] = np.median(data[valid[:, y, x], y, x])
     assert out.data[0].dtype == np.float32
     assert np.array_equal(out.data[0], expected)
+
+
+@pytest.mark.parametrize("n", range(1, 20))
+def test_sorting_networks_sort(n: int) -> None:
+    rng = np.random.default_rng(n)
+    values = rng.integers(0, 5, size=(n, 3, 40)).astype(np.float32)
+    out = np.stack(_sorted_planes([v.copy() for v in values]))
+    assert np.array_equal(out, np.sort(values, axis=0))
+    if n <= 8:  # the 0-1 principle: all binary inputs prove a network sorts
+        bits = np.array(list(itertools.product([0, 1], repeat=n)), dtype=np.float32).T
+        out = np.stack(_sorted_planes([b[np.newaxis, :].copy() for b in bits]))
+        assert np.array_equal(out[:, 0, :], np.sort(bits, axis=0))
 
 
 def test_mosaic_puts_later_images_on_top(ee: Any) -> None:
@@ -456,6 +502,11 @@ def test_clip_to_bounds_and_scale_forms(ee: Any) -> None:
     assert (grid.width, grid.height) == (100, 50)
     composite = evaluate(wire(_tutorial_image(ee)))
     assert composite.bounded_grid() is None
+    composite = evaluate(
+        download_expression(_tutorial_image(ee), region=region, scale=30, crs="EPSG:32650")
+    )
+    assert composite.bounded_grid() == grid_from_region(geojson, "EPSG:32650", 30)
+    assert {b.crs for b in composite.bands} == {"EPSG:32650"}
 
 
 def test_work_counts_sources(ee: Any) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from rasterio.warp import transform_bounds
 
@@ -36,11 +37,6 @@ def rect(x0: float, y0: float, x1: float, y1: float, **extra: object) -> dict:
     """A GeoJSON Polygon for an axis-aligned rectangle."""
     ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
     return {"type": "Polygon", "coordinates": [ring], **extra}
-
-
-def lattice_index(value: float, pixel: float) -> float:
-    """How many pixels from the CRS origin a lattice coordinate is (an integer if on the lattice)."""
-    return value / pixel
 
 
 def assert_on_lattice(grid: Grid) -> None:
@@ -73,7 +69,7 @@ def test_request_bytes_counts_the_mask_byte() -> None:
 
 
 def test_scale_to_crs_units() -> None:
-    assert METRES_PER_DEGREE == 2 * math.pi * 6378137 / 360
+    assert 2 * math.pi * 6378137 / 360 == METRES_PER_DEGREE
     assert scale_to_crs_units("EPSG:4326", 10) == DEG_10M
     assert scale_to_crs_units("epsg:4326", 10) == DEG_10M
     assert scale_to_crs_units("EPSG:32650", 30) == 30.0
@@ -234,7 +230,7 @@ def test_point_gives_one_pixel() -> None:
     assert (utm.width, utm.height) == (1, 1)
 
 
-def test_point_on_a_lattice_corner_gives_the_pixel_to_its_south_east() -> None:
+def test_point_on_a_lattice_corner_gives_the_pixel_to_its_north_east() -> None:
     point = {"type": "Point", "coordinates": [300.0, 600.0], "crs": "EPSG:32650"}
     grid = grid_from_region(point, "EPSG:32650", 30)
     assert grid == Grid("EPSG:32650", (30.0, 0.0, 300.0, 0.0, -30.0, 630.0), 1, 1)
@@ -329,6 +325,7 @@ def test_grid_from_transform() -> None:
         ([10, 0, math.nan, 0, -10, 0], 1, 1, "finite"),
         ([10, 0, "x", 0, -10, 0], 1, 1, "numbers"),
         ([10, 0, 0, 0, -10, 0], 0, 1, "height"),
+        (10, 1, 1, "list of 6"),
         ([10, 0, 0, 0, -10, 0], 1, 1.5, "width"),
     ],
 )
@@ -420,7 +417,7 @@ def check_plan(
         fits_whole = n <= max_bands and unit * sum(costs) <= max_bytes
         assert (len(groups) == 1) == fits_whole
         # Fewest groups: no two neighbours could be joined at the block-sized tile.
-        for (lo, _), (_, hi) in zip(groups, groups[1:], strict=False):
+        for (lo, _), (_, hi) in itertools.pairwise(groups):
             assert hi - lo > max_bands or unit * sum(costs[lo:hi]) > max_bytes
         # Enough tiles for the concurrency slots, unless tiles are already block-sized.
         if len(tiles) < min_tiles:
@@ -428,13 +425,13 @@ def check_plan(
             assert max(w for _, w in col_spans) <= step
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
-    height=st.integers(1, 50_000),
-    width=st.integers(1, 50_000),
+    height=st.integers(1, 30_000),
+    width=st.integers(1, 30_000),
     itemsizes=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=40),
-    max_bytes=st.one_of(st.just(EE_MAX_REQUEST_BYTES), st.integers(2_000, 60_000_000)),
-    max_side=st.one_of(st.just(EE_MAX_SIDE_URLS), st.integers(1, 40_000)),
+    max_bytes=st.one_of(st.just(EE_MAX_REQUEST_BYTES), st.integers(100_000, 60_000_000)),
+    max_side=st.one_of(st.just(EE_MAX_SIDE_URLS), st.integers(50, 40_000)),
     max_bands=st.one_of(st.just(EE_MAX_BANDS), st.integers(1, 50)),
     min_tiles=st.integers(1, 100),
     block=st.sampled_from([1, 7, 64, 256, 512, 1000]),
@@ -449,6 +446,9 @@ def test_plan_tiles_properties(
     min_tiles: int,
     block: int,
 ) -> None:
+    # Keep each example to a few thousand tiles so the checks stay fast.
+    assume(request_bytes(width, height, itemsizes) / max_bytes <= 1000)
+    assume(math.ceil(width / max_side) * math.ceil(height / max_side) <= 1000)
     grid = grid_from_transform("EPSG:32650", [10, 0, 0, 0, -10, 0], height, width)
     limits = dict(
         max_bytes=max_bytes,
@@ -457,20 +457,15 @@ def test_plan_tiles_properties(
         min_tiles=min_tiles,
         block=block,
     )
-    try:
-        tiles = plan_tiles(grid, itemsizes, **limits)
-    except GridError as exc:
-        # Only refusal allowed: absurd tile counts from tiny limits.
-        assert "requests, more than" in str(exc)
-        return
+    tiles = plan_tiles(grid, itemsizes, **limits)
     check_plan(grid, itemsizes, tiles, **limits)
     assert tiles == plan_tiles(grid, itemsizes, **limits)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
-    height=st.integers(1, 120),
-    width=st.integers(1, 120),
+    height=st.integers(1, 100),
+    width=st.integers(1, 100),
     itemsizes=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=6),
     max_bytes=st.integers(9, 30_000),
     max_side=st.integers(1, 150),
@@ -512,8 +507,9 @@ def test_geedim_comparison_10_band_uint16_10k() -> None:
     # geedim makes 600 single-band 4 MB tiles; ideal is ceil(3e9 / 48 MiB) = 60.
     assert len(tiles) <= 80
     assert all(t.bands == 10 for t in tiles)
-    assert all(request_bytes(t.window.width, t.window.height, [2] * 10) > 0.75 * EE_MAX_REQUEST_BYTES
-               for t in tiles if t.window.height == 1024 and t.window.width == 1536)  # fmt: skip
+    full = [t for t in tiles if (t.window.height, t.window.width) == (1024, 1536)]
+    assert len(full) == 54
+    assert request_bytes(1536, 1024, [2] * 10) > 0.9 * EE_MAX_REQUEST_BYTES
     print(f"\n10-band uint16 10000x10000: {len(tiles)} tiles, first {tiles[0].window}")
 
 
@@ -582,13 +578,14 @@ def test_plan_tiles_rejects_bad_arguments() -> None:
 
 def test_plan_100k_tiles_speed() -> None:
     grid = grid_from_transform("EPSG:32650", [10, 0, 0, 0, -10, 0], 512 * 400, 512 * 250)
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
+    wall, cpu = math.inf, math.inf
+    for _ in range(2):
+        start, start_cpu = time.perf_counter(), time.process_time()
         tiles = plan_tiles(grid, [2], max_bytes=512 * 512 * 3)
-        best = min(best, time.perf_counter() - start)
+        wall = min(wall, time.perf_counter() - start)
+        cpu = min(cpu, time.process_time() - start_cpu)
     assert len(tiles) == 100_000
-    print(f"\nplan_tiles: 100000 tiles in {best * 1000:.0f} ms (best of 3)")
+    print(f"\nplan_tiles: 100000 tiles in {wall * 1000:.0f} ms wall, {cpu * 1000:.0f} ms CPU")
 
 
 # ----------------------------------------------------------------------------- split_tile
@@ -643,7 +640,10 @@ def test_split_tile_children_cover_parent(
 def test_split_tile_halves_the_longer_side_on_block_lines() -> None:
     tile = TilePlan(Window(512, 1024, 512, 1536), 0, 3)
     children = split_tile(tile)
-    assert [c.window for c in children] == [Window(512, 1024, 512, 768), Window(512, 1792, 512, 768)]
+    assert [c.window for c in children] == [
+        Window(512, 1024, 512, 768),
+        Window(512, 1792, 512, 768),
+    ]
     odd = split_tile(TilePlan(Window(0, 9216, 1000, 784), 0, 1))
     assert [c.window for c in odd] == [Window(0, 9216, 512, 784), Window(512, 9216, 488, 784)]
     unaligned = split_tile(TilePlan(Window(0, 0, 3, 7), 0, 1), block=256)

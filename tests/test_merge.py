@@ -302,3 +302,29 @@ def test_chunk_edges_fall_on_block_lines() -> None:
     assert merge._strip_edges(0, 1024, 256, 2) == [0, 512, 1024]
     assert merge._strip_edges(100, 700, 256, 1) == [100, 256, 512, 700]
     assert merge._strip_edges(512, 600, 256, 4) == [512, 600]
+
+
+def test_failure_during_cog_step_removes_every_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(plain: Path, target: Path, *args: object) -> None:
+        target.write_bytes(b"half a cog")
+        target.with_name(target.name + ".ovr.tmp").write_bytes(b"overviews")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge, "_write_cog", broken)
+    data = random_data(GRID, 1, "uint8")
+    tiles = make_tiles(tmp_path / "tiles", GRID, data, band_groups=[(0, 1)])
+    with pytest.raises(KeyboardInterrupt):
+        merge_tiles(GRID, ["a"], "uint8", tiles, tmp_path / "c.tif", nodata=None, cog=True)
+    assert folder_names(tmp_path) == ["tiles"]
+
+
+def test_missing_output_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MergeError, match="does not exist"):
+        merge_tiles(GRID, ["a"], "uint8", [], tmp_path / "nope" / "o.tif", nodata=None)
+
+
+def test_no_tiles_names_the_whole_grid(tmp_path: Path) -> None:
+    with pytest.raises(MergeError, match=r"no tile covers window \(row_off=0, col_off=0, "):
+        merge_tiles(GRID, ["a"], "uint8", [], tmp_path / "o.tif", nodata=None)

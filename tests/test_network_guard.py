@@ -6,12 +6,12 @@ import pytest
 
 
 def test_connect_to_public_address_is_refused() -> None:
-    with pytest.raises(RuntimeError, match="tests must stay on 127.0.0.1"):
+    with pytest.raises(RuntimeError, match=r"tests must stay on 127\.0\.0\.1"):
         socket.create_connection(("8.8.8.8", 53), timeout=1)
 
 
 def test_resolving_a_google_host_is_refused() -> None:
-    with pytest.raises(RuntimeError, match="tests must stay on 127.0.0.1"):
+    with pytest.raises(RuntimeError, match=r"tests must stay on 127\.0\.0\.1"):
         socket.getaddrinfo("earthengine.googleapis.com", 443)
 
 

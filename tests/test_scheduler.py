@@ -44,8 +44,11 @@ def stored(tile: TileRecord) -> StoredTile:
 class ScriptedFetch:
     """Per tile id, a list of errors to raise on successive attempts before succeeding."""
 
-    def __init__(self, script: dict[int, list[FetchError]] | None = None,
-                 default: Callable[[TileRecord], FetchError | None] | None = None) -> None:
+    def __init__(
+        self,
+        script: dict[int, list[FetchError]] | None = None,
+        default: Callable[[TileRecord], FetchError | None] | None = None,
+    ) -> None:
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.default = default
         self.calls: Counter[int] = Counter()
@@ -93,8 +96,14 @@ def test_every_tile_is_fetched_once_and_recorded(tmp_path: Path) -> None:
 def test_transient_errors_are_retried_until_success(tmp_path: Path) -> None:
     store = make_store(tmp_path, 5)
     first = store.tiles()[0].id
-    fetch = ScriptedFetch({first: [FetchError(ErrorKind.HTTP, "Service unavailable", status=503),
-                                   FetchError(ErrorKind.BODY, "short body: 5 of 10 bytes")]})
+    fetch = ScriptedFetch(
+        {
+            first: [
+                FetchError(ErrorKind.HTTP, "Service unavailable", status=503),
+                FetchError(ErrorKind.BODY, "short body: 5 of 10 bytes"),
+            ]
+        }
+    )
     summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
     assert fetch.calls[first] == 3
     assert summary.retries == 2
@@ -104,8 +113,9 @@ def test_transient_errors_are_retried_until_success(tmp_path: Path) -> None:
 def test_deterministic_400_fails_that_tile_at_once_and_the_rest_go_on(tmp_path: Path) -> None:
     store = make_store(tmp_path, 6)
     bad = store.tiles()[2].id
-    fetch = ScriptedFetch({bad: [FetchError(ErrorKind.EE, "Image.load: asset not found",
-                                            status=400)]})
+    fetch = ScriptedFetch(
+        {bad: [FetchError(ErrorKind.EE, "Image.load: asset not found", status=400)]}
+    )
     summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
     assert fetch.calls[bad] == 1
     assert summary.failed == 1
@@ -169,11 +179,14 @@ def test_an_outage_pauses_without_spending_attempts(tmp_path: Path) -> None:
 
 def test_rate_limits_lower_the_concurrency(tmp_path: Path) -> None:
     store = make_store(tmp_path, 30)
-    limited = {t.id: [FetchError(ErrorKind.HTTP, "Too Many Requests", status=429,
-                                 retry_after=0.0)] for t in store.tiles()[:10]}
+    limited = {
+        t.id: [FetchError(ErrorKind.HTTP, "Too Many Requests", status=429, retry_after=0.0)]
+        for t in store.tiles()[:10]
+    }
     fetch = ScriptedFetch(limited)
-    scheduler = Scheduler(store, fetch, always_up, owner="a", itemsizes=[4],
-                          options=replace(FAST, concurrency=8))
+    scheduler = Scheduler(
+        store, fetch, always_up, owner="a", itemsizes=[4], options=replace(FAST, concurrency=8)
+    )
     limits: list[int] = []
     inner = fetch.__call__
 
@@ -190,8 +203,9 @@ def test_rate_limits_lower_the_concurrency(tmp_path: Path) -> None:
 
 def test_credential_errors_stop_the_job_and_leave_tiles_claimable(tmp_path: Path) -> None:
     store = make_store(tmp_path, 10)
-    fetch = ScriptedFetch(default=lambda t: FetchError(ErrorKind.HTTP, "Caller does not have "
-                                                        "permission", status=403))
+    fetch = ScriptedFetch(
+        default=lambda t: FetchError(ErrorKind.HTTP, "Caller does not have permission", status=403)
+    )
     with pytest.raises(JobStopped, match="permission"):
         run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
     counts = store.counts()

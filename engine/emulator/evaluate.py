@@ -130,7 +130,13 @@ def evaluate(expression: dict[str, Any]) -> object:
     if not isinstance(expression, dict) or "result" not in expression:
         raise EvaluationError("Invalid expression: missing 'result'.")
     values = expression.get("values") or {}
-    return _Evaluator(values).reference(expression["result"], _Scope({}))
+    try:
+        return _Evaluator(values).reference(expression["result"], _Scope({}))
+    except RecursionError as exc:
+        raise EvaluationError("Invalid expression: nested too deeply.") from exc
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:
+        # A malformed expression (wrong shapes, missing keys) is the caller's error, as in EE.
+        raise EvaluationError(f"Invalid expression: {type(exc).__name__}: {exc}") from exc
 
 
 def to_info(value: object) -> object:
@@ -245,7 +251,10 @@ def _ones(req: RenderRequest) -> np.ndarray:
     return np.ones((1, 1), dtype=bool)
 
 
-def _source_compute(asset: catalog.Asset, index: int) -> Callable[[RenderRequest], Plane]:
+def _source_compute(
+    asset: catalog.Asset, index: int, footprint: Geometry | None
+) -> Callable[[RenderRequest], Plane]:
+    """Pixels of a stored band; Sentinel-2 scenes are masked outside their footprint."""
     name = asset.bands[index].id
 
     def compute(req: RenderRequest) -> Plane:
@@ -260,23 +269,25 @@ def _source_compute(asset: catalog.Asset, index: int) -> Callable[[RenderRequest
             data = pixels.elevation(fld)
         else:
             data = pixels.land_cover(fld)
-        return data, _ones(req)
+        if asset.kind != "s2" or footprint is None:
+            return data, _ones(req)
+        return data, _clip_mask(footprint, req)
 
     return compute
 
 
 def _asset_image(asset: catalog.Asset) -> Image:
+    footprint = None
+    if asset.footprint is not None:
+        footprint = Geometry(shapely.geometry.shape(asset.footprint))
     bands = [
         Band(
             BandInfo(spec.id, spec.dtype, spec.crs, spec.transform, spec.dimensions),
             PixelType.of_dtype(spec.dtype),
-            _source_compute(asset, i),
+            _source_compute(asset, i, footprint),
         )
         for i, spec in enumerate(asset.bands)
     ]
-    footprint = None
-    if asset.footprint is not None:
-        footprint = Geometry(shapely.geometry.shape(asset.footprint))
     return Image(
         bands,
         asset.properties,
@@ -442,6 +453,26 @@ def _pair_bands(fname: str, one: Image, two: Image) -> list[tuple[Band, Band, Ba
     )
 
 
+def _both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a & b`` for validity planes, skipping the work when one side is all-valid (1 x 1)."""
+    if b.shape == (1, 1) and b[0, 0]:
+        return a
+    if a.shape == (1, 1) and a[0, 0]:
+        return b
+    return a & b
+
+
+def _mask_plane(mband: Band, req: RenderRequest) -> np.ndarray:
+    """Where a mask band keeps pixels (valid and non-zero), computed once per render."""
+    key = ("mask", id(mband))
+    found = req.memo.get(key)
+    if found is None:
+        mdata, mok = mband.plane(req)
+        found = (_both(mok, mdata != 0), mband)
+        req.memo[key] = found
+    return found[0]
+
+
 def _update_mask(fname: str, args: Args) -> Image:
     image = _image_arg(fname, args, "image")
     mask = _image_arg(fname, args, "mask")
@@ -457,8 +488,7 @@ def _update_mask(fname: str, args: Args) -> Image:
 
         def compute(req: RenderRequest, band: Band = band, mband: Band = mband) -> Plane:
             data, ok = band.plane(req)
-            mdata, mok = mband.plane(req)
-            return data, ok & mok & (mdata != 0)
+            return data, _both(ok, _mask_plane(mband, req))
 
         bands.append(Band(band.info, band.ptype, compute))
     return image.derive(bands, sources=image.sources | mask.sources)
@@ -513,31 +543,43 @@ def _unmask(fname: str, args: Args) -> Image:
     return image.derive(bands, sources=image.sources | value.sources)
 
 
-def _clip_mask(geometry: Geometry, req: RenderRequest) -> np.ndarray:
-    """True where a pixel's canonical centre lies inside the geometry (in the request CRS)."""
-    key = ("clip", id(geometry), req.crs)
-    found = req.memo.get(key)
-    if found is not None:
-        return found[0]
-    shape = geometry.in_crs(req.crs)
+def _inside(shape: Any, req: RenderRequest) -> np.ndarray:
+    """True where a pixel's canonical centre lies in the interior of ``shape`` (request CRS).
+
+    Every shortcut gives exactly what ``contains_xy`` would give pixel by pixel, so a tile
+    and the whole grid agree whichever path each one takes.
+    """
     lat = req.lattice
     xs, ys = lat.x_centres, lat.y_centres
+    if req.width > 1 and req.height > 1:
+        centres = shapely.box(xs.min(), ys.min(), xs.max(), ys.max())
+        if shape.contains_properly(centres):
+            return np.ones((1, 1), dtype=bool)
+        if shape.disjoint(centres):
+            return np.zeros((1, 1), dtype=bool)
     minx, miny, maxx, maxy = shape.bounds
     if shape.geom_type == "Polygon" and shape.equals(shapely.box(minx, miny, maxx, maxy)):
-        mask = ((ys > miny) & (ys < maxy))[:, np.newaxis] & ((xs > minx) & (xs < maxx))[
-            np.newaxis, :
-        ]
-    else:
-        mask = np.zeros(req.shape, dtype=bool)
-        cols = np.flatnonzero((xs >= minx) & (xs <= maxx))
-        rows = np.flatnonzero((ys >= miny) & (ys <= maxy))
-        if cols.size and rows.size:
-            shapely.prepare(shape)
-            gx, gy = np.meshgrid(xs[cols], ys[rows])
-            inside = shapely.contains_xy(shape, gx, gy)
-            mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = inside
-    req.memo[key] = (mask, geometry)
+        rows = (ys > miny) & (ys < maxy)
+        cols = (xs > minx) & (xs < maxx)
+        return rows[:, np.newaxis] & cols[np.newaxis, :]
+    mask = np.zeros(req.shape, dtype=bool)
+    cols = np.flatnonzero((xs >= minx) & (xs <= maxx))
+    rows = np.flatnonzero((ys >= miny) & (ys <= maxy))
+    if cols.size and rows.size:
+        shapely.prepare(shape)
+        gx, gy = np.meshgrid(xs[cols], ys[rows])
+        mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = shapely.contains_xy(shape, gx, gy)
     return mask
+
+
+def _clip_mask(geometry: Geometry, req: RenderRequest) -> np.ndarray:
+    """Pixels of ``req`` inside ``geometry``, computed once per render."""
+    key = ("clip", id(geometry))
+    found = req.memo.get(key)
+    if found is None:
+        found = (_inside(geometry.in_crs(req.crs), req), geometry)
+        req.memo[key] = found
+    return found[0]
 
 
 def _clip(fname: str, args: Args) -> Image:
@@ -548,7 +590,7 @@ def _clip(fname: str, args: Args) -> Image:
 
         def compute(req: RenderRequest, band: Band = band) -> Plane:
             data, ok = band.plane(req)
-            return data, ok & _clip_mask(geometry, req)
+            return data, _both(ok, _clip_mask(geometry, req))
 
         bands.append(Band(band.info, band.ptype, compute))
     return image.derive(bands)
@@ -602,6 +644,8 @@ def _arith(kind: str) -> Callable[[np.ndarray, np.ndarray, str], np.ndarray]:
             return xa - ya
         if kind == "multiply":
             return xa * ya
+        if ya.shape == (1, 1) and ya[0, 0] != 0:
+            return np.divide(x, ya[0, 0], dtype=work)
         shape = np.broadcast_shapes(xa.shape, ya.shape)
         return np.divide(xa, ya, out=np.zeros(shape, dtype=work), where=ya != 0)
 
@@ -658,7 +702,7 @@ def _binary(kind: str) -> Callable[[str, Args], Image]:
             ) -> Plane:
                 x, xok = a.plane(req)
                 y, yok = b.plane(req)
-                return run(x, y, dtype).astype(dtype), xok & yok
+                return run(x, y, dtype).astype(dtype, copy=False), _both(xok, yok)
 
             info = BandInfo(
                 meta.info.id, dtype, meta.info.crs, meta.info.transform, meta.info.dimensions
@@ -1123,20 +1167,48 @@ def _element_get(fname: str, args: Args) -> Any:
 # --------------------------------------------------------------------------- composites
 
 
+# Optimal compare-exchange networks (Knuth, TAOCP 5.3.4) for few planes; bubble beyond.
+_NETWORKS: Mapping[int, tuple[tuple[int, int], ...]] = MappingProxyType(
+    {
+        2: ((0, 1),),
+        3: ((0, 2), (0, 1), (1, 2)),
+        4: ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)),
+        5: ((0, 1), (3, 4), (2, 4), (2, 3), (1, 4), (0, 3), (0, 2), (1, 3), (1, 2)),
+        6: (
+            (1, 2), (4, 5), (0, 2), (3, 5), (0, 1), (3, 4),
+            (2, 5), (0, 3), (1, 4), (2, 4), (1, 3), (2, 3),
+        ),
+        7: (
+            (1, 2), (3, 4), (5, 6), (0, 2), (3, 5), (4, 6), (0, 1), (4, 5),
+            (2, 6), (0, 4), (1, 5), (0, 3), (2, 5), (1, 3), (2, 4), (2, 3),
+        ),
+        8: (
+            (0, 2), (1, 3), (4, 6), (5, 7), (0, 4), (1, 5), (2, 6), (3, 7), (0, 1), (2, 3),
+            (4, 5), (6, 7), (2, 4), (3, 5), (1, 4), (3, 6), (1, 2), (3, 4), (5, 6),
+        ),
+    }
+)  # fmt: skip
 _NETWORK_MAX = 16
 
 
+def _network(n: int) -> tuple[tuple[int, int], ...]:
+    if n in _NETWORKS:
+        return _NETWORKS[n]
+    return tuple((j, j + 1) for i in range(n) for j in range(n - 1 - i))
+
+
 def _sorted_planes(values: list[np.ndarray]) -> list[np.ndarray]:
-    """Sort per pixel across planes (ascending); a compare-exchange network for few planes."""
+    """Sort per pixel across planes (ascending), reusing the given arrays (the caller's own).
+
+    The sorted values do not depend on the method, so results stay exact either way.
+    """
     if len(values) > _NETWORK_MAX:
-        stacked = np.sort(np.stack(values), axis=0)
-        return list(stacked)
-    out = [np.array(v) for v in values]
-    for i in range(len(out)):
-        for j in range(len(out) - 1 - i):
-            low = np.minimum(out[j], out[j + 1])
-            np.maximum(out[j], out[j + 1], out=out[j + 1])
-            out[j] = low
+        return list(np.sort(np.stack(values), axis=0))
+    out = list(values)
+    for i, j in _network(len(out)):
+        low = np.minimum(out[i], out[j])
+        np.maximum(out[i], out[j], out=out[j])
+        out[i] = low
     return out
 
 
@@ -1163,14 +1235,14 @@ def _reduce_planes(how: str, planes: list[Plane], shape: tuple[int, int], dtype:
             ok |= v2
         return out, ok
     work = np.dtype(dtype if dtype in ("float32", "float64") else "float64")
-    count = np.zeros(shape, dtype=np.int16)
+    count = np.zeros(shape, dtype=np.uint8 if len(planes) < 256 else np.int32)
     fill = work.type({"median": np.inf, "min": np.inf, "max": -np.inf}.get(how, 0.0))
     values = []
     for d, v in planes:
-        values.append(np.where(v, d.astype(work, copy=False), fill))
+        arr = np.where(v, d.astype(work, copy=False), fill)
+        values.append(arr if arr.shape == shape else np.broadcast_to(arr, shape).copy())
         count += v
     ok = count > 0
-    values = [np.broadcast_to(arr, shape) for arr in values]
     if how == "median":
         ordered = _sorted_planes(values)
         n = len(ordered)

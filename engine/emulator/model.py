@@ -296,8 +296,9 @@ class Image:
         for name in chosen:
             band = by_id[name]
             values, ok = band.plane(req)
-            data.append(np.ascontiguousarray(values, dtype=band.info.dtype))
-            valid.append(np.broadcast_to(ok, req.shape).copy())
+            # Fresh arrays: planes may be shared between bands within one render.
+            data.append(np.array(np.broadcast_to(values, req.shape), dtype=band.info.dtype))
+            valid.append(np.array(np.broadcast_to(ok, req.shape), dtype=bool))
         return Rendered(chosen, data, valid)
 
     def info(self) -> dict[str, Any]:

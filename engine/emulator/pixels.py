@@ -36,7 +36,8 @@ The landscape (the same for every image, so composites look coherent)
     D(Y) = tri(Y / 4100 + 0.83)
 
 and the land index is ``L = (A + B) + C * D`` in float32. ``L < 0.2`` is water, ``L > 0.62``
-is built-up, and the vegetation density is ``v = clip((L - 0.2) * float32(1 / 0.42), 0, 1)``.
+is built-up, and the vegetation density is
+``v = clip((L - float32(0.2)) * float32(1 / (0.62 - 0.2)), 0, 1)``.
 
 Texture
 -------
@@ -55,23 +56,30 @@ replaced by ``water - 192`` on water and ``built - 192`` on built-up pixels; the
 ``value += noise * 1.5``. Cloudy pixels instead take ``noise * 8 + (6500 + boost - 1024)``.
 Finally ``uint16(clip(value, 1, 10000) + 0.5)``. (The texture thus spans -192..+190.5.)
 
-Clouds: a pixel lies in the 500 m ground cell ``fx = floor(X / 500)``, ``fy = floor(Y / 500)``
-and in the 2 km cell ``(fx // 4, fy // 4)``. A cell ``(cx, cy)`` hashes to
-``mix(mix(cx * 0x27D4EB2F + s) ^ mix(cy * 0x165667B1 + 0x9E3779B9)) % 1000`` with
-``s = seed ^ 0x5BD1E995`` for the 500 m cells and ``s = seed`` for the 2 km ones. A pixel is
-cloudy when its 2 km value is below ``floor(coverage * 1000 / 0.6)`` and its 500 m value is
-below 600, so about ``coverage`` of the pixels are cloudy, in blobby clusters; ``coverage`` is
-the image's ``CLOUDY_PIXEL_PERCENTAGE / 100`` clamped to [0.05, 0.6]. QA60 is 2048 (cirrus,
-bit 11) on cloudy pixels whose 2 km value has bit 3 set, 1024 (opaque cloud, bit 10) on the
-other cloudy pixels, and 0 elsewhere.
+Clouds: a pixel lies in the 125 m ground cell ``fx = floor(X / 125)``, ``fy = floor(Y / 125)``
+and in the 2 km cell ``(fx // 16, fy // 16)``. A cell ``(cx, cy)`` hashes to
+``H(cx, cy, s) = mix(mix(cx * 0x27D4EB2F + s) ^ mix(cy * 0x165667B1 + 0x9E3779B9)) % 1000``.
+With ``c = H(fx // 16, fy // 16, seed)``, the jitter ``j = H(fx, fy, seed ^ 0x5BD1E995)``,
+the offsets ``ox = fx % 16 - ((c >> 4) % 7 + 4.5)``, ``oy = fy % 16 - ((c >> 7) % 7 + 4.5)``
+and the blob radius ``R = (c % 11) * 0.6 + 3`` (float64, in this order), a pixel is cloudy
+when ``c < floor(coverage * 1000 / 0.38)`` and ``oy * oy + ox * ox + j * 0.012 < R * R``: blobs
+with ragged edges, one per cloudy 2 km cell, covering about ``coverage`` of the pixels.
+``coverage`` is the image's ``CLOUDY_PIXEL_PERCENTAGE / 100`` clamped to [0.05, 0.38]. QA60 is
+2048 (cirrus, bit 11) on cloudy pixels whose ``c`` has bit 3 set, 1024 (opaque cloud, bit 10)
+on the other cloudy pixels, and 0 elsewhere.
 
 Other images
 ------------
-Elevation (float32): ``20 + 600 * L * L + (noise - 128) / 64`` with the noise of band 0. Land cover
-(uint8, ESA WorldCover codes): 80 water, 50 built-up, 10 trees where ``v > 0.6``, 40 cropland
-where ``v > 0.3``, 30 grassland otherwise.
+Elevation (float32): ``20 + 600 * L * L + (noise - 128) / 64`` with the noise of band 0.
+Land cover (uint8, ESA WorldCover codes): 80 water, 50 built-up, 10 trees where ``v > 0.6``,
+40 cropland where ``v > 0.3``, 30 grassland otherwise.
 
-Masks: every pixel of a catalog image is valid (footprints do not mask pixels).
+Masks
+-----
+A Sentinel-2 pixel is valid when its canonical centre lies in the interior of the scene's
+``system:footprint`` (a lon/lat polygon, transformed into the request CRS with
+``rasterio.warp.transform_geom``; the point test is shapely's ``contains_xy``). Elevation and
+land-cover pixels are always valid. ``Image.clip`` uses the same centre-in-geometry test.
 """
 
 from __future__ import annotations
@@ -85,6 +93,7 @@ import numpy as np
 METRES_PER_DEGREE = 111319.49079327357
 _M32 = np.uint32(0x7FEB352D)
 WATER_BELOW = 0.2
+CLOUD_FILL = 0.38  # mean share of a cloudy 2 km cell that its blob covers
 BUILT_ABOVE = 0.62
 
 # Per band: (water, soil, vegetation, built-up, cloud boost); reflectance * 10000.
@@ -186,15 +195,26 @@ def _cell_hash(cx: np.ndarray, cy: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _cloud_codes(lat: Lattice, seed: int, coverage: float) -> np.ndarray:
-    """Per-pixel cloud code; hashing the few distinct cells and gathering is cheap."""
-    fx = np.floor(lat.x_centres * lat.k / 500.0).astype(np.int64)
-    fy = np.floor(lat.y_centres * lat.k / 500.0).astype(np.int64)
+    """Per-pixel cloud code (see the module docstring).
+
+    Everything is decided on the few distinct 125 m cells of the request and then gathered,
+    which is much cheaper than working per pixel; a cell's code depends only on its indices.
+    """
+    fx = np.floor(lat.x_centres * lat.k / 125.0).astype(np.int64)
+    fy = np.floor(lat.y_centres * lat.k / 125.0).astype(np.int64)
     ux, xi = np.unique(fx, return_inverse=True)
     uy, yi = np.unique(fy, return_inverse=True)
-    fine = _cell_hash(ux, uy, seed ^ 0x5BD1E995)
-    coarse = _cell_hash(ux // 4, uy // 4, seed)
-    cover = min(max(coverage, 0.05), 0.6)
-    cloudy = (coarse < np.uint32(math.floor(cover * 1000 / 0.6))) & (fine < np.uint32(600))
+    coarse = _cell_hash(ux // 16, uy // 16, seed)
+    jitter = _cell_hash(ux, uy, seed ^ 0x5BD1E995).astype(np.float64)
+    shift_x = ((coarse >> np.uint32(4)) % np.uint32(7)).astype(np.float64) + 4.5
+    shift_y = ((coarse >> np.uint32(7)) % np.uint32(7)).astype(np.float64) + 4.5
+    ox = (ux % 16).astype(np.float64)[np.newaxis, :] - shift_x
+    oy = (uy % 16).astype(np.float64)[:, np.newaxis] - shift_y
+    radius = (coarse % np.uint32(11)).astype(np.float64) * 0.6 + 3.0
+    dist = oy * oy + ox * ox + jitter * 0.012
+    cover = min(max(coverage, 0.05), CLOUD_FILL)
+    limit = np.uint32(math.floor(cover * 1000 / CLOUD_FILL))
+    cloudy = (coarse < limit) & (dist < radius * radius)
     small = cloudy.astype(np.uint8) * (1 + ((coarse & np.uint32(8)) != 0)).astype(np.uint8)
     return np.take(np.take(small, yi.ravel(), axis=0), xi.ravel(), axis=1)
 

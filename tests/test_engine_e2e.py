@@ -1,0 +1,384 @@
+"""End to end: the engine through the real earthengine-api client against the emulator.
+
+Every merged GeoTIFF is compared pixel for pixel with the emulator's render of the whole
+grid in one request (an emulator started with no_limits: the oracle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import ee
+import numpy as np
+import pytest
+import rasterio
+from rasterio.io import MemoryFile
+
+from engine import DownloadIncomplete, download_ee_image, ee_adapter
+from engine.emulator.config import EmulatorConfig
+from engine.emulator.server import EmulatorThread
+from engine.spec import JobSpec
+from state import Store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def oracle() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def clean() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=1)) as emulator:
+        yield emulator
+
+
+def use(emulator: EmulatorThread) -> None:
+    ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
+
+
+def oracle_render(oracle: EmulatorThread, spec: JobSpec) -> np.ndarray:
+    """The whole grid of a job in one request to the no-limits emulator."""
+    use(oracle)
+    image = ee_adapter.prepare_image(
+        ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
+    )
+    url = ee_adapter.download_url(image, spec.grid)
+    with urllib.request.urlopen(url, timeout=120) as answer:
+        body = answer.read()
+    with MemoryFile(body) as memfile, memfile.open() as dataset:
+        return dataset.read()
+
+
+def job_spec(state_path: Path) -> JobSpec:
+    with Store.open(state_path, create=False) as store:
+        job = store.job()
+        assert job is not None
+        return JobSpec.from_dict(job.spec)
+
+
+def assert_matches_oracle(output: Path, state_path: Path, oracle: EmulatorThread) -> np.ndarray:
+    spec = job_spec(state_path)
+    expected = oracle_render(oracle, spec)
+    with rasterio.open(output) as dataset:
+        merged = dataset.read()
+        assert (
+            dataset.crs.to_string() == spec.grid.crs
+            or dataset.crs == rasterio.crs.CRS.from_user_input(spec.grid.crs)
+        )
+        assert tuple(dataset.transform)[:6] == pytest.approx(spec.grid.transform, abs=1e-12)
+        assert list(dataset.descriptions) == list(spec.band_ids)
+        assert dataset.nodata == spec.nodata
+    assert merged.shape == expected.shape
+    assert merged.dtype == expected.dtype
+    np.testing.assert_array_equal(merged, expected)
+    return merged
+
+
+def tutorial_composite(region: ee.Geometry) -> ee.Image:
+    def mask_clouds(img: ee.Image) -> ee.Image:
+        qa = img.select("QA60")
+        clear = qa.bitwiseAnd(1 << 10).eq(0).And(qa.bitwiseAnd(1 << 11).eq(0))
+        return img.updateMask(clear).divide(10000)
+
+    return (
+        ee.ImageCollection("COPERNICUS/S2_SR_HARMONIZED")
+        .filterDate("2022-01-01", "2022-12-31")
+        .filter(ee.Filter.lt("CLOUDY_PIXEL_PERCENTAGE", 10))
+        .filterBounds(region)
+        .map(mask_clouds)
+        .select("B[1-8]")
+        .median()
+        .clip(region)
+    )
+
+
+TRIANGLE = {
+    "type": "Polygon",
+    "coordinates": [[[118.70, 32.00], [118.80, 32.00], [118.75, 32.06], [118.70, 32.00]]],
+}
+
+
+@pytest.mark.parametrize("endpoint", ["urls", "compute"])
+def test_tutorial_composite_in_epsg4326_equals_the_oracle(
+    tmp_path: Path, clean: EmulatorThread, oracle: EmulatorThread, endpoint: str
+) -> None:
+    use(clean)
+    image = tutorial_composite(ee.Geometry(TRIANGLE))
+    output = tmp_path / "composite.tif"
+    result = download_ee_image(
+        image,
+        output,
+        region=TRIANGLE,
+        crs="EPSG:4326",
+        scale=10,
+        max_tile_bytes=4_000_000,
+        endpoint=endpoint,
+        quiet=True,
+    )
+    assert result.complete and result.counts["done"] >= 6
+    merged = assert_matches_oracle(output, result.state_path, oracle)
+    nodata = job_spec(result.state_path).nodata
+    masked = merged == nodata
+    assert 0.2 < masked.mean() < 0.8  # outside the triangle, and clouds
+    assert merged.shape[0] == 8
+    assert not (tmp_path / "composite.tif.eefetch-tiles").exists() or not any(
+        (tmp_path / "composite.tif.eefetch-tiles").iterdir()
+    )
+    stats = clean.stats()
+    served = stats["tiles_served"]
+    assert len(served) == result.counts["done"]
+    assert all(item["count"] == 1 for item in served)
+
+
+def test_projected_grid_with_edge_tiles_and_memory_splits(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    config = EmulatorConfig.from_profile("clean", seed=2, memory_budget=150_000)
+    with EmulatorThread(config) as emulator:
+        use(emulator)
+        image = ee.Image("USGS/SRTMGL1_003")
+        region = [118.70, 32.00, 118.92, 32.13]
+        output = tmp_path / "dem.tif"
+        result = download_ee_image(
+            image, output, region=region, crs="EPSG:32650", scale=30, quiet=True
+        )
+        stats = emulator.stats()
+    assert result.complete
+    assert result.counts["split"] >= 1  # EE said "User memory limit exceeded." and we split
+    assert result.summary.splits >= 1
+    assert (
+        stats["requests"]["getPixels"].get("400", 0)
+        + stats["requests"]["thumbnails:create"].get("400", 0)
+        >= 1
+    )
+    assert_matches_oracle(output, result.state_path, oracle)
+    with rasterio.open(output) as dataset:
+        assert dataset.crs.to_epsg() == 32650
+        assert dataset.res == (30.0, 30.0)
+        assert dataset.transform.c % 30 == pytest.approx(
+            0
+        ) or dataset.transform.c % 30 == pytest.approx(30)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+
+
+def dem_command(url: str, output: Path, *extra: str) -> list[str]:
+    return [
+        "download",
+        "--asset",
+        "USGS/SRTMGL1_003",
+        "--region",
+        "118.70,32.00,118.95,32.15",
+        "--crs",
+        "EPSG:32650",
+        "--scale",
+        "30",
+        "-o",
+        str(output),
+        "--ee-url",
+        url,
+        "--max-tile-bytes",
+        "400000",
+        *extra,
+    ]
+
+
+def test_cli_under_the_flaky_profile_ends_in_a_correct_file(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    # The flaky mix of faults at three times its usual rate, so a small job meets several.
+    config = EmulatorConfig.from_profile(
+        "flaky",
+        seed=7,
+        fault_rate=0.3,
+        latency_fixed_s=0.05,
+        latency_per_mpix_s=0.0,
+        api_latency_s=0.0,
+        retry_after_s=1,
+    )
+    output = tmp_path / "flaky.tif"
+    with EmulatorThread(config) as emulator:
+        done = run_cli(*dem_command(emulator.url, output, "--concurrency", "6"))
+        stats = emulator.stats()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(str(output))
+    assert sum(stats["faults"].values()) >= 1, "the flaky profile injected no fault"
+    assert_matches_oracle(output, Path(str(output) + ".eefetch.db"), oracle)
+
+
+def wait_for_done_tiles(
+    state: Path, at_least: int, process: subprocess.Popen[str], timeout: float = 120
+) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the download finished before it could be interrupted"
+        if state.exists():
+            try:
+                with Store.open(state, create=False) as store:
+                    done = store.counts()["done"]
+            except Exception:
+                done = 0
+            if done >= at_least:
+                return done
+        time.sleep(0.05)
+    raise AssertionError("no progress before the timeout")
+
+
+def test_sigkill_then_rerun_fetches_no_finished_tile_again(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    config = EmulatorConfig.from_profile(
+        "realistic", seed=3, latency_fixed_s=0.3, latency_per_mpix_s=0.0, api_latency_s=0.0
+    )
+    output = tmp_path / "killed.tif"
+    state = Path(str(output) + ".eefetch.db")
+    with EmulatorThread(config) as emulator:
+        command = dem_command(emulator.url, output, "--concurrency", "4")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *command],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for_done_tiles(state, 4, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        with Store.open(state) as store:
+            done_before = store.tiles("done")
+        spec = job_spec(state)
+        status = run_cli("status", str(state), "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["tiles"]["done"] >= len(done_before)
+        again = run_cli(*command)
+        stats = emulator.stats()
+    assert again.returncode == 0, again.stderr
+    served = {
+        json.loads(item["key"])["transform"][2:6:3].__repr__()
+        + repr((json.loads(item["key"])["width"], json.loads(item["key"])["height"])): item["count"]
+        for item in stats["tiles_served"]
+    }
+    for tile in done_before:
+        grid = spec.grid.window_grid(
+            __import__("engine.grid", fromlist=["Window"]).Window(
+                tile.row_off, tile.col_off, tile.height, tile.width
+            )
+        )
+        key = repr([grid.transform[2], grid.transform[5]]) + repr((grid.width, grid.height))
+        assert served[key] == 1, f"finished tile {tile.id} was fetched again"
+    assert_matches_oracle(output, state, oracle)
+
+
+def test_sigterm_stops_cleanly_and_resume_needs_only_the_state_file(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    config = EmulatorConfig.from_profile(
+        "realistic", seed=4, latency_fixed_s=0.3, latency_per_mpix_s=0.0, api_latency_s=0.0
+    )
+    output = tmp_path / "terminated.tif"
+    state = Path(str(output) + ".eefetch.db")
+    with EmulatorThread(config) as emulator:
+        command = dem_command(emulator.url, output, "--concurrency", "3")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", *command],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for_done_tiles(state, 2, process)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert time.monotonic() - started < 10
+        assert process.returncode == 130
+        assert "run the same command again to resume" in stderr
+        with Store.open(state, create=False) as store:
+            counts = store.counts()
+        assert counts["in_flight"] == 0  # every claim was given back
+        resumed = run_cli("resume", str(state))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_matches_oracle(output, state, oracle)
+
+
+def test_failed_tiles_end_the_run_non_zero_and_the_next_run_retries_them(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    # Every tile request fails with a 503 until the emulator is replaced by a healthy one.
+    broken = EmulatorConfig.from_profile(
+        "clean", seed=5, fault_rate=1.0, fault_weights={"http_503": 1.0}
+    )
+    output = tmp_path / "retry.tif"
+    with EmulatorThread(broken) as emulator:
+        use(emulator)
+        image = ee.Image("USGS/SRTMGL1_003")
+        from engine.scheduler import SchedulerOptions
+
+        with pytest.raises(DownloadIncomplete, match="run the same command again"):
+            from engine import api
+            from engine.job import RunOptions, run_job
+
+            spec = api.build_spec(
+                image,
+                output,
+                region=[118.7, 32.0, 118.8, 32.05],
+                crs=None,
+                crs_transform=None,
+                scale=30,
+                dtype=None,
+                shape=None,
+                bands=None,
+                nodata=None,
+                endpoint="urls",
+                max_tile_bytes=200_000,
+                concurrency=2,
+                compress="deflate",
+                cog=False,
+                keep_tiles=False,
+                ee_url=emulator.url,
+                project=None,
+            )
+            options = RunOptions(
+                concurrency=2,
+                scheduler=SchedulerOptions(
+                    concurrency=2, max_attempts=2, backoff_base=0.01, backoff_cap=0.02
+                ),
+            )
+            result = api.run_sync(run_job(spec, Path(str(output) + ".eefetch.db"), options))
+            assert not result.complete
+            raise DownloadIncomplete(result)
+    assert not output.exists()
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=5)) as healthy:
+        use(healthy)
+        result = download_ee_image(
+            image,
+            output,
+            region=[118.7, 32.0, 118.8, 32.05],
+            scale=30,
+            max_tile_bytes=200_000,
+            quiet=True,
+        )
+    assert result.complete and result.counts["failed"] == 0
+    assert_matches_oracle(output, result.state_path, oracle)
