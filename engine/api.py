@@ -65,6 +65,8 @@ def download_ee_image(
     keep_tiles: bool = False,
     ee_url: str | None = None,
     project: str | None = None,
+    idle_timeout: float | None = None,
+    first_byte_timeout: float | None = None,
     quiet: bool = False,
     progress: Progress | None = None,
     **kwargs: Any,
@@ -113,13 +115,32 @@ def download_ee_image(
     state_path = Path(state) if state else default_state_path(Path(spec.output))
     options = RunOptions(
         concurrency=concurrency or num_threads or DEFAULT_CONCURRENCY,
-        transport=TransportOptions(proxy=proxy, ca_bundle=ca_bundle),
+        transport=transport_options(proxy, ca_bundle, idle_timeout, first_byte_timeout),
         overwrite=overwrite,
     )
     result = run_sync(run_job(spec, state_path, options, progress or choose_progress(quiet)))
     if not result.complete:
         raise DownloadIncomplete(result)
     return result
+
+
+def transport_options(
+    proxy: str | None,
+    ca_bundle: str | None,
+    idle_timeout: float | None,
+    first_byte_timeout: float | None,
+) -> TransportOptions:
+    """Network settings, defaults where the user gave nothing."""
+    defaults = TransportOptions()
+    for name, value in (("idle_timeout", idle_timeout), ("first_byte_timeout", first_byte_timeout)):
+        if value is not None and not value > 0:
+            raise EEUserError(f"{name} must be a positive number of seconds, got {value}")
+    return TransportOptions(
+        proxy=proxy,
+        ca_bundle=ca_bundle,
+        idle_timeout=idle_timeout or defaults.idle_timeout,
+        first_byte_timeout=first_byte_timeout or defaults.first_byte_timeout,
+    )
 
 
 class DownloadIncomplete(Exception):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,7 +95,49 @@ def main() -> None:
     """Download Earth Engine images of any size to one GeoTIFF, resumably."""
 
 
-def _connection_options(function: Callable[..., Any]) -> Callable[..., Any]:
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How to reach Earth Engine and how hard to push: shared by download and resume."""
+
+    project: str | None
+    ee_url: str | None
+    high_volume: bool
+    proxy: str | None
+    ca_bundle: str | None
+    concurrency: int
+    idle_timeout: float
+    first_byte_timeout: float
+    quiet: bool
+    debug: bool
+
+    def connect(self, ee_url: str | None = None, project: str | None = None) -> None:
+        from engine import ee_adapter
+
+        ee_adapter.initialize(
+            ee_adapter.Connection(
+                url=self.ee_url or ee_url,
+                project=self.project or project,
+                high_volume=self.high_volume,
+                proxy=self.proxy,
+                ca_bundle=self.ca_bundle,
+            )
+        )
+
+    def run_options(self, overwrite: bool) -> Any:
+        from engine.api import transport_options
+        from engine.job import RunOptions
+
+        return RunOptions(
+            concurrency=self.concurrency,
+            transport=transport_options(
+                self.proxy, self.ca_bundle, self.idle_timeout, self.first_byte_timeout
+            ),
+            overwrite=overwrite,
+        )
+
+
+def _settings_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the network options to a command and hand them over as one Settings object."""
     options = [
         click.option("--project", envvar="EE_PROJECT", help="Google Cloud project for EE."),
         click.option(
@@ -122,12 +166,33 @@ def _connection_options(function: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Tiles in flight at once (EE allows 40 per project).",
         ),
+        click.option(
+            "--idle-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=60.0,
+            show_default=True,
+            help="Seconds without data before a download is abandoned and retried.",
+        ),
+        click.option(
+            "--first-byte-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=300.0,
+            show_default=True,
+            help="Seconds to wait for Earth Engine to start answering a tile.",
+        ),
         click.option("--quiet", is_flag=True, help="No progress output."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
+    names = [f.name for f in fields(Settings)]
+
+    @functools.wraps(function)
+    def wrapper(**kwargs: Any) -> Any:
+        settings = Settings(**{name: kwargs.pop(name) for name in names})
+        return function(settings=settings, **kwargs)
+
     for option in reversed(options):
-        function = option(function)
-    return function
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @main.command(epilog=EPILOG_DOWNLOAD)
@@ -176,7 +241,7 @@ def _connection_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews.")
 @click.option("--keep-tiles", is_flag=True, help="Keep tile files after the merge.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@_connection_options
+@_settings_options
 def download(
     asset: str | None,
     expression_file: str | None,
@@ -196,14 +261,7 @@ def download(
     cog: bool,
     keep_tiles: bool,
     overwrite: bool,
-    project: str | None,
-    ee_url: str | None,
-    high_volume: bool,
-    proxy: str | None,
-    ca_bundle: str | None,
-    concurrency: int,
-    quiet: bool,
-    debug: bool,
+    settings: Settings,
 ) -> None:
     """Download an image to one GeoTIFF (re-run the same command to resume)."""
     given = [
@@ -221,15 +279,7 @@ def download(
     def action() -> None:
         from engine import api, ee_adapter
 
-        ee_adapter.initialize(
-            ee_adapter.Connection(
-                url=ee_url,
-                project=project,
-                high_volume=high_volume,
-                proxy=proxy,
-                ca_bundle=ca_bundle,
-            )
-        )
+        settings.connect()
         if asset:
             image = ee_adapter.image_from_asset(asset)
         elif expression_file:
@@ -250,52 +300,35 @@ def download(
             nodata=None,
             endpoint=endpoint,
             max_tile_bytes=api._max_tile_bytes(max_tile_bytes, None),  # type: ignore[arg-type]
-            concurrency=concurrency,
+            concurrency=settings.concurrency,
             compress=compress,
             cog=cog,
             keep_tiles=keep_tiles,
-            ee_url=ee_url,
-            project=project,
+            ee_url=settings.ee_url,
+            project=settings.project,
         )
-        _run_spec(spec, state, overwrite, proxy, ca_bundle, concurrency, quiet)
+        _run_spec(spec, state, overwrite, settings)
 
-    _run_guarded(debug, action)
+    _run_guarded(settings.debug, action)
 
 
 @main.command()
 @click.argument("state", type=click.Path(dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@_connection_options
+@_settings_options
 def resume(
     state: str,
     overwrite: bool,
-    project: str | None,
-    ee_url: str | None,
-    high_volume: bool,
-    proxy: str | None,
-    ca_bundle: str | None,
-    concurrency: int,
-    quiet: bool,
-    debug: bool,
+    settings: Settings,
 ) -> None:
     """Resume the job saved in STATE, without the original script."""
 
     def action() -> None:
-        from engine import ee_adapter
-
         spec = _load_spec(state)
-        ee_adapter.initialize(
-            ee_adapter.Connection(
-                url=ee_url or spec.ee_url,
-                project=project or spec.project,
-                high_volume=high_volume,
-                proxy=proxy,
-                ca_bundle=ca_bundle,
-            )
-        )
-        _run_spec(spec, state, overwrite, proxy, ca_bundle, concurrency, quiet)
+        settings.connect(spec.ee_url, spec.project)
+        _run_spec(spec, state, overwrite, settings)
 
-    _run_guarded(debug, action)
+    _run_guarded(settings.debug, action)
 
 
 @main.command()
@@ -377,26 +410,14 @@ def emulator(host: str, port: int, profile: str, seed: int, no_limits: bool) -> 
     serve_forever(config, host, port)
 
 
-def _run_spec(
-    spec: Any,
-    state: str | None,
-    overwrite: bool,
-    proxy: str | None,
-    ca_bundle: str | None,
-    concurrency: int,
-    quiet: bool,
-) -> None:
+def _run_spec(spec: Any, state: str | None, overwrite: bool, settings: Settings) -> None:
     from engine.api import DownloadIncomplete
-    from engine.job import RunOptions, default_state_path, run_job
+    from engine.job import default_state_path, run_job
     from engine.progress import choose_progress, format_bytes
-    from engine.transport import TransportOptions
 
     state_path = Path(state) if state else default_state_path(Path(spec.output))
-    options = RunOptions(
-        concurrency=concurrency,
-        transport=TransportOptions(proxy=proxy, ca_bundle=ca_bundle),
-        overwrite=overwrite,
-    )
+    options = settings.run_options(overwrite)
+    quiet = settings.quiet
     result = run_until_signalled(run_job(spec, state_path, options, choose_progress(quiet)))
     summary = result.summary
     line = (

@@ -394,7 +394,8 @@ def grid_from_region(
     edges are densified before projecting so curved edges are bounded. A bound within ~1e-9
     pixel of a lattice line snaps to it (no spurious row from float noise); a point or a region
     smaller than a pixel gives a 1x1 grid (a point on a lattice corner gets the pixel to its
-    north-east: floor on both axes). See the module docstring for the antimeridian. ``region_crs`` overrides the region's ``crs`` member (default EPSG:4326).
+    north-east: floor on both axes). See the module docstring for the antimeridian.
+    ``region_crs`` overrides the region's ``crs`` member; without either, EPSG:4326.
     """
     size = _check_scale(scale)
     crs_text = _crs_text(crs, "crs")

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +158,7 @@ def _same_crs(actual: CRS, wanted: str) -> bool:
     return epsg is not None and actual.to_epsg() == epsg
 
 
-def _same_transform(actual: Transform, wanted: Transform) -> bool:
+def _same_transform(actual: Sequence[float], wanted: Sequence[float]) -> bool:
     """Equal up to float noise: a millionth of a pixel, whatever the units."""
     pixel = max(abs(wanted[0]), abs(wanted[4]), 1e-300)
     return all(
@@ -232,7 +232,7 @@ def _check_metadata(dataset: rasterio.io.DatasetReader, expect: TileExpectation)
             raise TileValidationError(f"tile CRS is {dataset.crs}, expected {expect.crs}")
     if expect.transform is not None:
         actual = tuple(dataset.transform)[:6]
-        if not _same_transform(actual, expect.transform):  # type: ignore[arg-type]
+        if not _same_transform(actual, expect.transform):
             raise TileValidationError(
                 f"tile transform is {actual}, expected {tuple(expect.transform)}"
             )
