@@ -107,6 +107,8 @@ class Settings:
     concurrency: int
     idle_timeout: float
     first_byte_timeout: float
+    max_attempts: int
+    max_backoff: float
     quiet: bool
     debug: bool
 
@@ -126,11 +128,17 @@ class Settings:
     def run_options(self, overwrite: bool) -> Any:
         from engine.api import transport_options
         from engine.job import RunOptions
+        from engine.scheduler import SchedulerOptions
 
         return RunOptions(
             concurrency=self.concurrency,
             transport=transport_options(
                 self.proxy, self.ca_bundle, self.idle_timeout, self.first_byte_timeout
+            ),
+            scheduler=SchedulerOptions(
+                concurrency=self.concurrency,
+                max_attempts=self.max_attempts,
+                backoff_cap=self.max_backoff,
             ),
             overwrite=overwrite,
         )
@@ -179,6 +187,21 @@ def _settings_options(function: Callable[..., Any]) -> Callable[..., Any]:
             default=300.0,
             show_default=True,
             help="Seconds to wait for Earth Engine to start answering a tile.",
+        ),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(1, 1000),
+            default=8,
+            show_default=True,
+            help="Attempts per tile in one run before it is marked failed (the next run "
+            "tries failed tiles again).",
+        ),
+        click.option(
+            "--max-backoff",
+            type=click.FloatRange(min=0, min_open=True),
+            default=120.0,
+            show_default=True,
+            help="Longest wait in seconds between two attempts at a tile.",
         ),
         click.option("--quiet", is_flag=True, help="No progress output."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),

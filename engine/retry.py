@@ -22,6 +22,7 @@ class ErrorKind(enum.Enum):
     BODY = "body"  # the answer was short, cut, or not the GeoTIFF asked for
     EE = "ee"  # the earthengine-api client raised (URL creation)
     DISK = "disk"  # writing the tile failed locally (disk full, permissions)
+    INTERNAL = "internal"  # an exception eefetch did not expect: retried, and logged
 
 
 class Action(enum.Enum):
@@ -32,15 +33,27 @@ class Action(enum.Enum):
     STOP_JOB = "stop_job"
 
 
-@dataclass(frozen=True, slots=True)
 class FetchError(Exception):
-    """One failed tile attempt, described well enough to decide what to do next."""
+    """One failed tile attempt, described well enough to decide what to do next.
 
-    kind: ErrorKind
-    message: str
-    status: int | None = None
-    retry_after: float | None = None
-    during_download: bool = False  # the GET of an already made download URL failed
+    A plain exception class (not a dataclass): exceptions get their traceback and context
+    set as they travel, which frozen or slotted classes do not allow.
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        during_download: bool = False,
+    ) -> None:
+        super().__init__(kind, message, status)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.during_download = during_download  # the GET of an already made URL failed
 
     def __str__(self) -> str:
         prefix = f"HTTP {self.status}: " if self.status is not None else ""

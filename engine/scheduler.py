@@ -10,6 +10,7 @@ retried, split or failed) and writes it to the state store in batches.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from engine.grid import TilePlan, Window, split_tile
 from engine.pacing import AdaptiveLimiter, OutageMonitor
 from engine.progress import Progress, SilentProgress
-from engine.retry import Action, FetchError, Verdict, classify, retry_delay
+from engine.retry import Action, ErrorKind, FetchError, Verdict, classify, retry_delay
 from engine.tilestore import StoredTile
 from state import (
     NewTile,
@@ -32,6 +33,8 @@ from state import (
     TileUpdate,
     TileUrl,
 )
+
+LOG = logging.getLogger("eefetch")
 
 Fetch = Callable[[TileRecord], Awaitable[StoredTile]]
 Probe = Callable[[], Awaitable[bool]]
@@ -204,6 +207,13 @@ class Scheduler:
             stored = await self.fetch(tile)
         except FetchError as error:
             self._handle_failure(tile, error)
+        except Exception as exc:
+            # A failure nobody foresaw must not end an overnight job: it costs this tile an
+            # attempt, and its traceback goes to the log for a bug report.
+            LOG.exception("unexpected error while fetching tile %s", tile.id)
+            self._handle_failure(
+                tile, FetchError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
+            )
         except asyncio.CancelledError:
             self.updates.record(TileReleased(tile.id))
             raise

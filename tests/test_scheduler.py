@@ -233,3 +233,21 @@ def test_cancellation_releases_every_claim(tmp_path: Path) -> None:
     assert counts["in_flight"] == 0
     assert counts["pending"] == 40
     assert all(t.attempts == 0 for t in store.tiles())
+
+
+def test_an_unexpected_exception_costs_an_attempt_not_the_job(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 4)
+    odd = store.tiles()[1].id
+    calls: Counter[int] = Counter()
+
+    async def sometimes_broken(tile: TileRecord) -> StoredTile:
+        calls[tile.id] += 1
+        if tile.id == odd and calls[tile.id] == 1:
+            raise KeyError("surprise")
+        return stored(tile)
+
+    summary = run(
+        Scheduler(store, sometimes_broken, always_up, owner="a", itemsizes=[4], options=FAST)
+    )
+    assert summary.retries == 1 and calls[odd] == 2
+    assert store.counts()["done"] == 4

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 
 from engine.emulator import encode
 from engine.emulator.config import EmulatorConfig
@@ -350,7 +351,12 @@ async def send_tile(
     response = web.StreamResponse(status=200, headers=headers)
     response.content_type = content_type
     response.content_length = len(body)
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except (ConnectionResetError, ClientConnectionResetError):
+        # The client hung up while the answer was being computed (a timeout, Ctrl-C).
+        state.stats.client_aborts += 1
+        return response
 
     kind = fault.kind if fault is not None else None
     fraction = fault.fraction if fault is not None else 0.0
