@@ -79,7 +79,9 @@ def download_ee_image(
     raises :class:`DownloadIncomplete` when tiles failed (run again to retry them).
     """
     del kwargs  # geemap passes extra keywords through to geedim; none change the result
-    if ee_url is not None:
+    if ee_url is not None or not ee_adapter.is_initialized():
+        # Like geemap: with no emulator URL and no ee.Initialize() yet, use the user's own
+        # credentials and project.
         ee_adapter.initialize(
             ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
         )
@@ -118,7 +120,8 @@ def download_ee_image(
         transport=transport_options(proxy, ca_bundle, idle_timeout, first_byte_timeout),
         overwrite=overwrite,
     )
-    result = run_sync(run_job(spec, state_path, options, progress or choose_progress(quiet)))
+    with ee_adapter.client_settings():
+        result = run_sync(run_job(spec, state_path, options, progress or choose_progress(quiet)))
     if not result.complete:
         raise DownloadIncomplete(result)
     return result

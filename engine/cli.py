@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -55,8 +56,12 @@ def _run_guarded(debug: bool, action: Callable[[], T]) -> T:
     except click.ClickException:
         raise
     except KeyboardInterrupt:
+        # The state is committed by now. Leave at once: a worker thread stuck in an Earth
+        # Engine API call would otherwise hold the exit until its deadline passes.
         click.echo("eefetch: stopped; run the same command again to resume", err=True)
-        sys.exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except _user_errors() as exc:
         if debug:
             raise

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 import runpy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,14 +97,40 @@ def initialize(connection: Connection) -> None:
             f"could not reach Earth Engine at {connection.base_url}: {exc}. Check the network, "
             "the proxy (--proxy or HTTPS_PROXY) and --ee-url"
         ) from exc
-    ee.data.setMaxRetries(0)
-    ee.data.setDeadline(int(connection.deadline_seconds * 1000))
+    configure_client(connection.deadline_seconds)
     session = ee.data._get_state().requests_session
     if session is not None:
         if connection.proxy:
             session.proxies = {"http": connection.proxy, "https": connection.proxy}
         if connection.ca_bundle:
             session.verify = connection.ca_bundle
+
+
+def configure_client(deadline_seconds: float = 180.0) -> None:
+    """Turn the client's own retries off and bound every API call.
+
+    eefetch retries with knowledge the client lacks (split, new URL, outage); the client's
+    retries would multiply with ours and hide a stalled network for minutes.
+    """
+    ee.data.setMaxRetries(0)
+    ee.data.setDeadline(int(deadline_seconds * 1000))
+
+
+@contextmanager
+def client_settings(deadline_seconds: float = 180.0) -> Iterator[None]:
+    """configure_client() for the duration of a job, then the caller's settings again."""
+    state = ee.data._get_state()
+    saved = (state.max_retries, state.deadline_ms)
+    configure_client(deadline_seconds)
+    try:
+        yield
+    finally:
+        ee.data.setMaxRetries(saved[0])
+        ee.data.setDeadline(saved[1])
+
+
+def is_initialized() -> bool:
+    return bool(ee.data.is_initialized())
 
 
 def current_base_url() -> str:

@@ -19,7 +19,7 @@ from engine.grid import Grid, Window
 from engine.retry import ErrorKind, FetchError
 from engine.spec import JobSpec
 from engine.tilestore import StoredTile, TileExpectation, TileStore, TileValidationError
-from engine.transport import Transport
+from engine.transport import Body, Transport
 from state import TileRecord, TileUpdate, TileUrl
 
 URL_LIFETIME = 3600.0  # reuse a stored download URL for an hour; EE keeps them a few hours
@@ -102,7 +102,7 @@ class TileFetcher:
             return self.image
         return self.image.slice(tile.band_start, tile.band_stop)
 
-    async def _store(self, tile: TileRecord, body: object) -> StoredTile:
+    async def _store(self, tile: TileRecord, body: Body) -> StoredTile:
         expect = tile_expectation(self.spec, tile)
         try:
             return await self.tiles.write_stream(
