@@ -18,9 +18,11 @@ from typing import Any
 
 import ee
 import numpy as np
+import requests
 
 from engine.grid import Grid
 from engine.retry import ErrorKind, FetchError
+from engine.transport import ca_bundle_from_env, resolve_proxy
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
 OFFLINE_PROJECT = "eefetch-offline"
@@ -72,8 +74,64 @@ class BandInfo:
     dimensions: tuple[int, int] | None
 
 
+class RoutedSession(requests.Session):
+    """A requests session that picks its proxy and CA bundle as the tile transport does.
+
+    Left to itself, requests lets HTTPS_PROXY and REQUESTS_CA_BUNDLE override what was set on
+    the session (so --proxy and --ca-bundle would lose to the environment) and ignores
+    SSL_CERT_FILE. Deciding both in ``engine.transport`` for every request keeps the EE API
+    calls and the tile downloads on one route: an explicit proxy for every host, including
+    127.0.0.1; otherwise the usual variables, NO_PROXY included.
+    """
+
+    def __init__(self, proxy: str | None, ca_bundle: str | None) -> None:
+        super().__init__()
+        self.trust_env = False
+        self.explicit_proxy = proxy
+        self.ca_bundle = ca_bundle
+
+    def merge_environment_settings(  # type: ignore[override]
+        self,
+        url: str,
+        proxies: dict[str, str] | None,
+        stream: bool | None,
+        verify: bool | str | None,
+        cert: Any,
+    ) -> dict[str, Any]:
+        chosen = resolve_proxy(url, self.explicit_proxy)
+        if chosen:
+            proxies = {"http": chosen, "https": chosen}
+        if verify is None:
+            verify = self.ca_bundle or ca_bundle_from_env() or True
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+
+def use_network(proxy: str | None, ca_bundle: str | None) -> None:
+    """Route the client's calls through ``proxy`` and check certificates against ``ca_bundle``.
+
+    For a client somebody else initialised (the Python API without ``ee_url``): the client's
+    API objects hold their session, so they are rebuilt around the new one.
+    """
+    _install_session(proxy, ca_bundle)
+    if ee.data.is_initialized():
+        ee.data._install_cloud_api_resource()
+
+
+def _install_session(proxy: str | None, ca_bundle: str | None) -> None:
+    state = ee.data._get_state()
+    previous = state.requests_session
+    state.requests_session = RoutedSession(proxy, ca_bundle)
+    if previous is not None:
+        previous.close()
+
+
 def initialize(connection: Connection) -> None:
-    """Initialise the client once per process, against an emulator or the real service."""
+    """Initialise the client once per process, against an emulator or the real service.
+
+    The session is in place before ``ee.Initialize``, whose discovery and algorithm calls must
+    take the proxy too: behind a firewall that only lets the proxy out, nothing else works.
+    """
+    _install_session(connection.proxy, connection.ca_bundle)
     try:
         if connection.offline:
             # The client reads a catalog from a Google storage host at init, with no timeout;
@@ -98,12 +156,6 @@ def initialize(connection: Connection) -> None:
             "the proxy (--proxy or HTTPS_PROXY) and --ee-url"
         ) from exc
     configure_client(connection.deadline_seconds)
-    session = ee.data._get_state().requests_session
-    if session is not None:
-        if connection.proxy:
-            session.proxies = {"http": connection.proxy, "https": connection.proxy}
-        if connection.ca_bundle:
-            session.verify = connection.ca_bundle
 
 
 def configure_client(deadline_seconds: float = 180.0) -> None:
@@ -287,6 +339,19 @@ def download_url(image: ee.Image, grid: Grid) -> str:
         raise FetchError(ErrorKind.TIMEOUT, f"Earth Engine API call timed out: {exc}") from exc
     except (ConnectionError, OSError) as exc:
         raise FetchError(ErrorKind.CONNECT, f"Earth Engine API unreachable: {exc}") from exc
+
+
+def thumbnail_url(image: ee.Image, params: dict[str, Any]) -> str:
+    """A PNG/JPEG thumbnail URL (``getThumbURL``: thumbnails create, blocking)."""
+    try:
+        return image.getThumbURL(params)
+    except ee.EEException as exc:
+        raise EEUserError(f"Earth Engine could not make the preview: {exc}") from exc
+    except (ConnectionError, OSError) as exc:
+        raise EEUserError(
+            f"could not reach Earth Engine for the preview: {exc}. Check the network and "
+            "the proxy (--proxy or HTTPS_PROXY)"
+        ) from exc
 
 
 def compute_pixels_request(

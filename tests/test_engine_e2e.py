@@ -25,6 +25,7 @@ from rasterio.io import MemoryFile
 from engine import DownloadIncomplete, download_ee_image, ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.grid import Window
 from engine.spec import JobSpec
 from state import Store
 
@@ -248,23 +249,47 @@ def wait_for_done_tiles(
     raise AssertionError("no progress before the timeout")
 
 
+def slow_emulator(seed: int) -> EmulatorThread:
+    """An emulator slow enough per tile that a test can interrupt a download part way."""
+    return EmulatorThread(
+        EmulatorConfig.from_profile(
+            "realistic",
+            seed=seed,
+            latency_fixed_s=0.3,
+            latency_per_mpix_s=0.0,
+            api_latency_s=0.0,
+        )
+    )
+
+
+def start_cli(command: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *command],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def served_counts(stats: dict) -> dict[tuple[float, float, int, int], int]:
+    """How often the emulator served each tile, by (x origin, y origin, width, height)."""
+    counts = {}
+    for item in stats["tiles_served"]:
+        key = json.loads(item["key"])
+        transform = key["transform"]
+        counts[(transform[2], transform[5], key["width"], key["height"])] = item["count"]
+    return counts
+
+
 def test_sigkill_then_rerun_fetches_no_finished_tile_again(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
-    config = EmulatorConfig.from_profile(
-        "realistic", seed=3, latency_fixed_s=0.3, latency_per_mpix_s=0.0, api_latency_s=0.0
-    )
     output = tmp_path / "killed.tif"
     state = Path(str(output) + ".eefetch.db")
-    with EmulatorThread(config) as emulator:
+    with slow_emulator(seed=3) as emulator:
         command = dem_command(emulator.url, output, "--concurrency", "4")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", *command],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_cli(command)
         wait_for_done_tiles(state, 4, process)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -275,20 +300,11 @@ def test_sigkill_then_rerun_fetches_no_finished_tile_again(
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["tiles"]["done"] >= len(done_before)
         again = run_cli(*command)
-        stats = emulator.stats()
+        served = served_counts(emulator.stats())
     assert again.returncode == 0, again.stderr
-    served = {
-        json.loads(item["key"])["transform"][2:6:3].__repr__()
-        + repr((json.loads(item["key"])["width"], json.loads(item["key"])["height"])): item["count"]
-        for item in stats["tiles_served"]
-    }
     for tile in done_before:
-        grid = spec.grid.window_grid(
-            __import__("engine.grid", fromlist=["Window"]).Window(
-                tile.row_off, tile.col_off, tile.height, tile.width
-            )
-        )
-        key = repr([grid.transform[2], grid.transform[5]]) + repr((grid.width, grid.height))
+        grid = spec.grid.window_grid(Window(tile.row_off, tile.col_off, tile.height, tile.width))
+        key = (grid.transform[2], grid.transform[5], grid.width, grid.height)
         assert served[key] == 1, f"finished tile {tile.id} was fetched again"
     assert_matches_oracle(output, state, oracle)
 
@@ -296,20 +312,10 @@ def test_sigkill_then_rerun_fetches_no_finished_tile_again(
 def test_sigterm_stops_cleanly_and_resume_needs_only_the_state_file(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
-    config = EmulatorConfig.from_profile(
-        "realistic", seed=4, latency_fixed_s=0.3, latency_per_mpix_s=0.0, api_latency_s=0.0
-    )
     output = tmp_path / "terminated.tif"
     state = Path(str(output) + ".eefetch.db")
-    with EmulatorThread(config) as emulator:
-        command = dem_command(emulator.url, output, "--concurrency", "3")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", *command],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    with slow_emulator(seed=4) as emulator:
+        process = start_cli(dem_command(emulator.url, output, "--concurrency", "3"))
         wait_for_done_tiles(state, 2, process)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -754,6 +754,102 @@ def _cast(dtype: str) -> Callable[[str, Args], Image]:
     return impl
 
 
+# --------------------------------------------------------------------------- visualisation
+
+_UINT8 = PixelType("int", 0, 255)
+
+
+def _numbers(fname: str, name: str, value: Any) -> list[float] | None:
+    """EE's visualisation numbers: a number, a list, or a comma-separated string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        value = [value]
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise EvaluationError(f"{fname}: Invalid value for '{name}': {value!r}.") from None
+
+
+def _visualize(fname: str, args: Args) -> Image:
+    """``Image.visualize``: 1 or 3 bands stretched min..max (with gamma or a palette) to RGB."""
+    from engine import imaging
+
+    image = _image_arg(fname, args, "image")
+    wanted = _arg(fname, args, "bands")
+    if isinstance(wanted, str):
+        wanted = [part.strip() for part in wanted.split(",") if part.strip()]
+    by_id = {b.info.id: b for b in image.band_list}
+    if wanted is None:
+        chosen = image.band_list[:3] if len(image.band_list) >= 3 else image.band_list[:1]
+    else:
+        missing = [b for b in wanted if b not in by_id]
+        if missing:
+            raise EvaluationError(
+                f"{fname}: Pattern '{missing[0]}' did not match any bands. "
+                f"Available bands: [{', '.join(by_id)}]"
+            )
+        chosen = [by_id[b] for b in wanted]
+    if len(chosen) not in (1, 3):
+        raise EvaluationError(f"{fname}: Expected 1 or 3 bands but got {len(chosen)}.")
+    palette = _arg(fname, args, "palette")
+    if isinstance(palette, str):
+        palette = [part.strip() for part in palette.split(",") if part.strip()]
+    if palette and len(chosen) != 1:
+        raise EvaluationError(
+            f"{fname}: Cannot provide a palette when visualizing more than one band."
+        )
+    count = len(chosen)
+    gains = _numbers(fname, "gain", _arg(fname, args, "gain"))
+    biases = _numbers(fname, "bias", _arg(fname, args, "bias"))
+    try:
+        if gains is not None or biases is not None:
+            gain = imaging.per_band(gains, count, 1.0)
+            bias = imaging.per_band(biases, count, 0.0)
+            lows = [-b / g for g, b in zip(gain, bias, strict=True)]
+            highs = [255.0 / g + lo for g, lo in zip(gain, lows, strict=True)]
+        else:
+            lows = imaging.per_band(_numbers(fname, "min", _arg(fname, args, "min")), count, 0.0)
+            highs = imaging.per_band(_numbers(fname, "max", _arg(fname, args, "max")), count, 1.0)
+        gammas = _numbers(fname, "gamma", _arg(fname, args, "gamma"))
+        gamma = imaging.per_band(gammas, count, 1.0)[0]
+        if palette:
+            imaging.palette_colours(palette)
+        for low, high in zip(lows, highs, strict=True):
+            imaging.stretch(np.zeros((1, 1)), low, high, gamma)
+    except ValueError as exc:
+        raise EvaluationError(f"{fname}: {exc}") from None
+
+    def levels(req: RenderRequest) -> tuple[list[np.ndarray], np.ndarray]:
+        key = ("visualize", id(levels))
+        found = req.memo.get(key)
+        if found is None:
+            planes, valid = [], np.ones((1, 1), dtype=bool)
+            for band, low, high in zip(chosen, lows, highs, strict=True):
+                data, ok = band.plane(req)
+                planes.append(imaging.stretch(np.broadcast_to(data, req.shape), low, high, gamma))
+                valid = _both(valid, ok)
+            if palette:
+                planes = imaging.apply_palette(planes[0], palette)
+            found = (planes, valid)
+            req.memo[key] = found
+        return found
+
+    names = ["vis-red", "vis-green", "vis-blue"] if count == 3 or palette else ["vis-gray"]
+    bands = []
+    for index, name in enumerate(names):
+
+        def compute(req: RenderRequest, index: int = index) -> Plane:
+            planes, valid = levels(req)
+            return planes[index], valid
+
+        info = replace(chosen[min(index, count - 1)].info, id=name, dtype="uint8")
+        bands.append(Band(info, _UINT8, compute))
+    return image.derive(bands)
+
+
 # --------------------------------------------------------------------------- projections, grids
 
 
@@ -1347,6 +1443,7 @@ def _function_table() -> dict[str, Callable[[str, Args], Any]]:
         "Image.reproject": _reproject,
         "Image.setDefaultProjection": _reproject,
         "Image.clipToBoundsAndScale": _clip_to_bounds_and_scale,
+        "Image.visualize": _visualize,
         "Projection": _projection,
         "Projection.nominalScale": _nominal_scale,
         "Geometry.bounds": _bounds,

@@ -21,6 +21,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -35,6 +36,7 @@ import numpy as np
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
+from engine import imaging
 from engine.emulator import encode
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.faults import Fault, FaultModel, digest
@@ -76,6 +78,14 @@ CAPTIVE_PORTAL_HTML = (
     b"<form method='post' action='/login'><input name='user'/><button>Sign in</button></form>"
     b"</body></html>"
 )
+CONTENT_TYPES = {**encode.CONTENT_TYPES, "PNG": "image/png", "JPEG": "image/jpeg"}
+EXTENSIONS = {
+    "NPY": "npy",
+    "ZIPPED_GEO_TIFF": "zip",
+    "ZIPPED_GEO_TIFF_PER_BAND": "zip",
+    "PNG": "png",
+    "JPEG": "jpg",
+}
 # API calls that count against the per-project concurrency quota.
 QUOTA_ROUTES = frozenset({"value:compute", "thumbnails:create", "getPixels", "computePixels"})
 # Set on a request whose connection was dropped before any status line (stats status "0").
@@ -151,6 +161,7 @@ class Download:
     created: float
     identity: str
     expired: bool = False
+    visualization: dict[str, Any] | None = None
 
 
 class Pacer:
@@ -474,8 +485,13 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     if not isinstance(expression, dict):
         raise ApiError(400, "Invalid argument: 'expression' is required.")
     file_format = str(body.get("fileFormat") or "ZIPPED_GEO_TIFF_PER_BAND")
-    if file_format not in encode.FORMATS_DOWNLOAD:
+    if file_format == "AUTO_JPEG_PNG":
+        file_format = "PNG"
+    if file_format not in (*encode.FORMATS_DOWNLOAD, *imaging.PICTURE_FORMATS):
         raise ApiError(400, f"Unsupported fileFormat for this emulator: {file_format}.")
+    visualization = body.get("visualizationOptions") or None
+    if visualization is not None and not isinstance(visualization, dict):
+        raise ApiError(400, "Invalid argument: 'visualizationOptions' must be an object.")
     requested = body.get("bandIds") or None
     await _api_fault(state, "thumbnails:create", digest(body))
     started = state.clock()
@@ -488,6 +504,8 @@ async def thumbnails_create(request: web.Request) -> web.Response:
         raise ApiError(400, UNBOUNDED_MESSAGE)
     grid = as_pixel_grid(raw_grid)
     band_ids, dtypes = select_bands(image, requested)
+    if file_format in imaging.PICTURE_FORMATS:
+        check_picture(band_ids, dtypes, visualization)
     check_size(state.config, grid.width, grid.height, dtypes, state.config.max_download_side)
     _prune_downloads(state)
     name = f"projects/{project}/thumbnails/{uuid.uuid4().hex}"
@@ -502,6 +520,7 @@ async def thumbnails_create(request: web.Request) -> web.Response:
         prefix=str(body.get("filenamePrefix") or "download"),
         created=state.clock(),
         identity=identity,
+        visualization=visualization,
     )
     if state.config.shaping_on:
         await _sleep(state, state.config.api_latency_s - (state.clock() - started))
@@ -518,6 +537,48 @@ def _prune_downloads(state: EmulatorState) -> None:
         del state.downloads[name]
 
 
+def check_picture(
+    band_ids: Sequence[str], dtypes: Sequence[np.dtype], visualization: dict[str, Any] | None
+) -> None:
+    """A PNG or JPEG thumbnail shows 1 or 3 bands of bytes, or bands stretched by ranges."""
+    if len(band_ids) not in (1, 3):
+        raise ApiError(
+            400,
+            f"Thumbnails show 1 or 3 bands, the image has {len(band_ids)}. "
+            "Pass visualization parameters (bands, min, max) to getThumbURL.",
+        )
+    if visualization is None and any(np.dtype(d) != np.uint8 for d in dtypes):
+        raise ApiError(
+            400,
+            "Thumbnails of bands that are not 8-bit need visualization parameters "
+            "(min and max, or a palette).",
+        )
+    try:
+        picture_levels([np.zeros((1, 1))] * len(band_ids), visualization)
+    except ValueError as exc:
+        raise ApiError(400, f"Invalid visualizationOptions: {exc}.") from None
+
+
+def picture_levels(
+    data: Sequence[np.ndarray], visualization: dict[str, Any] | None
+) -> list[np.ndarray]:
+    """Bands as 0..255 levels: stretched by ``visualizationOptions`` when given (REST shape)."""
+    if visualization is None:
+        return [np.asarray(d, dtype=np.uint8) for d in data]
+    ranges = visualization.get("ranges") or [{"min": 0.0, "max": 1.0}]
+    lows = imaging.per_band([float(r.get("min", 0.0)) for r in ranges], len(data), 0.0)
+    highs = imaging.per_band([float(r.get("max", 1.0)) for r in ranges], len(data), 1.0)
+    gamma = (visualization.get("gamma") or {}).get("value")
+    levels = [
+        imaging.stretch(d, lo, hi, float(gamma) if gamma is not None else None)
+        for d, lo, hi in zip(data, lows, highs, strict=True)
+    ]
+    palette = visualization.get("paletteColors")
+    if palette and len(levels) == 1:
+        levels = imaging.apply_palette(levels[0], palette)
+    return levels
+
+
 def _render(
     state: EmulatorState,
     image: Any,
@@ -525,8 +586,13 @@ def _render(
     band_ids: list[str],
     file_format: str,
     prefix: str,
+    visualization: dict[str, Any] | None = None,
 ) -> bytes:
     rendered = image.render(grid.crs, grid.transform, grid.width, grid.height, band_ids)
+    if file_format in imaging.PICTURE_FORMATS:
+        valid = np.logical_and.reduce([np.asarray(v, dtype=bool) for v in rendered.valid])
+        levels = picture_levels(list(rendered.data), visualization)
+        return imaging.encode_picture(levels, valid, file_format)
     return encode.encode(
         file_format,
         grid.crs,
@@ -552,6 +618,7 @@ async def _serve_pixels(
     *,
     on_expired: Callable[[], None] | None = None,
     headers: dict[str, str] | None = None,
+    visualization: dict[str, Any] | None = None,
 ) -> web.StreamResponse:
     """Fault decision, memory check, render, latency, then the streamed body."""
     started = state.clock()
@@ -577,7 +644,9 @@ async def _serve_pixels(
             return web.Response(body=CAPTIVE_PORTAL_HTML, content_type="text/html")
     try:
         check_memory(state.config, image, grid.width, grid.height)
-        body = await _run(state, _render, state, image, grid, band_ids, file_format, prefix)
+        body = await _run(
+            state, _render, state, image, grid, band_ids, file_format, prefix, visualization
+        )
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
     await _shape_latency(state, started, grid)
@@ -586,7 +655,7 @@ async def _serve_pixels(
         request,
         state,
         body,
-        encode.CONTENT_TYPES[file_format],
+        CONTENT_TYPES[file_format],
         fault=fault,
         key=key,
         headers=headers,
@@ -609,9 +678,7 @@ async def get_pixels(request: web.Request) -> web.StreamResponse:
     def expire() -> None:
         download.expired = True
 
-    extension = "npy" if download.file_format == "NPY" else "tif"
-    if download.file_format.startswith("ZIPPED"):
-        extension = "zip"
+    extension = EXTENSIONS.get(download.file_format, "tif")
     return await _serve_pixels(
         request,
         state,
@@ -624,6 +691,7 @@ async def get_pixels(request: web.Request) -> web.StreamResponse:
         download.prefix,
         on_expired=expire,
         headers={"Content-Disposition": f"attachment; filename={download.prefix}.{extension}"},
+        visualization=download.visualization,
     )
 
 
@@ -785,16 +853,22 @@ async def start_emulator(
     port: int = 0,
     *,
     evaluator: Evaluator | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> RunningEmulator:
-    """Start serving on host:port (0 picks a free port) on the running loop."""
+    """Start serving on host:port (0 picks a free port) on the running loop.
+
+    With `ssl_context` it serves HTTPS, as Earth Engine does, so clients and proxies take the
+    path they take in production (certificate checks, CONNECT tunnels).
+    """
     app = create_app(config, evaluator=evaluator)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = runner.addresses[0]
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    return RunningEmulator(url=f"http://{shown}:{bound[1]}", app=app, runner=runner)
+    scheme = "https" if ssl_context is not None else "http"
+    return RunningEmulator(url=f"{scheme}://{shown}:{bound[1]}", app=app, runner=runner)
 
 
 class EmulatorThread:
@@ -807,11 +881,13 @@ class EmulatorThread:
         port: int = 0,
         *,
         evaluator: Evaluator | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config or EmulatorConfig()
         self._host = host
         self._port = port
         self._evaluator = evaluator
+        self._ssl_context = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: RunningEmulator | None = None
         self._thread: threading.Thread | None = None
@@ -845,7 +921,13 @@ class EmulatorThread:
         asyncio.set_event_loop(loop)
         try:
             self._running = loop.run_until_complete(
-                start_emulator(self._config, self._host, self._port, evaluator=self._evaluator)
+                start_emulator(
+                    self._config,
+                    self._host,
+                    self._port,
+                    evaluator=self._evaluator,
+                    ssl_context=self._ssl_context,
+                )
             )
         except BaseException as exc:
             self._error = exc
