@@ -1,0 +1,430 @@
+"""Crash campaign: SIGKILL `eefetch download` at many seeded random moments, re-run after each.
+
+Every kill is followed by the same command again, until a run completes. Kills are aimed by
+timing only (no hooks in the engine): early kills land in start-up and planning, progress kills
+at a random fraction of the remaining tiles plus sub-second jitter (so they hit tile renames and
+state writes at random), part kills while a tile body is being streamed to its ``.part`` file,
+and merge kills once the merge's temporary output has appeared.
+
+Two promises are checked from outside the process:
+- the final GeoTIFF equals the oracle (the emulator rendering the grid with no limits) pixel
+  for pixel;
+- no tile that the state recorded as done at the moment of a kill was served again by the
+  emulator afterwards (its ``tiles_served`` count never grows after that kill).
+
+    python scripts/crash_campaign.py --kills 40 --size-mb 300 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+from rasterio.io import MemoryFile  # noqa: E402
+from rasterio.windows import Window as RioWindow  # noqa: E402
+
+from engine import ee_adapter  # noqa: E402
+from engine.emulator.config import EmulatorConfig  # noqa: E402
+from engine.emulator.server import EmulatorThread  # noqa: E402
+from engine.grid import METRES_PER_DEGREE, Window  # noqa: E402
+from engine.spec import JobSpec  # noqa: E402
+from state import Store  # noqa: E402
+
+MODES = ("early", "progress", "part", "merge")
+ORACLE_STRIP_BYTES = 32 << 20
+POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """One campaign: the job (a DEM over a square near Nanjing) and how to kill it."""
+
+    workdir: Path
+    kills: int = 5
+    merge_kills: int = 1
+    size_mb: float = 20.0
+    seed: int = 1
+    scale: float = 10.0
+    max_tile_bytes: int = 1_000_000
+    concurrency: int = 4
+    latency_s: float = 0.05
+    run_timeout_s: float = 600.0
+
+
+@dataclass
+class Kill:
+    """What one kill hit, as seen from outside the process."""
+
+    number: int
+    mode: str
+    after_s: float
+    phase: str
+    done_at_kill: int
+    total_tiles: int
+
+
+@dataclass
+class CampaignResult:
+    """Figures of a campaign; ``ok`` only if the output equals the oracle and no done tile was
+    fetched again."""
+
+    kills: list[Kill] = field(default_factory=list)
+    runs: int = 0
+    completed: bool = False
+    pixels_equal: bool = False
+    job_bytes: int = 0
+    tiles: int = 0
+    refetched_done: list[str] = field(default_factory=list)
+    served_twice: int = 0
+    elapsed_s: float = 0.0
+    final_stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.completed and self.pixels_equal and not self.refetched_done
+
+
+def region_for(size_mb: float, scale: float) -> str:
+    """A lon/lat square whose int16 DEM at ``scale`` metres weighs about ``size_mb``."""
+    side_px = (size_mb * 1e6 / 2) ** 0.5
+    side_deg = side_px * scale / METRES_PER_DEGREE
+    west, south = 118.5, 31.8
+    return f"{west},{south},{west + side_deg:.6f},{south + side_deg:.6f}"
+
+
+def command(config: CampaignConfig, url: str, output: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "download",
+        "--asset",
+        "USGS/SRTMGL1_003",
+        "--region",
+        region_for(config.size_mb, config.scale),
+        "--crs",
+        "EPSG:4326",
+        "--scale",
+        str(config.scale),
+        "-o",
+        str(output),
+        "--ee-url",
+        url,
+        "--max-tile-bytes",
+        str(config.max_tile_bytes),
+        "--concurrency",
+        str(config.concurrency),
+        "--quiet",
+    ]
+
+
+def _done_count(state: Path) -> tuple[int, int]:
+    """(done, leaf tiles) read without writing, while the download runs; (0, 0) if unknown."""
+    if not state.exists():
+        return 0, 0
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1)
+        ) as conn:
+            query = "SELECT status, count(*) FROM tile GROUP BY status"
+            rows = dict(conn.execute(query).fetchall())
+    except sqlite3.Error:
+        return 0, 0
+    return rows.get("done", 0), sum(v for k, v in rows.items() if k != "split")
+
+
+def _phase(state: Path, output: Path) -> str:
+    """What the process was doing when killed, judged from the files it leaves."""
+    if output.with_name(f".{output.name}.eefetch-merge.tmp").exists():
+        return "merge"
+    tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
+    if tiles.is_dir() and any(tiles.glob("*.part")):
+        return "writing a tile"
+    if not state.exists():
+        return "start-up"
+    done, total = _done_count(state)
+    if total == 0:
+        return "planning"
+    return "download" if done < total else "verify/merge"
+
+
+def _wait_for(condition: object, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll ``condition()`` until true; False if the process ended or time ran out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(POLL_S)
+    return False
+
+
+def _aim(
+    mode: str, rng: random.Random, process: subprocess.Popen[bytes], state: Path, output: Path
+) -> bool:
+    """Wait for the moment ``mode`` aims at; False if the run ended first."""
+    temp = output.with_name(f".{output.name}.eefetch-merge.tmp")
+    tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
+    if mode == "early":
+        _wait_for(lambda: False, process, rng.uniform(0.05, 3.0))
+        return process.poll() is None
+    if mode == "merge":
+        if not _wait_for(temp.exists, process, 600):
+            return False
+        time.sleep(rng.uniform(0.0, 0.4))
+        return process.poll() is None
+    if mode == "part":
+        return _wait_for(lambda: tiles.is_dir() and any(tiles.glob("*.part")), process, 600)
+    done, total = _done_count(state)
+    start = done
+    fraction = rng.random()
+
+    def reached() -> bool:
+        now_done, now_total = _done_count(state)
+        return now_total > 0 and now_done >= start + fraction * (now_total - start)
+
+    if not _wait_for(reached, process, 600):
+        return False
+    time.sleep(rng.uniform(0.0, 0.5))
+    return process.poll() is None
+
+
+def _served(url: str) -> dict[str, int]:
+    """The emulator's count of complete tile bodies, keyed by grid and bands (no CRS)."""
+    with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=30) as answer:
+        stats = json.load(answer)
+    counts: dict[str, int] = {}
+    for item in stats["tiles_served"]:
+        key = _grid_key(json.loads(item["key"]))
+        counts[key] = counts.get(key, 0) + item["count"]
+    return counts
+
+
+def _grid_key(data: dict[str, object]) -> str:
+    return json.dumps(
+        [
+            [float(v) for v in data["transform"]],  # type: ignore[attr-defined]
+            data["width"],
+            data["height"],
+            list(data["bands"]),  # type: ignore[call-overload]
+        ]
+    )
+
+
+def done_tile_keys(state: Path) -> set[str]:
+    """Keys (as the emulator counts them) of the tiles the state records as done."""
+    with Store.open(state, create=False) as store:
+        job = store.job()
+        if job is None:
+            return set()
+        spec = JobSpec.from_dict(job.spec)
+        done = store.tiles("done")
+    keys = set()
+    for tile in done:
+        grid = spec.grid.window_grid(Window(tile.row_off, tile.col_off, tile.height, tile.width))
+        bands = list(spec.band_ids[tile.band_start : tile.band_stop])
+        keys.add(
+            _grid_key(
+                {
+                    "transform": grid.transform,
+                    "width": grid.width,
+                    "height": grid.height,
+                    "bands": bands,
+                }
+            )
+        )
+    return keys
+
+
+def _strips(height: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+    rows = max(1, ORACLE_STRIP_BYTES // max(row_bytes, 1))
+    for top in range(0, height, rows):
+        yield top, min(rows, height - top)
+
+
+def equals_oracle(output: Path, state: Path, oracle: EmulatorThread) -> bool:
+    """Compare the output with the oracle's render, strip by strip (bounded memory)."""
+    with Store.open(state, create=False) as store:
+        job = store.job()
+    assert job is not None
+    spec = JobSpec.from_dict(job.spec)
+    ee_adapter.initialize(ee_adapter.Connection(url=oracle.url))
+    image = ee_adapter.prepare_image(
+        ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
+    )
+    grid = spec.grid
+    row_bytes = grid.width * len(spec.band_ids) * np.dtype(spec.dtype).itemsize
+    with rasterio.open(output) as merged:
+        if (merged.width, merged.height, merged.count) != (
+            grid.width,
+            grid.height,
+            len(spec.band_ids),
+        ):
+            return False
+        for top, rows in _strips(grid.height, row_bytes):
+            url = ee_adapter.download_url(image, grid.window_grid(Window(top, 0, rows, grid.width)))
+            with urllib.request.urlopen(url, timeout=300) as answer:
+                body = answer.read()
+            with MemoryFile(body) as memfile, memfile.open() as dataset:
+                expected = dataset.read()
+            actual = merged.read(window=RioWindow(0, top, grid.width, rows))
+            if actual.dtype != expected.dtype or not np.array_equal(actual, expected):
+                return False
+    return True
+
+
+def _plan_modes(config: CampaignConfig, rng: random.Random) -> list[str]:
+    """Download-phase kills first (mixed kinds), then the merge kills."""
+    download = max(0, config.kills - config.merge_kills)
+    modes = rng.choices(("early", "progress", "part"), weights=(0.2, 0.6, 0.2), k=download)
+    return [*modes, *["merge"] * (config.kills - download)]
+
+
+def run_campaign(
+    config: CampaignConfig, emulator: EmulatorThread, oracle: EmulatorThread
+) -> CampaignResult:
+    """Kill, re-run, repeat; then one run to the end, and the two checks."""
+    rng = random.Random(config.seed)
+    result = CampaignResult()
+    started = time.monotonic()
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    output = config.workdir / "dem.tif"
+    state = Path(f"{output}.eefetch.db")
+    argv = command(config, emulator.url, output)
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    seen_done: dict[str, int] = {}
+    for number, mode in enumerate(_plan_modes(config, rng), start=1):
+        launched = time.monotonic()
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        result.runs += 1
+        hit = _aim(mode, rng, process, state, output)
+        after = time.monotonic() - launched
+        phase = _phase(state, output)
+        if hit:
+            process.send_signal(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=config.run_timeout_s)
+        if process.returncode == 0:
+            result.completed = True
+            result.final_stderr = stderr.decode(errors="replace")
+            break
+        if process.returncode != -signal.SIGKILL:
+            raise RuntimeError(
+                f"run {number} failed by itself ({process.returncode}): {stderr.decode()[-800:]}"
+            )
+        time.sleep(0.2)  # let the emulator finish the accounting of bodies already sent
+        served = _served(emulator.url)
+        keys = done_tile_keys(state) if state.exists() else set()
+        for key in keys:
+            seen_done.setdefault(key, served.get(key, 0))
+        done, total = _done_count(state)
+        result.kills.append(Kill(number, mode, round(after, 3), phase, done, total))
+    if not result.completed:
+        final = subprocess.run(
+            argv, cwd=REPO, env=env, capture_output=True, timeout=config.run_timeout_s, check=False
+        )
+        result.runs += 1
+        result.completed = final.returncode == 0
+        result.final_stderr = final.stderr.decode(errors="replace")
+    served = _served(emulator.url)
+    result.refetched_done = sorted(
+        key for key, count in seen_done.items() if count < 1 or served.get(key, 0) != count
+    )
+    result.served_twice = sum(1 for count in served.values() if count > 1)
+    if result.completed:
+        result.pixels_equal = equals_oracle(output, state, oracle)
+        with Store.open(state, create=False) as store:
+            result.tiles = store.counts()["done"]
+            result.job_bytes = store.bytes_done()
+    result.elapsed_s = round(time.monotonic() - started, 1)
+    return result
+
+
+def emulator_config(config: CampaignConfig) -> EmulatorConfig:
+    """A clean emulator with a little latency, so a tile is in flight long enough to be hit."""
+    return EmulatorConfig.from_profile(
+        "clean", seed=config.seed, latency_fixed_s=config.latency_s, latency_per_mpix_s=0.0
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kills", type=int, default=40)
+    parser.add_argument("--merge-kills", type=int, default=5)
+    parser.add_argument("--size-mb", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-tile-bytes", type=int, default=4_000_000)
+    parser.add_argument("--concurrency", type=int, default=6)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="eefetch-crash-") as scratch:
+        config = CampaignConfig(
+            workdir=args.workdir or Path(scratch),
+            kills=args.kills,
+            merge_kills=args.merge_kills,
+            size_mb=args.size_mb,
+            seed=args.seed,
+            max_tile_bytes=args.max_tile_bytes,
+            concurrency=args.concurrency,
+        )
+        with (
+            EmulatorThread(emulator_config(config)) as emulator,
+            EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as oracle,
+        ):
+            result = run_campaign(config, emulator, oracle)
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "config": {k: str(v) for k, v in asdict(config).items()},
+        "kills": len(result.kills),
+        "phases": _count(k.phase for k in result.kills),
+        "modes": _count(k.mode for k in result.kills),
+        "runs": result.runs,
+        "tiles": result.tiles,
+        "bytes": result.job_bytes,
+        "served_twice": result.served_twice,
+        "refetched_done": len(result.refetched_done),
+        "pixels_equal": result.pixels_equal,
+        "elapsed_s": result.elapsed_s,
+        "ok": result.ok,
+    }
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if result.ok else 1
+
+
+def _count(items: Iterator[str] | list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+if __name__ == "__main__":
+    sys.exit(main())
