@@ -25,7 +25,7 @@ CLOUD_MASKS: tuple[str, ...] = ("qa60", "none")
 CLIPS: tuple[str, ...] = ("bounds", "outline", "none")
 QA60_OPAQUE_BIT = 10
 QA60_CIRRUS_BIT = 11
-SENTINEL2_SCALE = 10000.0
+SENTINEL2_SCALE = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,7 @@ class Composite:
     def check(self) -> None:
         """Refuse options Earth Engine would only reject after a round trip."""
         if self.reducer not in REDUCERS:
-            raise EEUserError(
-                f"unknown reducer {self.reducer!r}; use one of {', '.join(REDUCERS)}"
-            )
+            raise EEUserError(f"unknown reducer {self.reducer!r}; use one of {', '.join(REDUCERS)}")
         if self.cloud_mask not in CLOUD_MASKS:
             raise EEUserError(
                 f"unknown cloud mask {self.cloud_mask!r}; use one of {', '.join(CLOUD_MASKS)}"
@@ -72,7 +70,7 @@ def mask_qa60(divide: float | None) -> Any:
         opaque = qa.bitwiseAnd(1 << QA60_OPAQUE_BIT).eq(0)
         cirrus = qa.bitwiseAnd(1 << QA60_CIRRUS_BIT).eq(0)
         masked = img.updateMask(opaque.And(cirrus))
-        return masked.divide(divide) if divide is not None else masked
+        return masked.divide(_number(divide)) if divide is not None else masked
 
     return mask_clouds
 
@@ -88,7 +86,7 @@ def composite_collection(recipe: Composite) -> ee.ImageCollection:
     if recipe.cloud_mask == "qa60":
         collection = collection.map(mask_qa60(recipe.divide))
     elif recipe.divide is not None:
-        divide = recipe.divide
+        divide = _number(recipe.divide)
         collection = collection.map(lambda img: img.divide(divide))
     if recipe.bands:
         collection = collection.select(*_selectors(recipe.bands))
@@ -105,6 +103,11 @@ def composite(recipe: Composite) -> ee.Image:
     elif recipe.clip == "outline":
         image = image.clip(region)
     return image
+
+
+def _number(value: float) -> float | int:
+    """10000, not 10000.0: the expression then matches the tutorial's byte for byte."""
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def _selectors(bands: Sequence[str]) -> list[Any]:

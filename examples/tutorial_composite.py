@@ -4,19 +4,19 @@ eefetch initialises Earth Engine before it runs this file (with --ee-url for the
 emulator, or your own credentials), so the script only builds `image`.
 """
 
-import json
 import os
 from pathlib import Path
 
 import ee
+
+from engine.region_input import load_region
 
 region_file = Path(
     os.environ.get(
         "EEFETCH_REGION", Path(__file__).parents[1] / "engine" / "data" / "nanjing.geojson"
     )
 )
-outline = json.loads(region_file.read_text())["features"][0]["geometry"]
-region = ee.Geometry(outline)
+region = ee.Geometry(load_region(region_file))
 
 
 def mask_clouds(img: ee.Image) -> ee.Image:

@@ -105,8 +105,9 @@ class CampaignResult:
 
 
 def region_for(size_mb: float, scale: float) -> str:
-    """A lon/lat square whose int16 DEM at ``scale`` metres weighs about ``size_mb``."""
-    side_px = (size_mb * 1e6 / 2) ** 0.5
+    """A lon/lat square whose DEM (float32 in the emulator) at ``scale`` metres weighs about
+    ``size_mb``."""
+    side_px = (size_mb * 1e6 / 4) ** 0.5
     side_deg = side_px * scale / METRES_PER_DEGREE
     west, south = 118.5, 31.8
     return f"{west},{south},{west + side_deg:.6f},{south + side_deg:.6f}"
@@ -196,8 +197,7 @@ def _aim(
         return process.poll() is None
     if mode == "part":
         return _wait_for(lambda: tiles.is_dir() and any(tiles.glob("*.part")), process, 600)
-    done, total = _done_count(state)
-    start = done
+    start, _ = _done_count(state)
     fraction = rng.random()
 
     def reached() -> bool:

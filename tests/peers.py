@@ -8,20 +8,31 @@ the test with the command that fixes it, never a skip.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import numpy as np
+import rasterio
 import trustme
+from rasterio.io import MemoryFile
 
+from engine import ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.spec import JobSpec
+from state import Store
 
 TINYPROXY_REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
 MICROSOCKS_CONNECT = re.compile(r"client\[\d+\] \S+: connected to (\S+)")
@@ -184,3 +195,124 @@ def make_authority(folder: Path) -> Authority:
 def https_emulator(config: EmulatorConfig, authority: Authority) -> EmulatorThread:
     """An emulator serving HTTPS with the test authority's certificate (not yet started)."""
     return EmulatorThread(config, ssl_context=authority.server_context())
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+REPO = Path(__file__).resolve().parents[1]
+NETWORK_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+)
+# Runs the CLI with direct connections to some host:port refused, so a run that works at all
+# proves its traffic took the proxy (the proxy's own connections come from another process).
+GUARDED_CLI = """
+import socket, sys
+forbidden = {item for item in sys.argv[1].split(",") if item}
+real_connect = socket.socket.connect
+def connect(self, address):
+    target = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else ""
+    if target in forbidden:
+        raise ConnectionRefusedError(f"the test forbids a direct connection to {target}")
+    return real_connect(self, address)
+socket.socket.connect = connect
+from engine.cli import main
+sys.argv = ["eefetch", *sys.argv[2:]]
+main()
+"""
+
+
+def cli_env(**variables: str) -> dict[str, str]:
+    """The test process's environment without any proxy or CA setting, plus ``variables``."""
+    env = {key: value for key, value in os.environ.items() if key.upper() not in NETWORK_VARIABLES}
+    env.update(variables)
+    return env
+
+
+def run_cli(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    forbid_direct: Sequence[str] = (),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``eefetch ARGS`` in a fresh process, refusing direct connections to ``forbid_direct``."""
+    return subprocess.run(
+        [sys.executable, "-c", GUARDED_CLI, ",".join(forbid_direct), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=dict(env),
+        check=False,
+    )
+
+
+def host_port(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
+
+
+def dem_download(url: str, output: Path, *extra: str) -> list[str]:
+    """A small SRTM-like download cut into about a dozen tiles."""
+    return [
+        "download",
+        "--asset",
+        "USGS/SRTMGL1_003",
+        "--region",
+        "118.70,32.00,118.80,32.06",
+        "--crs",
+        "EPSG:32650",
+        "--scale",
+        "30",
+        "-o",
+        str(output),
+        "--ee-url",
+        url,
+        "--max-tile-bytes",
+        "60000",
+        "--quiet",
+        *extra,
+    ]
+
+
+# ----------------------------------------------------------------------------- the oracle
+
+
+def state_spec(state_path: Path) -> JobSpec:
+    with Store.open(state_path, create=False) as store:
+        job = store.job()
+        assert job is not None, f"{state_path} holds no job"
+        return JobSpec.from_dict(job.spec)
+
+
+def oracle_render(spec: JobSpec) -> np.ndarray:
+    """The whole grid in one request to a fresh no-limits emulator: what every tile adds up to."""
+    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as oracle:
+        ee_adapter.initialize(ee_adapter.Connection(url=oracle.url))
+        image = ee_adapter.prepare_image(
+            ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
+        )
+        url = ee_adapter.download_url(image, spec.grid)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=120) as answer:
+            body = answer.read()
+    with MemoryFile(body) as memfile, memfile.open() as dataset:
+        return dataset.read()
+
+
+def assert_equals_oracle(output: Path, state_path: Path) -> None:
+    """The merged GeoTIFF holds exactly the oracle's pixels on the job's grid."""
+    spec = state_spec(state_path)
+    expected = oracle_render(spec)
+    with rasterio.open(output) as dataset:
+        merged = dataset.read()
+        assert tuple(dataset.transform)[:6] == tuple(spec.grid.transform)
+    assert merged.shape == expected.shape
+    np.testing.assert_array_equal(merged, expected)

@@ -1,0 +1,217 @@
+"""What a download will cost, before anything is fetched: grid, tiles, requests, bytes on disk.
+
+A city at 10 m in 8 float32 bands is a few GB; a province is hundreds. The report says which
+one the user asked for, and when it is unreasonable it says what would shrink it and by how
+much (fewer bands, a coarser scale, a smaller type, a smaller region).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.progress import format_bytes
+from engine.spec import JobSpec
+
+UNREASONABLE_BYTES = 100 * 10**9
+LARGE_BYTES = 20 * 10**9
+# A GeoTIFF tile from EE is uncompressed; the merged file is compressed. While merging, both
+# are on disk, so a job needs up to about twice the raw size (less with compression).
+PEAK_FACTOR = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReport:
+    """The numbers to decide whether to start: ``text()`` for people, ``to_dict()`` for scripts."""
+
+    output: str
+    crs: str
+    transform: tuple[float, ...]
+    width: int
+    height: int
+    bands: tuple[str, ...]
+    dtype: str
+    endpoint: str
+    tiles: int
+    requests: int
+    largest_request_bytes: int
+    raw_bytes: int
+    peak_disk_bytes: int
+    free_disk_bytes: int | None
+    warnings: tuple[str, ...] = ()
+    advice: tuple[str, ...] = field(default=())
+
+    @property
+    def unreasonable(self) -> bool:
+        return self.raw_bytes >= UNREASONABLE_BYTES
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["transform"] = list(self.transform)
+        data["bands"] = list(self.bands)
+        data["warnings"] = list(self.warnings)
+        data["advice"] = list(self.advice)
+        data["unreasonable"] = self.unreasonable
+        return data
+
+    def headline(self) -> str:
+        """'4.1 GB, 96 tiles': the line to read before committing a night to it."""
+        return f"{format_bytes(self.raw_bytes)}, {self.tiles} tiles"
+
+    def text(self) -> str:
+        lines = [
+            f"output:   {self.output}",
+            f"grid:     {self.width} x {self.height} pixels in {self.crs} "
+            f"(pixel {abs(self.transform[0]):.6g} x {abs(self.transform[4]):.6g} CRS units)",
+            f"bands:    {len(self.bands)} x {self.dtype} ({', '.join(self.bands)})",
+            f"tiles:    {self.tiles} (largest request {format_bytes(self.largest_request_bytes)})",
+            f"requests: about {self.requests} to Earth Engine ({self.endpoint} endpoint), "
+            "plus retries",
+            f"size:     {format_bytes(self.raw_bytes)} uncompressed; the GeoTIFF is compressed, "
+            "usually smaller",
+            f"disk:     up to {format_bytes(self.peak_disk_bytes)} while merging"
+            + (
+                f" ({format_bytes(self.free_disk_bytes)} free)"
+                if self.free_disk_bytes is not None
+                else ""
+            ),
+            f"total:    {self.headline()}",
+        ]
+        lines.extend(f"warning:  {w}" for w in self.warnings)
+        lines.extend(f"shrink:   {a}" for a in self.advice)
+        return "\n".join(lines)
+
+
+def plan(
+    image: Any,
+    filename: str | os.PathLike[str] = "download.tif",
+    region: Any = None,
+    crs: str | None = None,
+    crs_transform: Sequence[float] | None = None,
+    scale: float | None = None,
+    dtype: str | None = None,
+    shape: Sequence[int] | None = None,
+    *,
+    bands: Sequence[str] | None = None,
+    endpoint: str = "urls",
+    max_tile_bytes: int | None = None,
+    concurrency: int | None = None,
+) -> PlanReport:
+    """What ``download_ee_image`` with the same arguments would fetch; nothing is downloaded.
+
+    One ``getInfo`` call (the image's bands); the tiles are planned locally.
+    """
+    from engine.api import DEFAULT_CONCURRENCY, _max_tile_bytes, build_spec
+
+    spec = build_spec(
+        image,
+        Path(filename),
+        region=region,
+        crs=crs,
+        crs_transform=crs_transform,
+        scale=scale,
+        dtype=dtype,
+        shape=shape,
+        bands=bands,
+        nodata=None,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        max_tile_bytes=_max_tile_bytes(max_tile_bytes, None),
+        concurrency=concurrency or DEFAULT_CONCURRENCY,
+        compress="deflate",
+        cog=False,
+        keep_tiles=False,
+        ee_url=None,
+        project=None,
+    )
+    return plan_spec(spec)
+
+
+def plan_spec(spec: JobSpec) -> PlanReport:
+    """The report for a job spec (pure apart from asking the disk how much room is left)."""
+    from engine.job import plan
+
+    tiles = plan(spec)
+    itemsize = np.dtype(spec.dtype).itemsize
+    band_count = len(spec.band_ids)
+    pixels = spec.grid.width * spec.grid.height
+    raw = pixels * band_count * itemsize
+    largest = max(
+        (t.window.width * t.window.height * (t.band_stop - t.band_start) * (itemsize + 1))
+        for t in tiles
+    )
+    per_tile = 1 if spec.endpoint == "compute" else 2
+    peak = int(raw * PEAK_FACTOR)
+    free = _free_bytes(Path(spec.output).parent)
+    warnings: list[str] = []
+    if raw >= UNREASONABLE_BYTES:
+        warnings.append(
+            f"{format_bytes(raw)} is a very large download (days on a typical connection, "
+            "and Earth Engine may throttle it); consider shrinking it"
+        )
+    elif raw >= LARGE_BYTES:
+        warnings.append(f"{format_bytes(raw)} will take hours; make sure that is intended")
+    if free is not None and peak > free:
+        warnings.append(
+            f"the output folder has {format_bytes(free)} free but the job needs up to "
+            f"{format_bytes(peak)}; free space or write elsewhere (-o)"
+        )
+    advice = shrink_advice(spec, raw) if warnings else []
+    return PlanReport(
+        output=spec.output,
+        crs=spec.grid.crs,
+        transform=tuple(spec.grid.transform),
+        width=spec.grid.width,
+        height=spec.grid.height,
+        bands=tuple(spec.band_ids),
+        dtype=spec.dtype,
+        endpoint=spec.endpoint,
+        tiles=len(tiles),
+        requests=len(tiles) * per_tile + 1,
+        largest_request_bytes=largest,
+        raw_bytes=raw,
+        peak_disk_bytes=peak,
+        free_disk_bytes=free,
+        warnings=tuple(warnings),
+        advice=tuple(advice),
+    )
+
+
+def shrink_advice(spec: JobSpec, raw: int) -> list[str]:
+    """Concrete ways to make the download smaller, each with the size it would have."""
+    advice = []
+    count = len(spec.band_ids)
+    if count > 3:
+        three = raw * 3 // count
+        advice.append(
+            f"fewer bands: {count} now; 3 (e.g. --bands B4,B3,B2) would be {format_bytes(three)}"
+        )
+    advice.append(f"a coarser scale: twice the pixel size (--scale) is {format_bytes(raw // 4)}")
+    itemsize = np.dtype(spec.dtype).itemsize
+    if itemsize > 2:
+        smaller = raw * 2 // itemsize
+        advice.append(
+            f"a smaller type: {spec.dtype} now; --dtype uint16/int16 (values scaled to fit, "
+            f"e.g. reflectance x 10000) would be {format_bytes(smaller)}"
+        )
+    advice.append(
+        f"a smaller region: the grid is {spec.grid.width} x {spec.grid.height} pixels; "
+        "the size falls with the area of --region"
+    )
+    return advice
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Free space where the output goes (its nearest existing parent)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
