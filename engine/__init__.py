@@ -5,14 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["DownloadIncomplete", "__version__", "download_ee_image"]
+__all__ = [
+    "CollectionIncomplete",
+    "DownloadIncomplete",
+    "__version__",
+    "download_ee_image",
+    "download_ee_image_collection",
+    "plan",
+    "preview",
+]
+_LAZY = {
+    "download_ee_image": "engine.api",
+    "DownloadIncomplete": "engine.api",
+    "download_ee_image_collection": "engine.collection",
+    "CollectionIncomplete": "engine.collection",
+    "plan": "engine.plan",
+    "preview": "engine.preview",
+}
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use so that `engine.grid` or the emulator do not pull in the
     # earthengine-api client.
-    if name in ("download_ee_image", "DownloadIncomplete"):
-        from engine import api
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

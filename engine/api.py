@@ -34,6 +34,7 @@ from engine.transport import TransportOptions
 
 T = TypeVar("T")
 DEFAULT_CONCURRENCY = 8
+RUNNER_STOP_SECONDS = 30.0  # how long an interrupted notebook call waits for the state
 
 
 def download_ee_image(
@@ -287,25 +288,47 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to the end, also from a notebook whose event loop is already running.
 
     In a running loop (Jupyter), the job runs on a fresh loop in a helper thread and this call
-    waits for it, so ``download_ee_image`` stays a plain function call everywhere.
+    waits for it, so ``download_ee_image`` stays a plain function call everywhere. Interrupting
+    the cell (KeyboardInterrupt while waiting) cancels the job on its own loop and waits until
+    its state is saved, so the next call resumes instead of finding a job still running.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coroutine)
     box: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def main() -> T:
+        box["task"] = asyncio.current_task()
+        box["loop"] = asyncio.get_running_loop()
+        started.set()
+        return await coroutine
 
     def target() -> None:
         try:
-            box["value"] = asyncio.run(coroutine)
+            box["value"] = asyncio.run(main())
         except BaseException as exc:
             box["error"] = exc
+        finally:
+            started.set()
 
     thread = threading.Thread(target=target, name="eefetch-runner", daemon=True)
     thread.start()
-    thread.join()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        started.wait(5)
+        if "task" in box:
+            box["loop"].call_soon_threadsafe(box["task"].cancel)
+        thread.join(RUNNER_STOP_SECONDS)
+        raise
     if "error" in box:
-        raise box["error"]
+        error = box["error"]
+        if isinstance(error, asyncio.CancelledError):
+            raise KeyboardInterrupt from None
+        raise error
     return box["value"]
 
 

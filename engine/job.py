@@ -23,6 +23,7 @@ from engine import __version__, ee_adapter
 from engine.fetch import TileFetcher, tile_expectation, tile_name
 from engine.grid import EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS, TilePlan, Window, plan_tiles
 from engine.merge import merge_tiles
+from engine.pacing import AdaptiveLimiter
 from engine.progress import Progress, SilentProgress
 from engine.scheduler import RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
 from engine.spec import JobSpec
@@ -47,6 +48,8 @@ class RunOptions:
     overwrite: bool = False
     verify_checksums: bool = True
     seed: int | None = None
+    # One budget shared by several jobs run at once (a collection); None: the job's own.
+    limiter: AdaptiveLimiter | None = None
 
 
 @dataclass
@@ -251,6 +254,7 @@ async def _fetch_all(
                     options=scheduler_options,
                     progress=progress,
                     rng=rng,
+                    limiter=options.limiter,
                 )
                 summary = await scheduler.run()
                 _add(total, summary)
@@ -321,8 +325,8 @@ def merge_only(state_path: Path, *, overwrite: bool = False) -> Path:
         problems = verify_done_tiles(store, tiles, spec)
         if problems:
             raise JobError(
-                f"{len(problems)} tile file(s) are gone or changed (tiles are "
-                f"deleted after a merge unless --keep-tiles); run `eefetch resume "
+                f"{len(problems)} tile file(s) are gone or changed ({'; '.join(problems[:3])}; "
+                f"tiles are deleted after a merge unless --keep-tiles); run `eefetch resume "
                 f"{state_path}` to fetch them again"
             )
         merged = _merge(spec, store, tiles, overwrite or job.status == "merged")

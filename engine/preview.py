@@ -78,6 +78,91 @@ class PreviewResult:
     min: tuple[float, ...]
     max: tuple[float, ...]
 
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter shows the picture itself when a cell returns the result."""
+        body = self.path.read_bytes()
+        return body if imaging.picture_format(body) == "PNG" else None
+
+
+def preview(
+    source: Any,
+    filename: str | os.PathLike[str] | None = None,
+    region: Any = None,
+    *,
+    bands: Sequence[str] | str | None = None,
+    min: Sequence[float] | float | None = None,
+    max: Sequence[float] | float | None = None,
+    gamma: float | None = None,
+    palette: Sequence[str] | None = None,
+    dimensions: int = DEFAULT_DIMENSIONS,
+    crs: str | None = None,
+    file_format: str = "PNG",
+    ee_url: str | None = None,
+    project: str | None = None,
+    proxy: str | None = None,
+    ca_bundle: str | None = None,
+) -> PreviewResult:
+    """A quick-look picture of an ``ee.Image`` (before downloading) or of a GeoTIFF path.
+
+    ``bands``, ``min``, ``max``, ``gamma`` and ``palette`` mean what they mean in EE's
+    visualisation parameters; without ``min``/``max`` the stretch is the 2-98 % range.
+    In Jupyter the returned object displays as the picture.
+    """
+    file_format = file_format.upper().replace("JPG", "JPEG")
+    if file_format not in imaging.PICTURE_FORMATS:
+        raise PreviewError(f"unknown picture format {file_format!r}; use PNG or JPEG")
+    stretch = Stretch(
+        bands=_names(bands),
+        min=_floats(min),
+        max=_floats(max),
+        gamma=gamma,
+        palette=tuple(palette) if palette else None,
+    )
+    if isinstance(source, str | os.PathLike):
+        return preview_file(
+            source, filename, stretch=stretch, dimensions=dimensions, file_format=file_format
+        )
+    from engine import ee_adapter
+
+    if ee_url is not None or not ee_adapter.is_initialized():
+        ee_adapter.initialize(
+            ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
+        )
+    suffix = ".png" if file_format == "PNG" else ".jpg"
+    return preview_image(
+        source,
+        filename or f"preview{suffix}",
+        region=region,
+        crs=crs,
+        stretch=stretch,
+        dimensions=dimensions,
+        file_format=file_format,
+        proxy=proxy,
+        ca_bundle=ca_bundle,
+    )
+
+
+def _names(bands: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if bands is None:
+        return None
+    if isinstance(bands, str):
+        bands = bands.split(",")
+    names = tuple(b.strip() for b in bands if b.strip())
+    return names or None
+
+
+def _floats(values: Sequence[float] | float | str | None) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    if isinstance(values, int | float):
+        return (float(values),)
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise PreviewError(f"min/max must be numbers, got {values!r}") from exc
+
 
 def choose_bands(available: Sequence[str], wanted: Sequence[str] | None) -> tuple[str, ...]:
     """The bands to show: as asked, else true colour (B4, B3, B2) when present, else 3 or 1."""
@@ -246,24 +331,29 @@ def _sample_range(
 def http_get(
     url: str, proxy: str | None, ca_bundle: str | None, timeout: float, attempts: int = 4
 ) -> bytes:
-    """One small GET with a few retries on 429/5xx and dropped connections."""
+    """One small GET with a few retries on 429/5xx and dropped connections.
+
+    It takes the same route as the tile downloads (``ee_adapter.RoutedSession``): --proxy or
+    the proxy variables, --ca-bundle or the CA variables.
+    """
     import requests
 
-    proxies = {"http": proxy, "https": proxy} if proxy else None
-    verify: bool | str = ca_bundle or True
+    from engine.ee_adapter import RoutedSession
+
     last = ""
-    for attempt in range(attempts):
-        try:
-            answer = requests.get(url, proxies=proxies, verify=verify, timeout=timeout)
-        except requests.RequestException as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        else:
-            if answer.status_code == 200:
-                return answer.content
-            last = f"HTTP {answer.status_code}: {_error_text(answer)}"
-            if answer.status_code not in (429, 500, 502, 503, 504):
-                break
-        time.sleep(min(8.0, 0.5 * 2**attempt))
+    with RoutedSession(proxy, ca_bundle) as session:
+        for attempt in range(attempts):
+            try:
+                answer = session.get(url, timeout=timeout)
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if answer.status_code == 200:
+                    return answer.content
+                last = f"HTTP {answer.status_code}: {_error_text(answer)}"
+                if answer.status_code not in (429, 500, 502, 503, 504):
+                    break
+            time.sleep(min(8.0, 0.5 * 2**attempt))
     raise PreviewError(f"the preview request failed ({last}); check the network and try again")
 
 

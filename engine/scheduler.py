@@ -115,7 +115,10 @@ class Scheduler:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        limiter: AdaptiveLimiter | None = None,
     ) -> None:
+        """``limiter`` shares one concurrency budget between jobs (a collection's images);
+        by default the scheduler has its own of ``options.concurrency`` slots."""
         self.store = store
         self.fetch = fetch
         self.probe = probe
@@ -126,7 +129,7 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.clock = clock
         self.sleep = sleep
-        self.limiter = AdaptiveLimiter(self.options.concurrency)
+        self.limiter = limiter or AdaptiveLimiter(self.options.concurrency)
         self.outage = OutageMonitor(
             self.options.outage_threshold,
             self.options.first_probe_interval,

@@ -7,6 +7,7 @@ Only this module builds aiohttp sessions. Policy (what to do with a failure) liv
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import ssl
 import time
@@ -49,24 +50,38 @@ def resolve_proxy(
         return explicit
     env = os.environ if environ is None else environ
     lowered = {key.lower(): value for key, value in env.items() if value}
-    scheme = urlsplit(target_url).scheme or "https"
-    host = urlsplit(target_url).hostname or ""
+    parts = urlsplit(target_url)
+    scheme = parts.scheme or "https"
+    host = (parts.hostname or "").lower()
     no_proxy = lowered.get("no_proxy", "")
-    if no_proxy and _bypassed(host, no_proxy):
+    if no_proxy and _bypassed(host, parts.port, no_proxy):
         return None
     return lowered.get(f"{scheme}_proxy") or lowered.get("all_proxy")
 
 
-def _bypassed(host: str, no_proxy: str) -> bool:
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether NO_PROXY names the host: a domain suffix, "host:port", an IP network, or *."""
     for entry in (part.strip().lower() for part in no_proxy.split(",")):
         if not entry:
             continue
         if entry == "*":
             return True
+        if "/" in entry:
+            if _in_network(host, entry):
+                return True
+            continue
         entry = entry.lstrip(".")
-        if host == entry or host.endswith("." + entry):
+        if host == entry or host.endswith("." + entry) or f"{host}:{port}" == entry:
             return True
     return urllib.request.proxy_bypass_environment(host, {"no": no_proxy}) is True
+
+
+def _in_network(host: str, network: str) -> bool:
+    """CIDR entries such as 10.0.0.0/8, which requests and curl honour too."""
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return False
 
 
 def ca_bundle_from_env(environ: Mapping[str, str] | None = None) -> str | None:

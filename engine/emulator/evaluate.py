@@ -1200,8 +1200,19 @@ def _collection_map(fname: str, args: Args) -> Any:
         result = fn.call({fn.argument_names[0]: element})
         if result is None and drop_nulls:
             continue
-        out.append(result)
+        out.append(_keep_index(element, result))
     return _rebuild(collection, out)
+
+
+def _keep_index(source: Any, result: Any) -> Any:
+    """EE's map keeps each element's system:index, even when the function's result (an
+    arithmetic result, say) lost its other properties."""
+    index = getattr(source, "properties", {}).get("system:index")
+    if index is None or not isinstance(result, Image | Feature):
+        return result
+    if result.properties.get("system:index") == index:
+        return result
+    return _set_properties(result, {"system:index": index})
 
 
 def _collection_first(fname: str, args: Args) -> Any:

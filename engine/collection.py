@@ -1,0 +1,364 @@
+"""Every image of a collection, one GeoTIFF each, as one resumable run with one budget.
+
+The state store holds one job per file, so a collection is a folder of ordinary jobs: one
+GeoTIFF and one ``.eefetch.db`` per image. They run concurrently (``parallel_images`` at a
+time) under one shared :class:`engine.pacing.AdaptiveLimiter`, so the whole collection stays
+within ``concurrency`` requests in flight, and a 429 for any image slows all of them, as
+Earth Engine's per-project quota requires. Running the same call again skips finished images
+(their state says merged) and resumes the others tile by tile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import unicodedata
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ee
+
+from engine import ee_adapter
+from engine.ee_adapter import EEUserError
+from engine.job import JobResult, RunOptions, default_state_path, run_job
+from engine.pacing import AdaptiveLimiter
+from engine.progress import Progress, SilentProgress, choose_progress
+from engine.spec import JobSpec
+
+MAX_NAME_CHARS = 120
+DEFAULT_PARALLEL_IMAGES = 4
+UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionImage:
+    """One image of the collection: how to name it and how to get it again."""
+
+    index: str  # system:index, unique within the collection
+    name: str  # safe file name without suffix
+    properties: dict[str, Any] = field(hash=False)
+
+
+@dataclass
+class CollectionResult:
+    """Per image, the job's result or why it did not finish."""
+
+    out_dir: Path
+    results: dict[str, JobResult] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and all(r.complete for r in self.results.values())
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [r.output for r in self.results.values() if r.output is not None]
+
+
+class CollectionIncomplete(Exception):
+    """Some images did not finish; the same call again resumes them."""
+
+    def __init__(self, result: CollectionResult) -> None:
+        unfinished = [n for n, r in result.results.items() if not r.complete]
+        failed = {**{n: "tiles failed" for n in unfinished}, **result.errors}
+        first = next(iter(failed.items()))
+        super().__init__(
+            f"{len(failed)} of {len(result.results) + len(result.errors)} image(s) did not "
+            f"finish (first: {first[0]}: {first[1]}); run the same command again to resume, "
+            f"or see `eefetch status {result.out_dir}`"
+        )
+        self.result = result
+
+
+def safe_name(text: str) -> str:
+    """A file name from an image id or property: no separators, no '..', no hidden files.
+
+    ``COPERNICUS/S2/2022_T50`` becomes ``COPERNICUS_S2_2022_T50``; anything outside
+    ``[A-Za-z0-9._+-]`` becomes ``_``, so no name can leave the output folder.
+    """
+    normal = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode()
+    cleaned = UNSAFE.sub("_", normal).strip("._-")
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)
+    return cleaned[:MAX_NAME_CHARS] or "image"
+
+
+def image_names(
+    infos: Sequence[dict[str, Any]],
+    filenames: Sequence[str] | str | None = None,
+    column: str | None = None,
+) -> list[CollectionImage]:
+    """Names as geemap gives them (a list, a prefix, a property, else system:index), made
+    safe and unique."""
+    listed = isinstance(filenames, Sequence) and not isinstance(filenames, str)
+    if listed and len(filenames) != len(infos):  # type: ignore[arg-type]
+        raise EEUserError(f"{len(filenames)} filenames for {len(infos)} images; give one per image")
+    images: list[CollectionImage] = []
+    taken: set[str] = set()
+    for position, info in enumerate(infos):
+        properties = dict(info.get("properties") or {})
+        index = str(properties.get("system:index") or info.get("id") or position)
+        if isinstance(filenames, Sequence) and not isinstance(filenames, str):
+            raw = str(filenames[position])
+        elif column is not None:
+            if column not in properties:
+                raise EEUserError(
+                    f"image {index} has no property {column!r}; choose another --name-property"
+                )
+            raw = str(properties[column])
+        else:
+            raw = index
+        if isinstance(filenames, str):
+            raw = filenames + raw
+        base = safe_name(raw.removesuffix(".tif"))
+        name, n = base, 2
+        while name.lower() in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name.lower())
+        images.append(CollectionImage(index, name, properties))
+    return images
+
+
+def list_images(
+    collection: ee.ImageCollection,
+    filenames: Sequence[str] | str | None = None,
+    column: str | None = None,
+) -> list[CollectionImage]:
+    """The collection's images (one getInfo call)."""
+    try:
+        info = collection.getInfo()
+    except ee.EEException as exc:
+        raise EEUserError(f"Earth Engine could not list the collection: {exc}") from exc
+    features = (info or {}).get("features") or []
+    if not features:
+        raise EEUserError(
+            "the collection is empty; check the dates, the cloud limit and the region"
+        )
+    return image_names(features, filenames, column)
+
+
+def member(collection: ee.ImageCollection, index: str) -> ee.Image:
+    """One image of a (filtered, mapped) collection by its system:index, with its mapping."""
+    return ee.Image(collection.filter(ee.Filter.eq("system:index", index)).first())
+
+
+def collection_specs(
+    collection: ee.ImageCollection,
+    out_dir: Path,
+    images: Sequence[CollectionImage],
+    build: Any,
+    workers: int = 8,
+) -> list[tuple[CollectionImage, JobSpec]]:
+    """One job spec per image (their getInfo calls run a few at a time)."""
+    out_dir = out_dir.expanduser().resolve()
+
+    def one(image: CollectionImage) -> tuple[CollectionImage, JobSpec]:
+        output = out_dir / f"{image.name}.tif"
+        if output.parent != out_dir:
+            raise EEUserError(f"image name {image.name!r} would leave {out_dir}")
+        return image, build(member(collection, image.index), output)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(images)))) as pool:
+        return list(pool.map(one, images))
+
+
+async def run_collection(
+    jobs: Sequence[tuple[CollectionImage, JobSpec]],
+    out_dir: Path,
+    options: RunOptions,
+    progress: Progress | None = None,
+    parallel_images: int = DEFAULT_PARALLEL_IMAGES,
+) -> CollectionResult:
+    """Run every image's job, ``parallel_images`` at once, under one shared limiter."""
+    from engine.job import JobError
+    from engine.merge import MergeError
+    from engine.scheduler import JobStopped
+    from state import StateError
+
+    progress = progress or SilentProgress()
+    shared = replace(options, limiter=options.limiter or AdaptiveLimiter(options.concurrency))
+    gate = asyncio.Semaphore(max(1, parallel_images))
+    overall = CollectionProgress(progress)
+    result = CollectionResult(out_dir)
+
+    async def one(image: CollectionImage, spec: JobSpec) -> None:
+        async with gate:
+            state_path = default_state_path(Path(spec.output))
+            try:
+                job = await run_job(spec, state_path, shared, overall.child(image.name))
+            except (JobError, JobStopped, MergeError, StateError, EEUserError, OSError) as exc:
+                result.errors[image.name] = " ".join(str(exc).split())
+                progress.note(f"{image.name}: {result.errors[image.name]}")
+            else:
+                result.results[image.name] = job
+                if job.complete:
+                    progress.note(f"{image.name}: {job.output}")
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for image, spec in jobs:
+                group.create_task(one(image, spec))
+    finally:
+        progress.close()
+    return result
+
+
+class CollectionProgress:
+    """One progress display for all images: totals grow as each image's job starts."""
+
+    def __init__(self, parent: Progress) -> None:
+        self.parent = parent
+        self.started = False
+
+    def child(self, name: str) -> Progress:
+        return _ChildProgress(self, name)
+
+    def ensure_started(self) -> None:
+        if not self.started:
+            self.started = True
+            self.parent.start(0, 0, 0)
+
+
+class _ChildProgress:
+    """One image's view of the shared display; closing it leaves the shared one open."""
+
+    def __init__(self, owner: CollectionProgress, name: str) -> None:
+        self.owner = owner
+        self.name = name
+
+    def start(self, total_tiles: int, done_tiles: int, done_bytes: int) -> None:
+        self.owner.ensure_started()
+        self.owner.parent.tiles_added(total_tiles)
+        for _ in range(done_tiles):
+            self.owner.parent.tile_done(0)
+
+    def tile_done(self, nbytes: int) -> None:
+        self.owner.parent.tile_done(nbytes)
+
+    def tiles_added(self, count: int) -> None:
+        self.owner.parent.tiles_added(count)
+
+    def note(self, message: str) -> None:
+        self.owner.parent.note(f"{self.name}: {message}")
+
+    def retry(self, message: str) -> None:
+        self.owner.parent.retry(f"{self.name}: {message}")
+
+    def close(self) -> None:
+        pass
+
+
+def download_ee_image_collection(
+    collection: ee.ImageCollection,
+    out_dir: str | os.PathLike[str] | None = None,
+    filenames: Sequence[str] | str | None = None,
+    region: Any = None,
+    crs: str | None = None,
+    crs_transform: Sequence[float] | None = None,
+    scale: float | None = None,
+    resampling: str | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    num_threads: int | None = None,
+    max_tile_size: float | None = None,
+    max_tile_dim: int | None = None,
+    shape: Sequence[int] | None = None,
+    scale_offset: bool = False,
+    unmask_value: float | None = None,
+    column: str | None = None,
+    *,
+    bands: Sequence[str] | None = None,
+    parallel_images: int = DEFAULT_PARALLEL_IMAGES,
+    concurrency: int | None = None,
+    endpoint: str = "urls",
+    proxy: str | None = None,
+    ca_bundle: str | None = None,
+    max_tile_bytes: int | None = None,
+    compress: str = "deflate",
+    cog: bool = False,
+    keep_tiles: bool = False,
+    ee_url: str | None = None,
+    project: str | None = None,
+    idle_timeout: float | None = None,
+    first_byte_timeout: float | None = None,
+    quiet: bool = False,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> CollectionResult:
+    """Download every image of ``collection`` into ``out_dir``, one GeoTIFF each; call again
+    to resume.
+
+    geemap's arguments keep their meaning: ``filenames`` is a list (one per image) or a
+    prefix, ``column`` names files by an image property (default: ``system:index``).
+    ``concurrency`` (or ``num_threads``) is the budget for the whole collection. Raises
+    :class:`CollectionIncomplete` when an image did not finish.
+    """
+    from engine.api import (
+        DEFAULT_CONCURRENCY,
+        _max_tile_bytes,
+        build_spec,
+        run_sync,
+        transport_options,
+    )
+
+    del kwargs
+    if scale_offset:
+        raise EEUserError(
+            "scale_offset is not supported yet; apply the scale and offset in Earth Engine"
+        )
+    if ee_url is not None or not ee_adapter.is_initialized():
+        ee_adapter.initialize(
+            ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
+        )
+    if resampling and resampling != "near":
+        collection = collection.map(lambda img: img.resample(resampling))
+    budget = concurrency or num_threads or DEFAULT_CONCURRENCY
+    folder = Path(out_dir or os.getcwd()).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    tile_bytes = _max_tile_bytes(max_tile_bytes, max_tile_size)
+
+    def build(image: ee.Image, output: Path) -> JobSpec:
+        spec = build_spec(
+            image,
+            output,
+            region=region,
+            crs=crs,
+            crs_transform=crs_transform,
+            scale=scale,
+            dtype=dtype,
+            shape=shape,
+            bands=bands,
+            nodata=unmask_value,
+            endpoint=endpoint,  # type: ignore[arg-type]
+            max_tile_bytes=tile_bytes,
+            concurrency=budget,
+            compress=compress,
+            cog=cog,
+            keep_tiles=keep_tiles,
+            ee_url=ee_url,
+            project=project,
+        )
+        if max_tile_dim:
+            spec = replace(spec, extra={**spec.extra, "max_tile_dim": int(max_tile_dim)})
+        return spec
+
+    options = RunOptions(
+        concurrency=budget,
+        transport=transport_options(proxy, ca_bundle, idle_timeout, first_byte_timeout),
+        overwrite=overwrite,
+    )
+    with ee_adapter.client_settings():
+        images = list_images(collection, filenames, column)
+        jobs = collection_specs(collection, folder, images, build)
+        result = run_sync(
+            run_collection(
+                jobs, folder, options, progress or choose_progress(quiet), parallel_images
+            )
+        )
+    if not result.complete:
+        raise CollectionIncomplete(result)
+    return result

@@ -1,0 +1,246 @@
+"""The jobs on disk: what each state file says, as rows for ``status``, ``list`` and ``clean``.
+
+Reading never takes a job's lock (a status check must not make a starting job fail); whether
+a job is running is read from the pid in its lock file. ``clean`` does take the lock, since it
+deletes files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.progress import format_bytes
+
+STATE_SUFFIX = ".eefetch.db"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job as ``eefetch status`` shows it."""
+
+    state: str
+    output: str
+    name: str
+    status: str  # merged | downloaded | running | failed | planned | empty
+    state_label: str  # what a person reads: done, fetching, failed, incomplete, ...
+    running: bool
+    tiles: dict[str, int]
+    percent: float
+    bytes_done: int
+    expected_bytes: int
+    tiles_on_disk: int
+    output_exists: bool
+    last_errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_state_files(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Every ``*.eefetch.db`` under ``folder`` (sorted, so tables are stable)."""
+    root = Path(folder)
+    pattern = f"**/*{STATE_SUFFIX}" if recursive else f"*{STATE_SUFFIX}"
+    return sorted(p for p in root.glob(pattern) if p.is_file())
+
+
+def read_job(state_path: str | os.PathLike[str], errors: int = 5) -> JobRow:
+    """The row of one state file (read-only; works while the job runs)."""
+    from engine.job import tiles_folder
+    from state import Store
+
+    path = Path(state_path)
+    with Store.open(path, create=False) as store:
+        job = store.job()
+        if job is None:
+            return JobRow(
+                str(path.resolve()),
+                "",
+                _name(path),
+                "empty",
+                "empty",
+                False,
+                {},
+                0.0,
+                0,
+                0,
+                0,
+                False,
+            )
+        counts = store.counts()
+        done_bytes = store.bytes_done()
+        last = [{"tile": t, "error": e} for t, e in store.last_errors(errors)]
+    spec = job.spec
+    leaves = sum(counts[k] for k in ("pending", "in_flight", "done", "failed"))
+    percent = 100.0 * counts["done"] / leaves if leaves else 0.0
+    running = is_running(path)
+    output = Path(job.output_path)
+    return JobRow(
+        state=str(path.resolve()),
+        output=str(output),
+        name=output.name,
+        status=job.status,
+        state_label=label(job.status, counts, running, output.exists()),
+        running=running,
+        tiles=counts,
+        percent=100.0 if job.status == "merged" else percent,
+        bytes_done=done_bytes,
+        expected_bytes=_expected_bytes(spec),
+        tiles_on_disk=_folder_bytes(tiles_folder(path)),
+        output_exists=output.exists(),
+        last_errors=last,
+    )
+
+
+def label(status: str, counts: dict[str, int], running: bool, output_exists: bool) -> str:
+    """A word a person understands, from the job and tile statuses."""
+    if status == "merged":
+        return "done" if output_exists else "done, output missing"
+    if running:
+        return "merging" if status == "downloaded" else "fetching"
+    if counts.get("failed"):
+        return "failed tiles"
+    if status == "downloaded":
+        return "fetched, not merged"
+    if counts.get("done"):
+        return "stopped"
+    return "not started"
+
+
+def is_running(state_path: Path) -> bool:
+    """Whether a live process holds the job (the pid its lock file names is alive)."""
+    lock = Path(f"{state_path}.lock")
+    try:
+        pid = int(lock.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def table(rows: Sequence[JobRow]) -> str:
+    """Aligned columns: name, state, tiles, percent, fetched, expected size."""
+    header = ("JOB", "STATE", "TILES", "DONE", "FETCHED", "SIZE", "FAILED")
+    body = [
+        (
+            row.name,
+            row.state_label,
+            f"{row.tiles.get('done', 0)}/{_leaves(row)}",
+            f"{row.percent:.0f}%",
+            format_bytes(row.bytes_done),
+            format_bytes(row.expected_bytes),
+            str(row.tiles.get("failed", 0)),
+        )
+        for row in rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip()
+        for r in [header, *body]
+    ]
+    return "\n".join(lines)
+
+
+def totals(rows: Sequence[JobRow]) -> str:
+    """One line under the table: how many jobs are finished, and bytes."""
+    finished = sum(1 for r in rows if r.status == "merged")
+    failed = sum(1 for r in rows if r.tiles.get("failed"))
+    fetched = sum(r.bytes_done for r in rows)
+    line = f"{finished}/{len(rows)} jobs finished, {format_bytes(fetched)} fetched"
+    if failed:
+        line += f", {failed} with failed tiles (run the same command again to retry them)"
+    return line
+
+
+@dataclass(frozen=True, slots=True)
+class Cleaned:
+    state: Path
+    removed: Path
+    bytes: int
+
+
+def clean(
+    state_files: Iterable[Path], *, dry_run: bool = False, state_too: bool = False
+) -> tuple[list[Cleaned], list[str]]:
+    """Remove tile folders of merged jobs whose output exists; skip everything else.
+
+    With ``state_too`` the state file goes as well (the output then no longer knows it is
+    finished: running the download again needs --overwrite).
+    """
+    from engine.job import tiles_folder
+    from state import JobLock, JobLockedError, Store
+
+    removed: list[Cleaned] = []
+    skipped: list[str] = []
+    for path in state_files:
+        with Store.open(path, create=False) as store:
+            job = store.job()
+        if job is None or job.status != "merged" or not Path(job.output_path).exists():
+            reason = "not finished" if job is not None else "empty state file"
+            skipped.append(f"{path}: {reason}; kept")
+            continue
+        try:
+            with JobLock(path):
+                targets = [tiles_folder(path)]
+                if state_too:
+                    targets += [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+                for target in targets:
+                    if not target.exists():
+                        continue
+                    size = _folder_bytes(target) if target.is_dir() else target.stat().st_size
+                    if not dry_run:
+                        if target.is_dir():
+                            shutil.rmtree(target)
+                        else:
+                            target.unlink()
+                    removed.append(Cleaned(path, target, size))
+        except JobLockedError:
+            skipped.append(f"{path}: a process is working on it; kept")
+    return removed, skipped
+
+
+def _leaves(row: JobRow) -> int:
+    return sum(row.tiles.get(k, 0) for k in ("pending", "in_flight", "done", "failed"))
+
+
+def _name(path: Path) -> str:
+    return path.name.removesuffix(STATE_SUFFIX)
+
+
+def _expected_bytes(spec: dict[str, Any]) -> int:
+    try:
+        grid = spec["grid"]
+        return (
+            int(grid["width"])
+            * int(grid["height"])
+            * len(spec["band_ids"])
+            * int(np.dtype(spec["dtype"]).itemsize)
+        )
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def _folder_bytes(folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    total = 0
+    for item in folder.rglob("*"):
+        try:
+            if item.is_file():
+                total += item.stat().st_size
+        except OSError:
+            continue
+    return total

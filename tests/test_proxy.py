@@ -1,0 +1,167 @@
+"""EE API calls and tile downloads through real proxy processes, proven from the proxy's side.
+
+Each run refuses direct connections to the emulator (see ``peers.GUARDED_CLI``), so a run
+that completes went through the proxy; the proxy's log then shows what it carried.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.emulator.config import EmulatorConfig
+from engine.emulator.server import EmulatorThread
+from peers import (
+    MicroSocks,
+    TinyProxy,
+    assert_equals_oracle,
+    cli_env,
+    dem_download,
+    free_port,
+    host_port,
+    run_cli,
+)
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=11)) as running:
+        yield running
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[TinyProxy]:
+    with TinyProxy(tmp_path / "proxy") as proxy:
+        yield proxy  # type: ignore[misc]
+
+
+@pytest.fixture
+def microsocks(tmp_path: Path) -> Iterator[MicroSocks]:
+    with MicroSocks(tmp_path / "proxy") as proxy:
+        yield proxy  # type: ignore[misc]
+
+
+def routes(requests: list[tuple[str, str]], base: str) -> Counter[str]:
+    """How many requests of each kind the proxy forwarded to the emulator at ``base``."""
+    counted: Counter[str] = Counter()
+    for method, target in requests:
+        assert target.startswith(base), f"proxy forwarded {method} {target}, not to {base}"
+        path = target[len(base) :].split("?", 1)[0]
+        if path.startswith("/$discovery"):
+            counted["discovery"] += 1
+        elif path.endswith("/algorithms"):
+            counted["algorithms"] += 1
+        elif path.endswith("/value:compute"):
+            counted["value:compute"] += 1
+        elif path.endswith("/thumbnails") and method == "POST":
+            counted["thumbnails:create"] += 1
+        elif ":getPixels" in path:
+            counted["getPixels"] += 1
+        else:
+            counted[f"{method} {path}"] += 1
+    return counted
+
+
+def served(emulator: EmulatorThread, route: str) -> int:
+    return sum(emulator.stats()["requests"].get(route, {}).values())
+
+
+def test_explicit_http_proxy_carries_every_api_call_and_tile(
+    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
+) -> None:
+    output = tmp_path / "dem.tif"
+    # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
+    env = cli_env(NO_PROXY="127.0.0.1,localhost")
+    done = run_cli(
+        dem_download(emulator.url, output, "--proxy", tinyproxy.url),
+        env,
+        forbid_direct=[host_port(emulator.url)],
+    )
+    assert done.returncode == 0, done.stderr
+    carried = routes(tinyproxy.requests(), emulator.url)
+    tiles = served(emulator, "getPixels")
+    assert tiles >= 8
+    assert carried["getPixels"] == tiles  # every tile download, seen by the proxy
+    assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
+    assert carried["value:compute"] == served(emulator, "value:compute") >= 1
+    assert carried["discovery"] >= 1 and carried["algorithms"] >= 1  # ee.Initialize too
+    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+
+
+def test_explicit_socks5_proxy_carries_every_connection(
+    tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
+) -> None:
+    output = tmp_path / "dem.tif"
+    done = run_cli(
+        dem_download(emulator.url, output, "--proxy", microsocks.url),
+        cli_env(NO_PROXY="127.0.0.1,localhost"),
+        forbid_direct=[host_port(emulator.url)],
+    )
+    assert done.returncode == 0, done.stderr
+    opened = microsocks.connections()
+    assert opened, "microsocks opened no connection"
+    assert set(opened) == {host_port(emulator.url)}
+    assert served(emulator, "getPixels") >= 8
+    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+
+
+def test_http_proxy_from_the_environment(
+    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
+) -> None:
+    output = tmp_path / "dem.tif"
+    done = run_cli(
+        dem_download(emulator.url, output),
+        cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org"),
+        forbid_direct=[host_port(emulator.url)],
+    )
+    assert done.returncode == 0, done.stderr
+    carried = routes(tinyproxy.requests(), emulator.url)
+    assert carried["getPixels"] == served(emulator, "getPixels") >= 8
+    assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
+
+
+def test_all_proxy_socks5_from_the_environment(
+    tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
+) -> None:
+    output = tmp_path / "dem.tif"
+    done = run_cli(
+        dem_download(emulator.url, output),
+        cli_env(all_proxy=microsocks.url),
+        forbid_direct=[host_port(emulator.url)],
+    )
+    assert done.returncode == 0, done.stderr
+    assert set(microsocks.connections()) == {host_port(emulator.url)}
+    assert served(emulator, "getPixels") >= 8
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.0/8", "*"])
+def test_no_proxy_sends_the_environment_proxy_around(
+    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy, no_proxy: str
+) -> None:
+    output = tmp_path / "dem.tif"
+    done = run_cli(
+        dem_download(emulator.url, output),
+        cli_env(HTTP_PROXY=tinyproxy.url, HTTPS_PROXY=tinyproxy.url, NO_PROXY=no_proxy),
+    )
+    assert done.returncode == 0, done.stderr
+    assert served(emulator, "getPixels") >= 8
+    assert tinyproxy.requests() == []
+
+
+def test_an_unreachable_proxy_is_reported_not_bypassed(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = run_cli(
+        dem_download(emulator.url, tmp_path / "dem.tif", "--proxy", dead),
+        cli_env(),
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "proxy" in done.stderr.lower()
+    assert "Traceback" not in done.stderr
+    assert served(emulator, "getPixels") == 0
+    assert served(emulator, "value:compute") == 0
