@@ -19,8 +19,8 @@ _LAZY = {
     "DownloadIncomplete": "engine.api",
     "download_ee_image_collection": "engine.collection",
     "CollectionIncomplete": "engine.collection",
-    "plan": "engine.plan",
-    "preview": "engine.preview",
+    "plan": "engine.estimate",
+    "preview": "engine.quicklook",
 }
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Sequence
+import warnings
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import ee
 import numpy as np
+import rasterio
 
 from engine import ee_adapter
 from engine.ee_adapter import BandInfo, EEUserError
@@ -86,6 +88,9 @@ def download_ee_image(
         ee_adapter.initialize(
             ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
         )
+    elif proxy or ca_bundle:
+        # The user initialised the client; the API calls must take the same route as tiles.
+        ee_adapter.use_network(proxy, ca_bundle)
     if resampling and resampling != "near":
         image = image.resample(resampling)
     if scale_offset:
@@ -181,8 +186,13 @@ def build_spec(
     keep_tiles: bool,
     ee_url: str | None,
     project: str | None,
+    warn: Callable[[str], None] | None = None,
 ) -> JobSpec:
-    """Everything the job needs, checked before anything is fetched."""
+    """Everything the job needs, checked before anything is fetched.
+
+    ``warn`` hears about choices that are allowed but probably not meant (a ``dtype`` that
+    cannot hold the bands); by default it issues a :class:`LossyCastWarning`.
+    """
     if compress not in COMPRESSIONS:
         raise EEUserError(f"unknown compression {compress!r}; use one of {', '.join(COMPRESSIONS)}")
     if endpoint not in ("urls", "compute"):
@@ -193,19 +203,25 @@ def build_spec(
     band_ids = ee_adapter.select_bands([b.id for b in info], bands)
     chosen = [b for b in info if b.id in band_ids]
     out_dtype = dtype or common_dtype([b.dtype for b in chosen])
+    lossy = lossy_cast_message(chosen, out_dtype)
+    if lossy is not None:
+        (warn or _warn_lossy)(lossy)
     if isinstance(region, ee.Geometry | ee.Feature | ee.FeatureCollection):
         region = (
             region.geometry().getInfo() if not isinstance(region, ee.Geometry) else region.getInfo()
         )
     try:
-        grid = resolve_grid(
-            chosen,
-            load_region(region) if region is not None else None,
-            crs,
-            crs_transform,
-            scale,
-            shape,
-        )
+        # In a GDAL environment, PROJ's complaints about an unknown CRS go to logging (and
+        # become our one-line GridError) instead of being printed to stderr.
+        with rasterio.Env():
+            grid = resolve_grid(
+                chosen,
+                load_region(region) if region is not None else None,
+                crs,
+                crs_transform,
+                scale,
+                shape,
+            )
     except GridError as exc:
         raise EEUserError(str(exc)) from exc
     fill = default_nodata(out_dtype) if nodata is None else nodata
@@ -275,6 +291,40 @@ def native_scale(band: BandInfo) -> float:
     return size
 
 
+class LossyCastWarning(UserWarning):
+    """The chosen dtype cannot hold the image's values; they will be clamped or truncated."""
+
+
+def lossy_cast_message(bands: Sequence[BandInfo], dtype: str) -> str | None:
+    """Say which bands ``dtype`` cannot hold, or None.
+
+    Decision: warn, do not refuse. Casting float reflectance to uint8 is usually a mistake
+    (everything becomes 0 or 1), but a float band already scaled to 0..255 is a common and
+    deliberate case that only the user can tell apart. Precision lost between float types
+    or from large integers to float32 is not reported.
+    """
+    target = np.dtype(dtype)
+    if target.kind == "f":
+        return None
+    lossy = [b for b in bands if not np.can_cast(np.dtype(b.dtype), target, "safe")]
+    if not lossy:
+        return None
+    names = ", ".join(f"{b.id} ({b.dtype})" for b in lossy[:4])
+    if len(lossy) > 4:
+        names += f" and {len(lossy) - 4} more"
+    limits = np.iinfo(target)
+    fractions = any(np.dtype(b.dtype).kind == "f" for b in lossy)
+    return (
+        f"dtype {dtype} cannot hold band(s) {names}: Earth Engine will clamp values to "
+        f"{limits.min}..{limits.max}{' and drop fractions' if fractions else ''}; choose "
+        f"{common_dtype([b.dtype for b in bands])} (or no dtype), or scale the image first"
+    )
+
+
+def _warn_lossy(message: str) -> None:
+    warnings.warn(message, LossyCastWarning, stacklevel=4)
+
+
 def common_dtype(dtypes: Sequence[str]) -> str:
     """The smallest type that holds every band, as EE promotes bands written together."""
     result = np.result_type(*[np.dtype(d) for d in dtypes])
@@ -298,6 +348,7 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     box: dict[str, Any] = {}
     started = threading.Event()
+    finished = threading.Event()
 
     async def main() -> T:
         box["task"] = asyncio.current_task()
@@ -312,17 +363,20 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
             box["error"] = exc
         finally:
             started.set()
+            finished.set()
 
-    thread = threading.Thread(target=target, name="eefetch-runner", daemon=True)
-    thread.start()
+    # Waiting on an Event, not Thread.join: a KeyboardInterrupt inside join() can leave the
+    # Thread marked as stopped while it still runs (CPython bpo-45274), and the wait for the
+    # saved state would then return at once.
+    threading.Thread(target=target, name="eefetch-runner", daemon=True).start()
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not finished.wait(0.2):
+            pass
     except KeyboardInterrupt:
         started.wait(5)
         if "task" in box:
             box["loop"].call_soon_threadsafe(box["task"].cancel)
-        thread.join(RUNNER_STOP_SECONDS)
+        finished.wait(RUNNER_STOP_SECONDS)
         raise
     if "error" in box:
         error = box["error"]
@@ -363,4 +417,10 @@ def _with_extra(spec: JobSpec, **extra: Any) -> JobSpec:
     return replace(spec, extra={**spec.extra, **extra})
 
 
-__all__ = ["DownloadIncomplete", "SchedulerOptions", "build_spec", "download_ee_image"]
+__all__ = [
+    "DownloadIncomplete",
+    "LossyCastWarning",
+    "SchedulerOptions",
+    "build_spec",
+    "download_ee_image",
+]

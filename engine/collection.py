@@ -204,6 +204,8 @@ async def run_collection(
                 group.create_task(one(image, spec))
     finally:
         progress.close()
+    order = [image.name for image, _ in jobs]
+    result.results = {n: result.results[n] for n in order if n in result.results}
     return result
 
 

@@ -8,9 +8,11 @@ policy in ``engine.retry`` decides instead, with knowledge the client does not h
 from __future__ import annotations
 
 import json
+import random
 import re
 import runpy
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 import requests
 
 from engine.grid import Grid
-from engine.retry import ErrorKind, FetchError
+from engine.retry import Action, ErrorKind, FetchError, classify, retry_delay
 from engine.transport import ca_bundle_from_env, resolve_proxy
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
@@ -132,6 +134,11 @@ def initialize(connection: Connection) -> None:
     take the proxy too: behind a firewall that only lets the proxy out, nothing else works.
     """
     _install_session(connection.proxy, connection.ca_bundle)
+    # One retry and a deadline from the first call on: the client's default five retries of
+    # the discovery call, with backoff, spent half a minute before saying that the network or
+    # the proxy is down, and without a deadline a silent proxy hung ee.Initialize for good.
+    ee.data.setMaxRetries(1)
+    ee.data._get_state().deadline_ms = int(connection.deadline_seconds * 1000)
     try:
         if connection.offline:
             # The client reads a catalog from a Google storage host at init, with no timeout;
@@ -261,12 +268,11 @@ def dtype_from_ee(data_type: dict[str, Any]) -> str:
     return "float64"
 
 
-def band_info(image: ee.Image) -> list[BandInfo]:
+def band_info(
+    image: ee.Image, *, attempts: int = 5, sleep: Callable[[float], None] = time.sleep
+) -> list[BandInfo]:
     """The bands of an image (one getInfo round trip)."""
-    try:
-        info = image.getInfo()
-    except ee.EEException as exc:
-        raise EEUserError(f"Earth Engine could not describe the image: {exc}") from exc
+    info = _describe(image, attempts, sleep)
     if not isinstance(info, dict) or info.get("type") != "Image":
         raise EEUserError("the object given is not an Earth Engine image")
     bands = []
@@ -285,6 +291,34 @@ def band_info(image: ee.Image) -> list[BandInfo]:
     if not bands:
         raise EEUserError("the image has no bands; check the collection filters and selectors")
     return bands
+
+
+def _describe(image: ee.Image, attempts: int, sleep: Callable[[float], None]) -> Any:
+    """``image.getInfo()``, tried again after a 429, a 5xx or a dropped connection.
+
+    The client's own retries are off (see ``configure_client``), and a job must not end at
+    its first call over a 503 that the next second would not have given.
+    """
+    rng = random.Random()
+    for attempt in range(attempts):
+        try:
+            return image.getInfo()
+        except ee.EEException as exc:
+            cause: Exception = exc
+            error = FetchError(ErrorKind.EE, str(exc), status=_status_of(exc))
+            problem = f"Earth Engine could not describe the image: {exc}"
+        except (ConnectionError, OSError) as exc:
+            cause = exc
+            error = FetchError(ErrorKind.CONNECT, str(exc))
+            problem = (
+                f"could not reach Earth Engine to describe the image: {exc}. Check the "
+                "network and the proxy (--proxy or HTTPS_PROXY)"
+            )
+        verdict = classify(error)
+        if verdict.action is not Action.RETRY or attempt + 1 >= attempts:
+            raise EEUserError(problem) from cause
+        sleep(retry_delay(verdict, attempt, rng, base=1.0, cap=16.0))
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def select_bands(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:

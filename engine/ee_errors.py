@@ -7,7 +7,6 @@ or garbage. The result is always a short, printable message.
 from __future__ import annotations
 
 import json
-import re
 
 MAX_MESSAGE = 300
 
@@ -19,14 +18,16 @@ def error_message(body: bytes, status: int, reason: str | None = None) -> str:
     if message:
         return _one_line(message)
     if _looks_like_html(text):
-        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-        found = f" ({_one_line(title.group(1))})" if title and title.group(1).strip() else ""
+        title = _title(text)
+        found = f" ({_one_line(title)})" if title else ""
         return (
             f"an HTML page{found} instead of an Earth Engine answer (a proxy or portal answered?)"
         )
     if text:
         return _one_line(text)
-    return reason or f"HTTP {status}"
+    if reason and reason.strip():
+        return _one_line(reason)  # the reason phrase comes from the server too
+    return f"HTTP {status}"
 
 
 def _envelope_message(text: str) -> str | None:
@@ -34,7 +35,7 @@ def _envelope_message(text: str) -> str | None:
         return None
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json allows
         return None
     if not isinstance(parsed, dict):
         return None
@@ -46,6 +47,22 @@ def _envelope_message(text: str) -> str | None:
     if isinstance(error, str) and error.strip():
         return error
     return None
+
+
+def _title(text: str) -> str | None:
+    """The first <title> of a page, found in linear time (a lazy regex over a body of many
+    unclosed <title> tags backtracks quadratically: seconds for 64 KB)."""
+    lower = text.lower()
+    start = lower.find("<title")
+    if start < 0:
+        return None
+    open_end = lower.find(">", start)
+    if open_end < 0:
+        return None
+    close = lower.find("</title>", open_end)
+    if close < 0:
+        return None
+    return text[open_end + 1 : close].strip() or None
 
 
 def _looks_like_html(text: str) -> bool:

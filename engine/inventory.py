@@ -189,7 +189,12 @@ def clean(
         with Store.open(path, create=False) as store:
             job = store.job()
         if job is None or job.status != "merged" or not Path(job.output_path).exists():
-            reason = "not finished" if job is not None else "empty state file"
+            if job is None:
+                reason = "empty state file"
+            elif job.status != "merged":
+                reason = "not finished"
+            else:
+                reason = f"its output {job.output_path} is missing"
             skipped.append(f"{path}: {reason}; kept")
             continue
         try:

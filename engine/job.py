@@ -181,6 +181,8 @@ async def run_job(
     """Fetch whatever is missing of ``spec`` and merge it; safe to call again after any stop."""
     progress = progress or SilentProgress()
     output = Path(spec.output)
+    if output.exists() and not options.overwrite and not state_path.exists():
+        raise _output_exists(output)  # before a state file is made for a job that cannot run
     state_path.parent.mkdir(parents=True, exist_ok=True)
     with JobLock(state_path), Store.open(state_path) as store:
         created, notes = open_job(store, spec, state_path)
@@ -192,10 +194,8 @@ async def run_job(
                 output, state_path, counts, RunSummary(), True, [f"already complete: {output}"]
             )
         if output.exists() and not options.overwrite and job.status != "merged":
-            raise JobError(
-                f"{output} already exists; pass --overwrite to replace it, or "
-                "choose another output with -o"
-            )
+            raise _output_exists(output)
+        _check_output_folder(output)
         tiles = TileStore(tiles_folder(state_path))
         if not created:
             retried = store.reset_failed()
@@ -291,6 +291,24 @@ def _merge(spec: JobSpec, store: Store, tiles: TileStore, overwrite: bool) -> Pa
         cog=spec.cog,
         overwrite=overwrite,
     )
+
+
+def _output_exists(output: Path) -> JobError:
+    return JobError(
+        f"{output} already exists; pass --overwrite to replace it, or choose another output with -o"
+    )
+
+
+def _check_output_folder(output: Path) -> None:
+    """Refuse before fetching anything if the merge could not write the output at all."""
+    folder = output.parent
+    if not folder.is_dir():
+        raise JobError(f"cannot write {output}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise JobError(
+            f"cannot write {output}: folder {folder} is not writable (read-only or no "
+            "permission); choose another output with -o"
+        )
 
 
 def _add(total: RunSummary, part: RunSummary) -> None:

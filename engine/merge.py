@@ -10,8 +10,10 @@ under its final name once complete and fsynced.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
+import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -421,18 +423,71 @@ def merge_tiles(
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
             _write_plain(grid, band_names, dtype, groups, plain, nodata, options, progress)
+            _check_written(plain)
             if cog:
                 _write_cog(
                     plain, final_temp, grid, count, dtype, compress, blocksize, overview_resampling
                 )
+                _check_written(final_temp)
                 plain.unlink()
         _publish(final_temp, output, overwrite)
-    except BaseException:
+    except BaseException as exc:
         for temp in temps:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
-        raise
+        if isinstance(exc, MergeError | OutputExistsError) or not isinstance(
+            exc, RasterioError | CPLE_BaseError | OSError
+        ):
+            raise
+        needed = uncompressed_bytes(grid.width, grid.height, count, dtype)
+        raise _write_failure(output, needed, exc) from exc
     return output
+
+
+def _check_written(path: Path) -> None:
+    """Raise OSError (EIO) unless every block of ``path`` lies inside the file.
+
+    GDAL's multithreaded writer reports a failed write (a full disk) only on stderr, never to
+    the caller, and leaves blocks pointing past the end of the file; without this check such
+    a file would be published as the output.
+    """
+    size = path.stat().st_size
+    with rasterio.open(path) as dataset:
+        interleave = dataset.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "PIXEL")
+        bands = range(1, dataset.count + 1) if interleave == "BAND" else range(1, 2)
+        block_h, block_w = dataset.block_shapes[0]
+        rows = -(-dataset.height // block_h)
+        cols = -(-dataset.width // block_w)
+        for band in bands:
+            for row in range(rows):
+                for col in range(cols):
+                    offset = dataset.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+                    length = dataset.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+                    if not offset or not length or int(offset) + int(length) > size:
+                        raise OSError(
+                            errno.EIO,
+                            f"block ({row}, {col}) of band {band} was not written completely",
+                        )
+
+
+def _write_failure(output: Path, needed: int, exc: BaseException) -> MergeError:
+    """One line for a merge that could not write its output: a full disk says so."""
+    try:
+        free = shutil.disk_usage(output.parent).free
+    except OSError:
+        free = None
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    if full or (free is not None and free < needed):
+        room = f" ({free / 1e6:.1f} MB free, the merge may need up to {needed / 1e6:.1f} MB)"
+        return MergeError(
+            f"cannot write {output}: the disk is full{room if free is not None else ''}; free "
+            "some space there and run the same command again (the fetched tiles are kept)"
+        )
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return MergeError(
+        f"cannot write {output} ({detail}); check that folder and its disk, then run the same "
+        "command again (the fetched tiles are kept)"
+    )
 
 
 def _write_plain(

@@ -50,7 +50,10 @@ def geometry_from_file(path: Path) -> dict[str, Any]:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise GridError(f"region file {path} does not exist") from None
+        raise GridError(
+            f"region file {path} does not exist; give a GeoJSON file or "
+            "west,south,east,north in degrees"
+        ) from None
     except OSError as exc:
         raise GridError(f"cannot read region file {path}: {exc.strerror}") from None
     if size > MAX_REGION_FILE_BYTES:
@@ -67,16 +70,28 @@ def geometry_from_file(path: Path) -> dict[str, Any]:
     return geometry_from_geojson(data, f"region file {path}")
 
 
-def geometry_from_geojson(data: Any, what: str) -> dict[str, Any]:
-    """The geometry of a Geometry, a Feature, or a FeatureCollection (all its features)."""
+def geometry_from_geojson(
+    data: Any, what: str, *, containers: tuple[str, ...] = ("FeatureCollection", "Feature")
+) -> dict[str, Any]:
+    """The geometry of a Geometry, a Feature, or a FeatureCollection (all its features).
+
+    ``containers`` are the wrapper types allowed at this level: a FeatureCollection holds
+    Features, a Feature holds a Geometry, as GeoJSON says. Nesting them otherwise is refused,
+    which also bounds the recursion on a hostile file.
+    """
     if not isinstance(data, Mapping):
         raise GridError(f"{what} is not a GeoJSON object")
     kind = data.get("type")
+    if kind in ("FeatureCollection", "Feature") and kind not in containers:
+        raise GridError(
+            f"{what} has a {kind} where a geometry belongs; give a GeoJSON Polygon, "
+            "Feature or FeatureCollection"
+        )
     if kind == "FeatureCollection":
         features = data.get("features")
         if not isinstance(features, list) or not features:
             raise GridError(f"{what} is a FeatureCollection with no features")
-        geometries = [geometry_from_geojson(f, what) for f in features]
+        geometries = [geometry_from_geojson(f, what, containers=("Feature",)) for f in features]
         if len(geometries) == 1:
             return geometries[0]
         return _with_crs({"type": "GeometryCollection", "geometries": geometries}, data)
@@ -84,7 +99,7 @@ def geometry_from_geojson(data: Any, what: str) -> dict[str, Any]:
         geometry = data.get("geometry")
         if geometry is None:
             raise GridError(f"{what} is a Feature with no geometry")
-        return _with_crs(geometry_from_geojson(geometry, what), data)
+        return _with_crs(geometry_from_geojson(geometry, what, containers=()), data)
     if kind not in GEOMETRY_TYPES:
         raise GridError(
             f"{what} has GeoJSON type {kind!r}; expected a Polygon, Feature or FeatureCollection"

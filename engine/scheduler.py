@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,8 @@ from state import (
 )
 
 LOG = logging.getLogger("eefetch")
+
+RATE_LIMIT_BUDGET = 4  # times max_attempts, for a tile whose latest failure was a 429
 
 Fetch = Callable[[TileRecord], Awaitable[StoredTile]]
 Probe = Callable[[], Awaitable[bool]]
@@ -141,6 +144,7 @@ class Scheduler:
         self._in_flight = 0
         self._changed = asyncio.Event()
         self._fatal: str | None = None
+        self._rate_limited: Counter[int] = Counter()  # 429s per tile in this run
 
     def record(self, update: TileUpdate) -> None:
         self.updates.record(update)
@@ -252,7 +256,15 @@ class Scheduler:
             # The network is down, not this tile: keep its attempts for when it is back.
             self.record(TileReleased(tile.id))
             return
-        if tile.attempts + 1 >= self.options.max_attempts:
+        # A 429 says that Earth Engine is busy, not that the tile is bad: 429s do not count
+        # toward max_attempts (else one burst of them fails a tile of a healthy job), and
+        # only a ceiling of RATE_LIMIT_BUDGET times as many attempts ends such a tile.
+        if verdict.rate_limited:
+            self._rate_limited[tile.id] += 1
+            budget = self.options.max_attempts * RATE_LIMIT_BUDGET
+        else:
+            budget = self.options.max_attempts + self._rate_limited[tile.id]
+        if tile.attempts + 1 >= budget:
             self._fail(tile, f"gave up after {tile.attempts + 1} attempts: {verdict.reason}")
             return
         self._retry(tile, verdict)

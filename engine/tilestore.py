@@ -135,6 +135,8 @@ def _check_tiff_header(path: Path, size: int) -> None:
     with path.open("rb") as handle:
         head = handle.read(16)
     sniff_body(head, complete=True)
+    if len(head) < 8:
+        raise TileValidationError(f"truncated: {size} bytes, shorter than a TIFF header")
     little = head[:2] == b"II"
     order = "<" if little else ">"
     if head[2:4] in (b"*\x00", b"\x00*"):

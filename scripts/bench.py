@@ -172,7 +172,14 @@ def run_child(
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
     started = time.monotonic()
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        command,
+        cwd=REPO,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        # A harness started in the background (nohup ... &) inherits an ignored SIGINT, and
+        # Python then never turns Ctrl-C into KeyboardInterrupt: give the child the default.
+        preexec_fn=_default_sigint,
     )
     result: dict[str, Any] = {"command": command}
     killed = threading.Event()
@@ -225,6 +232,10 @@ def run_child(
         result["faults"] = snap["faults"]
         result["max_in_flight"] = snap["max_in_flight"]
     return result
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def driver(name: str, *args: str) -> list[str]:
@@ -280,6 +291,7 @@ def drive_eefetch(args: argparse.Namespace) -> None:
         def note(self, message: str) -> None:
             if "merging into" in message:
                 seen["fetched_at"] = time.monotonic() - t0
+                seen["peak_rss_mb_before_merge"] = _vm_hwm_mb()
             seen.setdefault("notes", []).append(message)
 
         def retry(self, message: str) -> None:
@@ -502,6 +514,14 @@ def drive_rio_copy(args: argparse.Namespace) -> None:
     _dump(args.result, {"complete": True}, t0)
 
 
+def _vm_hwm_mb() -> float:
+    """This process's peak RSS so far (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _dump(path: str | None, data: dict[str, Any], t0: float) -> None:
     data["driver_wall_s"] = time.monotonic() - t0
     if path:
@@ -713,6 +733,7 @@ class Bench:
         extra: dict[str, Any] | None = None,
         interrupt: Any = None,
         fresh: bool = True,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         output = output or self.path(f"{tool}.tif")
         if fresh:
@@ -735,6 +756,7 @@ class Bench:
             interrupt=interrupt,
             timeout=self.args.timeout,
             log=output.with_suffix(".log"),
+            env=env,
         )
         result["tool"] = tool
         result["inside"] = read_json(result_file)
@@ -887,6 +909,23 @@ class Bench:
             clean_outputs(output)
         self.save()
 
+    def scenario_rss(self) -> None:
+        """Where eefetch's whole-job peak RSS comes from: the same job with GDAL's block cache
+        left at its default (5 % of RAM) and capped to 64 MB for the whole process."""
+        runs: dict[str, list[dict[str, Any]]] = {"default": [], "GDAL_CACHEMAX=64": []}
+        with Emulator("clean", 1, self.overrides()) as emulator:
+            for rep in range(max(1, self.args.reps - 1)):
+                order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
+                for variant in order:
+                    env = {"GDAL_CACHEMAX": "64"} if variant != "default" else None
+                    result = self.run_tool("eefetch", emulator, env=env)
+                    result["variant"] = variant
+                    runs[variant].append(result)
+                    clean_outputs(Path(result["output"]), keep_log=True)
+                    self.save()
+        self.results["scenarios"]["rss"] = {"runs": runs}
+        self.save()
+
     def scenario5(self) -> None:
         rows, cols = SCALE_TILES if not self.args.quick else (50, 40)
         out: dict[str, Any] = {}
@@ -958,7 +997,7 @@ class Bench:
         self.save()
 
     def profile(self) -> None:
-        """One eefetch run (clean profile) under py-spy, all threads; a leaf-function table."""
+        """One eefetch run (clean profile) under py-spy: on-CPU samples of all threads."""
         spy = shutil.which("py-spy") or str(BENCH_VENV / "bin" / "py-spy")
         raw = self.work / "profile-eefetch.txt"
         with Emulator("clean", 1, self.overrides()) as emulator:
@@ -968,7 +1007,6 @@ class Bench:
                 spy,
                 "record",
                 "--threads",
-                "--idle",
                 "--rate",
                 "50",
                 "--format",
@@ -1022,7 +1060,7 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
         if any(marker in leaf for marker in idle_markers) or "sleep" in leaf:
             continue
         total += count
-        thread = frames[0].split(" ")[0] if frames else "?"
+        thread = frames[0].split(": ", 1)[-1] if frames else "?"
         by_thread[thread] = by_thread.get(thread, 0) + count
         by_leaf[leaf] = by_leaf.get(leaf, 0) + count
         for frame in set(frames):
@@ -1207,6 +1245,16 @@ def report(results: dict[str, Any]) -> str:
                 f"{t['total_bytes'] / 1e6:.0f} | "
                 f"{t['interrupted'].get('in_flight_at_interrupt')} | {t['tiles_fetched_again']} |"
             )
+    if "rss" in scenarios:
+        lines.append("\n### eefetch peak RSS, GDAL block cache default vs capped (clean)\n")
+        lines.append("| variant | wall s | peak RSS MB before merge | peak RSS MB whole job |")
+        lines.append("|---|---|---|---|")
+        for variant, runs in scenarios["rss"]["runs"].items():
+            lines.append(
+                f"| {variant} | {listed(runs, 'wall_s', 1)} | "
+                + ", ".join(f"{r['inside'].get('peak_rss_mb_before_merge', 0):.0f}" for r in runs)
+                + f" | {listed(runs, 'peak_rss_mb', 0)} |"
+            )
     if "merge" in scenarios:
         lines.append("\n### Merge alone, real tiles of the scenario image\n")
         lines += merge_table(scenarios["merge"])
@@ -1310,14 +1358,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     parser.add_argument(
         "--scenarios",
-        default="1,2,3,4,merge,5,profile",
-        help="comma-separated: 1,2,3,4,merge,5,profile",
+        default="1,2,4,3,merge,5,profile",
+        help="comma-separated, run in this order: 1,2,4,3,merge,5,profile (also: rss)",
     )
     parser.add_argument("--workdir", default=str(REPO / ".bench-work"))
     parser.add_argument("--concurrency", type=int, default=8, help="bare loop's concurrency")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--merge-side", type=int, default=None, help="big merge grid side (px)")
-    parser.add_argument("--big-merge-reps", type=int, default=2)
+    parser.add_argument("--big-merge-reps", type=int, default=1)
     parser.add_argument("--emulator-overrides", default=None, help="JSON of EmulatorConfig knobs")
     parser.add_argument("--keep-outputs", action="store_true")
     parser.add_argument("--no-venv", action="store_true", help="run in the current interpreter")
@@ -1337,6 +1385,7 @@ def main() -> None:
         "4": bench.scenario4,
         "merge": bench.scenario_merge_real,
         "5": bench.scenario5,
+        "rss": bench.scenario_rss,
         "profile": bench.profile,
     }
     for key in wanted:

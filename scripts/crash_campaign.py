@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -48,7 +49,7 @@ from engine.emulator.config import EmulatorConfig  # noqa: E402
 from engine.emulator.server import EmulatorThread  # noqa: E402
 from engine.grid import METRES_PER_DEGREE, Window  # noqa: E402
 from engine.spec import JobSpec  # noqa: E402
-from state import Store  # noqa: E402
+from state import StateError, Store  # noqa: E402
 
 MODES = ("early", "progress", "part", "merge")
 ORACLE_STRIP_BYTES = 32 << 20
@@ -61,6 +62,7 @@ class CampaignConfig:
 
     workdir: Path
     kills: int = 5
+    kills_per_job: int = 5
     merge_kills: int = 1
     size_mb: float = 20.0
     seed: int = 1
@@ -69,6 +71,7 @@ class CampaignConfig:
     concurrency: int = 4
     latency_s: float = 0.05
     run_timeout_s: float = 600.0
+    keep_outputs: bool = True
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Kill:
     """What one kill hit, as seen from outside the process."""
 
     number: int
+    job: int
     mode: str
     after_s: float
     phase: str
@@ -85,19 +89,28 @@ class Kill:
 
 @dataclass
 class CampaignResult:
-    """Figures of a campaign; ``ok`` only if the output equals the oracle and no done tile was
-    fetched again."""
+    """Figures of a campaign (sums over its jobs); ``ok`` only if every job completed, every
+    output equals the oracle and no done tile was fetched again."""
 
     kills: list[Kill] = field(default_factory=list)
+    jobs: int = 0
+    jobs_completed: int = 0
+    jobs_equal_to_oracle: int = 0
     runs: int = 0
-    completed: bool = False
-    pixels_equal: bool = False
     job_bytes: int = 0
     tiles: int = 0
     refetched_done: list[str] = field(default_factory=list)
     served_twice: int = 0
     elapsed_s: float = 0.0
     final_stderr: str = ""
+
+    @property
+    def completed(self) -> bool:
+        return self.jobs > 0 and self.jobs_completed == self.jobs
+
+    @property
+    def pixels_equal(self) -> bool:
+        return self.jobs > 0 and self.jobs_equal_to_oracle == self.jobs
 
     @property
     def ok(self) -> bool:
@@ -154,9 +167,21 @@ def _done_count(state: Path) -> tuple[int, int]:
     return rows.get("done", 0), sum(v for k, v in rows.items() if k != "split")
 
 
-def _phase(state: Path, output: Path) -> str:
+def _merge_temp(output: Path) -> Path:
+    return output.with_name(f".{output.name}.eefetch-merge.tmp")
+
+
+def _written_since(path: Path, since: float) -> bool:
+    """``path`` exists and was written by this run (a killed run leaves its temp behind)."""
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
+def _phase(state: Path, output: Path, since: float) -> str:
     """What the process was doing when killed, judged from the files it leaves."""
-    if output.with_name(f".{output.name}.eefetch-merge.tmp").exists():
+    if _written_since(_merge_temp(output), since):
         return "merge"
     tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
     if tiles.is_dir() and any(tiles.glob("*.part")):
@@ -182,21 +207,32 @@ def _wait_for(condition: object, process: subprocess.Popen[bytes], timeout: floa
 
 
 def _aim(
-    mode: str, rng: random.Random, process: subprocess.Popen[bytes], state: Path, output: Path
+    mode: str,
+    rng: random.Random,
+    process: subprocess.Popen[bytes],
+    state: Path,
+    output: Path,
+    since: float,
 ) -> bool:
     """Wait for the moment ``mode`` aims at; False if the run ended first."""
-    temp = output.with_name(f".{output.name}.eefetch-merge.tmp")
+    temp = _merge_temp(output)
     tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
     if mode == "early":
         _wait_for(lambda: False, process, rng.uniform(0.05, 3.0))
         return process.poll() is None
     if mode == "merge":
-        if not _wait_for(temp.exists, process, 600):
+        if not _wait_for(lambda: _written_since(temp, since), process, 600):
             return False
         time.sleep(rng.uniform(0.0, 0.4))
         return process.poll() is None
-    if mode == "part":
-        return _wait_for(lambda: tiles.is_dir() and any(tiles.glob("*.part")), process, 600)
+    if mode == "part":  # or the merge, if every tile was already fetched
+
+        def writing() -> bool:
+            if _written_since(temp, since):
+                return True
+            return tiles.is_dir() and any(tiles.glob("*.part"))
+
+        return _wait_for(writing, process, 600)
     start, _ = _done_count(state)
     fraction = rng.random()
 
@@ -234,7 +270,13 @@ def _grid_key(data: dict[str, object]) -> str:
 
 def done_tile_keys(state: Path) -> set[str]:
     """Keys (as the emulator counts them) of the tiles the state records as done."""
-    with Store.open(state, create=False) as store:
+    try:
+        store = Store.open(state, create=False)
+    except StateError:
+        if _done_count(state) == (0, 0):
+            return set()  # killed while the state file was being created
+        raise
+    with store:
         job = store.job()
         if job is None:
             return set()
@@ -294,72 +336,112 @@ def equals_oracle(output: Path, state: Path, oracle: EmulatorThread) -> bool:
     return True
 
 
-def _plan_modes(config: CampaignConfig, rng: random.Random) -> list[str]:
-    """Download-phase kills first (mixed kinds), then the merge kills."""
-    download = max(0, config.kills - config.merge_kills)
-    modes = rng.choices(("early", "progress", "part"), weights=(0.2, 0.6, 0.2), k=download)
-    return [*modes, *["merge"] * (config.kills - download)]
+def _plan_modes(kills: int, merge_kills: int, rng: random.Random) -> list[str]:
+    """An early kill first (while most of the job is left, so the run cannot finish before
+    it), then mid-download kills of both kinds, then the merge kills."""
+    download = max(0, kills - merge_kills)
+    modes = rng.choices(("progress", "part"), weights=(0.7, 0.3), k=max(0, download - 1))
+    return [*(["early"] if download else []), *modes, *["merge"] * (kills - download)]
+
+
+def _reset_stats(url: str) -> None:
+    request = urllib.request.Request(f"{url}/_emulator/reset", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=30):
+        pass
 
 
 def run_campaign(
     config: CampaignConfig, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> CampaignResult:
-    """Kill, re-run, repeat; then one run to the end, and the two checks."""
+    """Jobs one after another, each killed ``kills_per_job`` times and then run to the end,
+    until ``kills`` kills are spent; every job's output and served counts are checked."""
     rng = random.Random(config.seed)
     result = CampaignResult()
     started = time.monotonic()
-    config.workdir.mkdir(parents=True, exist_ok=True)
-    output = config.workdir / "dem.tif"
+    job = 0
+    while len(result.kills) < config.kills:
+        job += 1
+        budget = min(config.kills_per_job, config.kills - len(result.kills))
+        merge_kills = min(config.merge_kills, max(0, budget - 1))
+        _run_job(config, job, _plan_modes(budget, merge_kills, rng), rng, emulator, oracle, result)
+        if not result.ok:
+            break
+    result.elapsed_s = round(time.monotonic() - started, 1)
+    return result
+
+
+def _run_job(
+    config: CampaignConfig,
+    job: int,
+    modes: list[str],
+    rng: random.Random,
+    emulator: EmulatorThread,
+    oracle: EmulatorThread,
+    result: CampaignResult,
+) -> None:
+    """One job: a kill per mode, one run to the end, then the two checks into ``result``."""
+    workdir = config.workdir / f"job{job}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    output = workdir / "dem.tif"
     state = Path(f"{output}.eefetch.db")
     argv = command(config, emulator.url, output)
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    _reset_stats(emulator.url)
     seen_done: dict[str, int] = {}
-    for number, mode in enumerate(_plan_modes(config, rng), start=1):
+    completed = False
+    for mode in modes:
         launched = time.monotonic()
+        since = time.time() - 0.01  # file times may be a little coarser than time.time()
         process = subprocess.Popen(
             argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         result.runs += 1
-        hit = _aim(mode, rng, process, state, output)
+        hit = _aim(mode, rng, process, state, output, since)
         after = time.monotonic() - launched
-        phase = _phase(state, output)
+        phase = _phase(state, output, since)
         if hit:
             process.send_signal(signal.SIGKILL)
         _, stderr = process.communicate(timeout=config.run_timeout_s)
         if process.returncode == 0:
-            result.completed = True
+            completed = True
             result.final_stderr = stderr.decode(errors="replace")
             break
         if process.returncode != -signal.SIGKILL:
             raise RuntimeError(
-                f"run {number} failed by itself ({process.returncode}): {stderr.decode()[-800:]}"
+                f"job {job} run failed by itself ({process.returncode}): "
+                f"{stderr.decode(errors='replace')[-800:]}"
             )
         time.sleep(0.2)  # let the emulator finish the accounting of bodies already sent
         served = _served(emulator.url)
-        keys = done_tile_keys(state) if state.exists() else set()
-        for key in keys:
+        for key in done_tile_keys(state) if state.exists() else set():
             seen_done.setdefault(key, served.get(key, 0))
         done, total = _done_count(state)
-        result.kills.append(Kill(number, mode, round(after, 3), phase, done, total))
-    if not result.completed:
+        number = len(result.kills) + 1
+        result.kills.append(Kill(number, job, mode, round(after, 3), phase, done, total))
+    if not completed:
         final = subprocess.run(
             argv, cwd=REPO, env=env, capture_output=True, timeout=config.run_timeout_s, check=False
         )
         result.runs += 1
-        result.completed = final.returncode == 0
+        completed = final.returncode == 0
         result.final_stderr = final.stderr.decode(errors="replace")
     served = _served(emulator.url)
-    result.refetched_done = sorted(
-        key for key, count in seen_done.items() if count < 1 or served.get(key, 0) != count
+    result.jobs += 1
+    result.refetched_done.extend(
+        f"job {job}: {key}"
+        for key, count in sorted(seen_done.items())
+        if count < 1 or served.get(key, 0) != count
     )
-    result.served_twice = sum(1 for count in served.values() if count > 1)
-    if result.completed:
-        result.pixels_equal = equals_oracle(output, state, oracle)
-        with Store.open(state, create=False) as store:
-            result.tiles = store.counts()["done"]
-            result.job_bytes = store.bytes_done()
-    result.elapsed_s = round(time.monotonic() - started, 1)
-    return result
+    result.served_twice += sum(1 for count in served.values() if count > 1)
+    if not completed:
+        return
+    result.jobs_completed += 1
+    result.jobs_equal_to_oracle += equals_oracle(output, state, oracle)
+    with Store.open(state, create=False) as store:
+        result.tiles += store.counts()["done"]
+        result.job_bytes += store.bytes_done()
+    if not config.keep_outputs:
+        shutil.rmtree(workdir)
 
 
 def emulator_config(config: CampaignConfig) -> EmulatorConfig:
@@ -372,7 +454,8 @@ def emulator_config(config: CampaignConfig) -> EmulatorConfig:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=40)
-    parser.add_argument("--merge-kills", type=int, default=5)
+    parser.add_argument("--kills-per-job", type=int, default=8)
+    parser.add_argument("--merge-kills", type=int, default=1, help="per job")
     parser.add_argument("--size-mb", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-tile-bytes", type=int, default=4_000_000)
@@ -384,7 +467,9 @@ def main() -> int:
         config = CampaignConfig(
             workdir=args.workdir or Path(scratch),
             kills=args.kills,
+            kills_per_job=args.kills_per_job,
             merge_kills=args.merge_kills,
+            keep_outputs=False,
             size_mb=args.size_mb,
             seed=args.seed,
             max_tile_bytes=args.max_tile_bytes,
@@ -401,6 +486,7 @@ def main() -> int:
         f"Python {platform.python_version()}",
         "config": {k: str(v) for k, v in asdict(config).items()},
         "kills": len(result.kills),
+        "jobs": result.jobs,
         "phases": _count(k.phase for k in result.kills),
         "modes": _count(k.mode for k in result.kills),
         "runs": result.runs,

@@ -1,8 +1,10 @@
 """The offline demo: the tutorial's composite through eefetch, interrupted once and resumed.
 
-Starts the bundled Earth Engine emulator in its own process, runs `eefetch download` as a user
-would, stops it with Ctrl-C (SIGINT) part way, runs the same command again, and shows from
-the emulator's own accounting that the finished tiles were not fetched again.
+Starts the bundled Earth Engine emulator in its own process, then does what a user of the
+tutorial would: `eefetch composite --dry-run` to see the size, `--preview` for a true-colour
+look, the download itself, stopped with Ctrl-C (SIGINT) part way, the same command again, and
+`eefetch status`. The emulator's own accounting shows that finished tiles were not fetched
+again.
 """
 
 from __future__ import annotations
@@ -79,25 +81,21 @@ def main() -> int:
 
     emulator, url = start_emulator(args.profile, args.seed)
     print(f"demo: emulator ({args.profile} profile) at {url}", flush=True)
-    command = [
-        sys.executable,
-        "-m",
-        "engine.cli",
-        "download",
-        "--script",
-        str(REPO / "examples" / "tutorial_composite.py"),
-        "--region",
-        str(REPO / "engine" / "data" / "nanjing.geojson"),
-        "--crs",
-        "EPSG:4326",
-        "--scale",
-        str(args.scale),
-        "-o",
-        str(output),
-        "--ee-url",
-        url,
-    ]
+    region = str(REPO / "engine" / "data" / "nanjing.geojson")
+    command = [sys.executable, "-m", "engine.cli", "composite"]
+    command += ["--collection", "COPERNICUS/S2_SR_HARMONIZED"]
+    command += ["--start", "2022-01-01", "--end", "2022-12-31", "--max-cloud", "10"]
+    command += ["--cloud-mask", "qa60", "--bands", "B[1-8]", "--reducer", "median"]
+    command += ["--region", region, "--crs", "EPSG:4326", "--scale", str(args.scale)]
+    command += ["-o", str(output), "--ee-url", url]
     try:
+        print("demo: $ eefetch " + " ".join(command[3:]) + " --dry-run", flush=True)
+        subprocess.run([*command, "--dry-run"], cwd=REPO, check=True)
+        preview = args.output_dir / "nanjing-preview.png"
+        subprocess.run(
+            [*command, "--preview", str(preview)], cwd=REPO, check=True, stdout=subprocess.DEVNULL
+        )
+        print(f"demo: true-colour preview written to {preview}", flush=True)
         print("demo: $ eefetch " + " ".join(command[3:]), flush=True)
         first = subprocess.Popen(command, cwd=REPO)
         interrupted = False
@@ -120,6 +118,9 @@ def main() -> int:
                 return second.returncode
         elif first.returncode != 0:
             return first.returncode
+        subprocess.run(
+            [sys.executable, "-m", "engine.cli", "status", str(state)], cwd=REPO, check=False
+        )
         served = stats(url)
         repeats = [item for item in served.get("tiles_served", []) if item["count"] > 1]
         print(

@@ -7,6 +7,7 @@ pid only to name it in the error message; the lock, not the pid, is what exclude
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from types import TracebackType
@@ -87,8 +88,11 @@ class JobLock:
                 break
             os.close(fd)
         data = f"{os.getpid()}\n".encode("ascii")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
+        # The pid only names the holder in messages: a full disk must not fail the lock here
+        # with a bare errno (the state file's own write then says what to do).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
         self._fd = fd
 
     def _open(self) -> int:

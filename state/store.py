@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -342,9 +343,10 @@ def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
         yield ids[start : start + _MAX_IN]
 
 
-def _db_message(path: Path, exc: DBAPIError) -> str:
+def _db_message(path: Path, exc: DBAPIError | sqlite3.Error) -> str:
     """One line for a database error: what went wrong with which file, and what to do."""
-    detail = str(exc.orig).strip() or type(exc.orig).__name__
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    detail = str(orig).strip() or type(orig).__name__
     low = detail.lower()
     if "locked" in low or "busy" in low:
         return (
@@ -514,7 +516,7 @@ class Store:
         engine = _make_engine(path)
         try:
             cls._prepare(engine, path, create=create)
-        except DBAPIError as exc:
+        except (DBAPIError, sqlite3.Error) as exc:  # sqlite3's own: the raw connection of _set_wal
             engine.dispose()
             raise StateError(_db_message(path, exc)) from exc
         except BaseException:

@@ -130,7 +130,7 @@ def test_loaded_image_info(ee: Any) -> None:
         "max": 65535,
     }
     assert bands["B4"]["crs"] == "EPSG:32650"
-    assert bands["B4"]["crs_transform"] == [10, 0, 600000, 0, -10, 3600000]
+    assert bands["B4"]["crs_transform"] == [10, 0, 600000, 0, -10, 3620000]
     assert bands["B4"]["dimensions"] == [10980, 10980]
     assert bands["B1"]["crs_transform"][0] == 60
     assert info["properties"]["system:time_start"] > 0
@@ -150,7 +150,7 @@ def test_geometry_and_projection_info(ee: Any) -> None:
     assert proj == {
         "type": "Projection",
         "crs": "EPSG:32650",
-        "transform": [10, 0, 600000, 0, -10, 3600000],
+        "transform": [10, 0, 600000, 0, -10, 3620000],
     }
     scale = evaluate(wire(ee.Image(SCENE).select("B1").projection().nominalScale()))
     assert scale == 60

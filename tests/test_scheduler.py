@@ -251,3 +251,27 @@ def test_an_unexpected_exception_costs_an_attempt_not_the_job(tmp_path: Path) ->
     )
     assert summary.retries == 1 and calls[odd] == 2
     assert store.counts()["done"] == 4
+
+
+def test_a_burst_of_429s_does_not_spend_the_attempts_of_a_tile(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 2)
+    busy = store.tiles()[0].id
+    too_many = FetchError(ErrorKind.HTTP, "Too Many Requests", status=429)
+    bad_gateway = FetchError(ErrorKind.HTTP, "Bad gateway", status=502)
+    # Five 429s and then three errors of the tile's own: seven failures with FAST's budget
+    # of four attempts, yet only three of them count.
+    fetch = ScriptedFetch({busy: [too_many] * 5 + [bad_gateway] * 3})
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
+    assert summary.failed == 0
+    assert fetch.calls[busy] == 9
+    assert store.counts()["done"] == 2
+
+
+def test_endless_429s_still_end_the_tile_after_a_ceiling(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 1)
+    busy = store.tiles()[0].id
+    too_many = FetchError(ErrorKind.HTTP, "Too Many Requests", status=429)
+    fetch = ScriptedFetch({busy: [too_many] * 100})
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
+    assert summary.failed == 1
+    assert fetch.calls[busy] == 4 * FAST.max_attempts

@@ -986,12 +986,16 @@ class EmulatorThread:
 
 
 def serve_forever(
-    config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: EmulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; the base URL is the first line on stdout."""
 
     async def main() -> None:
-        running = await start_emulator(config, host, port)
+        running = await start_emulator(config, host, port, ssl_context=ssl_context)
         print(running.url, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

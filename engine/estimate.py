@@ -68,7 +68,7 @@ class PlanReport:
         lines = [
             f"output:   {self.output}",
             f"grid:     {self.width} x {self.height} pixels in {self.crs} "
-            f"(pixel {abs(self.transform[0]):.6g} x {abs(self.transform[4]):.6g} CRS units)",
+            f"({_pixel_text(self.crs, self.transform)})",
             f"bands:    {len(self.bands)} x {self.dtype} ({', '.join(self.bands)})",
             f"tiles:    {self.tiles} (largest request {format_bytes(self.largest_request_bytes)})",
             f"requests: about {self.requests} to Earth Engine ({self.endpoint} endpoint), "
@@ -107,8 +107,11 @@ def plan(
 
     One ``getInfo`` call (the image's bands); the tiles are planned locally.
     """
+    from engine import ee_adapter
     from engine.api import DEFAULT_CONCURRENCY, _max_tile_bytes, build_spec
 
+    if not ee_adapter.is_initialized():
+        ee_adapter.initialize(ee_adapter.Connection())
     spec = build_spec(
         image,
         Path(filename),
@@ -215,3 +218,20 @@ def _free_bytes(folder: Path) -> int | None:
             except OSError:
                 return None
     return None
+
+
+def _pixel_text(crs: str, transform: Sequence[float]) -> str:
+    """'pixel 8.98e-05 deg, about 10 m' for geographic grids, 'pixel 10 m' for projected."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    from engine.grid import METRES_PER_DEGREE
+
+    size = abs(transform[0])
+    try:
+        geographic = CRS.from_user_input(crs).is_geographic
+    except CRSError:
+        return f"pixel {size:.6g} CRS units"
+    if geographic:
+        return f"pixel {size:.6g} deg, about {size * METRES_PER_DEGREE:.4g} m"
+    return f"pixel {size:.6g} m"

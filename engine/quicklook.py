@@ -280,7 +280,7 @@ def preview_image(
     bands = choose_bands([b.id for b in info], stretch.bands)
     spatial: dict[str, Any] = {}
     if region is not None:
-        spatial["region"] = _bounds_polygon(load_region(region))
+        spatial["region"] = _bounds_polygon(load_region(_plain_region(region)))
     if crs:
         spatial["crs"] = crs
     auto = None
@@ -362,6 +362,17 @@ def _error_text(answer: Any) -> str:
         return str(answer.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return " ".join(answer.text[:200].split())
+
+
+def _plain_region(region: Any) -> Any:
+    """An ee.Geometry / Feature / FeatureCollection as GeoJSON (one getInfo); else as given."""
+    import ee
+
+    if isinstance(region, ee.Feature | ee.FeatureCollection):
+        return region.geometry().getInfo()
+    if isinstance(region, ee.Geometry):
+        return region.getInfo()
+    return region
 
 
 def _bounds_polygon(geometry: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,300 @@
+"""Bad input on the command line: one clear line (what is wrong, what to do), no traceback.
+
+Most cases run in-process through click's CliRunner (fast); those where something outside
+Python could print (GDAL/PROJ on stderr) or where the whole job must run go through a real
+subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import rasterio
+from click.testing import CliRunner
+from reliability import SMALL_REGION, assert_matches_oracle, one_line_error, run_cli, state_of
+
+from engine.api import lossy_cast_message
+from engine.cli import main
+from engine.ee_adapter import BandInfo
+from engine.emulator.config import EmulatorConfig
+from engine.emulator.server import EmulatorThread
+from engine.grid import EE_MAX_SIDE_URLS
+from state import Store
+
+REPO = Path(__file__).resolve().parents[1]
+DEM = ("--asset", "USGS/SRTMGL1_003")
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=1)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def oracle() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / "not-json.geojson").write_text("this is not { json")
+    (folder / "empty.geojson").write_text("")
+    (folder / "no-features.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    (folder / "no-coords.geojson").write_text('{"type": "Polygon", "coordinates": []}')
+    (folder / "raises.py").write_text("raise ValueError('the collection is empty')\n")
+    (folder / "no-image.py").write_text("import ee\ncomposite = ee.Image(1)\n")
+    (folder / "not-image.py").write_text("image = 42\n")
+    (folder / "expression.txt").write_text("Image.load('USGS/SRTMGL1_003')\n")
+    (folder / "expression.bin").write_bytes(b"\xff\xfe\x00binary")
+    return folder
+
+
+def cli(emulator: EmulatorThread, tmp_path: Path, *args: str) -> tuple[int, str]:
+    """Run `eefetch download ... ARGS` in-process; (exit code, the one line it printed)."""
+    result = CliRunner().invoke(
+        main,
+        ["download", "-o", str(tmp_path / "out.tif"), "--ee-url", emulator.url, *args],
+    )
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    return result.exit_code, one_line_error(result.stderr)
+
+
+CASES = [
+    (
+        "region file is not JSON",
+        [*DEM, "--region", "{inputs}/not-json.geojson", "--scale", "30"],
+        ["not-json.geojson is not GeoJSON", "give a GeoJSON Polygon, Feature or"],
+    ),
+    (
+        "region file is empty",
+        [*DEM, "--region", "{inputs}/empty.geojson", "--scale", "30"],
+        ["empty.geojson is not GeoJSON", "give a GeoJSON"],
+    ),
+    (
+        "region has no features",
+        [*DEM, "--region", "{inputs}/no-features.geojson", "--scale", "30"],
+        ["is a FeatureCollection with no features"],
+    ),
+    (
+        "region has no coordinates",
+        [*DEM, "--region", "{inputs}/no-coords.geojson", "--scale", "30"],
+        ["Polygon with no coordinates"],
+    ),
+    (
+        "region file missing",
+        [*DEM, "--region", "{inputs}/nowhere.geojson", "--scale", "30"],
+        ["nowhere.geojson does not exist", "west,south,east,north"],
+    ),
+    (
+        "bbox with three numbers",
+        [*DEM, "--region", "118.7,32.0,118.8", "--scale", "30"],
+        ["does not exist", "give a GeoJSON file or west,south,east,north"],
+    ),
+    (
+        "bbox upside down",
+        [*DEM, "--region", "118.7,32.1,118.8,32.0", "--scale", "30"],
+        ["south must be below north"],
+    ),
+    (
+        "crs unknown",
+        [*DEM, "--region", SMALL_REGION, "--crs", "NOT:A-CRS", "--scale", "30"],
+        ["unknown crs 'NOT:A-CRS'", "give an EPSG code"],
+    ),
+    (
+        "scale zero",
+        [*DEM, "--region", SMALL_REGION, "--crs", "EPSG:4326", "--scale", "0"],
+        ["scale must be a positive, finite number of metres, got 0.0"],
+    ),
+    (
+        "scale negative",
+        [*DEM, "--region", SMALL_REGION, "--crs", "EPSG:4326", "--scale", "-30"],
+        ["scale must be a positive, finite number of metres, got -30.0"],
+    ),
+    (
+        "band that does not exist",
+        [*DEM, "--region", SMALL_REGION, "--scale", "30", "--bands", "B4"],
+        ["band 'B4' is not in the image; it has elevation"],
+    ),
+    (
+        "asset that does not exist",
+        ["--asset", "NO/SUCH/ASSET", "--region", SMALL_REGION, "--scale", "30"],
+        ["'NO/SUCH/ASSET' not found"],
+    ),
+    (
+        "script raises",
+        ["--script", "{inputs}/raises.py", "--region", SMALL_REGION, "--scale", "30"],
+        ["raises.py raised ValueError: the collection is empty", "fix the script"],
+    ),
+    (
+        "script defines no image",
+        ["--script", "{inputs}/no-image.py", "--region", SMALL_REGION, "--scale", "30"],
+        ["defines no variable named `image`", "assign the ee.Image"],
+    ),
+    (
+        "script image is not an image",
+        ["--script", "{inputs}/not-image.py", "--region", SMALL_REGION, "--scale", "30"],
+        ["`image` in", "is a int, not an ee.Image"],
+    ),
+    (
+        "expression is not JSON",
+        ["--expression", "{inputs}/expression.txt", "--region", SMALL_REGION, "--scale", "30"],
+        ["the expression is not JSON", "give the output of image.serialize()"],
+    ),
+    (
+        "expression is binary",
+        ["--expression", "{inputs}/expression.bin", "--region", SMALL_REGION, "--scale", "30"],
+        ["is not a text file", "serialized expression"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "says"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_clear_line(
+    tmp_path: Path,
+    emulator: EmulatorThread,
+    inputs: Path,
+    name: str,
+    args: list[str],
+    says: list[str],
+) -> None:
+    code, line = cli(emulator, tmp_path, *[a.format(inputs=inputs) for a in args])
+    assert code in (1, 2), name
+    for text in says:
+        assert text in line, f"{name}: {line!r} lacks {text!r}"
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_crs_proj_does_not_know_prints_nothing_but_our_line(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    """PROJ complains on stderr by itself unless GDAL's errors are routed to logging."""
+    done = run_cli(
+        "download",
+        *DEM,
+        "--region",
+        SMALL_REGION,
+        "--crs",
+        "EPSG:999999",
+        "--scale",
+        "30",
+        "-o",
+        str(tmp_path / "out.tif"),
+        "--ee-url",
+        emulator.url,
+    )
+    assert done.returncode == 1
+    assert one_line_error(done.stderr) == (
+        "Error: unknown crs 'EPSG:999999': give an EPSG code such as 'EPSG:32650' or a WKT string"
+    )
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, emulator: EmulatorThread) -> None:
+    done = run_cli(
+        "download",
+        *DEM,
+        "--region",
+        SMALL_REGION,
+        "--scale",
+        "-1",
+        "-o",
+        str(tmp_path / "out.tif"),
+        "--ee-url",
+        emulator.url,
+        "--debug",
+    )
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "scale must be a positive" in done.stderr
+
+
+def test_a_dtype_that_cannot_hold_the_data_is_warned_about_in_one_line(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    """Decision: float reflectance to uint8 is warned about, not refused (see api.py)."""
+    output = tmp_path / "out.tif"
+    done = run_cli(
+        "download",
+        "--script",
+        str(REPO / "examples" / "tutorial_composite.py"),
+        "--region",
+        "118.70,32.00,118.72,32.02",
+        "--crs",
+        "EPSG:4326",
+        "--scale",
+        "30",
+        "--dtype",
+        "uint8",
+        "--bands",
+        "B2,B3",
+        "-o",
+        str(output),
+        "--ee-url",
+        emulator.url,
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        "eefetch: warning: dtype uint8 cannot hold band(s) B2 (float32), B3 (float32): Earth "
+        "Engine will clamp values to 0..255 and drop fractions; choose float32 (or no dtype), "
+        "or scale the image first"
+    ]
+    with rasterio.open(output) as dataset:
+        assert dataset.dtypes == ("uint8", "uint8")
+    fine = run_cli(*_dem(emulator, tmp_path / "fine.tif"), "--dtype", "float64")
+    assert fine.returncode == 0 and "warning" not in fine.stderr
+
+
+def _dem(emulator: EmulatorThread, output: Path, region: str = SMALL_REGION) -> list[str]:
+    return [
+        "download",
+        *DEM,
+        "--region",
+        region,
+        "--crs",
+        "EPSG:4326",
+        "--scale",
+        "30",
+        "-o",
+        str(output),
+        "--ee-url",
+        emulator.url,
+    ]
+
+
+def test_a_grid_wider_than_ee_allows_in_one_tile_is_split_not_rejected(
+    tmp_path: Path, emulator: EmulatorThread, oracle: EmulatorThread
+) -> None:
+    output = tmp_path / "strip.tif"
+    done = run_cli(*_dem(emulator, output, region="118.0,32.0,122.5,32.0004"))
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(output) as dataset:
+        width = dataset.width
+    assert width > EE_MAX_SIDE_URLS
+    with Store.open(state_of(output), create=False) as store:
+        done_tiles = store.tiles("done")
+    assert len(done_tiles) >= 2
+    assert max(t.width for t in done_tiles) <= EE_MAX_SIDE_URLS
+    served = emulator.stats()["tiles_served"]
+    assert max(json.loads(item["key"])["width"] for item in served) <= EE_MAX_SIDE_URLS
+    assert_matches_oracle(output, state_of(output), oracle)
+
+
+def test_the_lossy_cast_rule_names_only_bands_that_do_not_fit() -> None:
+    def band(name: str, dtype: str) -> BandInfo:
+        return BandInfo(name, dtype, None, None, None)
+
+    assert lossy_cast_message([band("a", "uint8"), band("b", "int8")], "int16") is None
+    assert lossy_cast_message([band("a", "float32")], "float64") is None
+    assert lossy_cast_message([band("a", "int32")], "float32") is None  # precision: not reported
+    message = lossy_cast_message([band("dem", "int16"), band("mask", "uint8")], "uint8")
+    assert message == (
+        "dtype uint8 cannot hold band(s) dem (int16): Earth Engine will clamp values to 0..255; "
+        "choose int16 (or no dtype), or scale the image first"
+    )

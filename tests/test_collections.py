@@ -1,0 +1,253 @@
+"""Collections: one GeoTIFF per image, safe names, one shared budget, resumable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import ee
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from engine import CollectionIncomplete, download_ee_image_collection, ee_adapter
+from engine.api import run_sync
+from engine.cli import main
+from engine.collection import (
+    CollectionResult,
+    collection_specs,
+    image_names,
+    list_images,
+    run_collection,
+    safe_name,
+)
+from engine.ee_adapter import EEUserError
+from engine.emulator import EmulatorConfig, EmulatorThread
+from engine.job import RunOptions
+from engine.recipes import Composite, composite_collection
+from engine.region_input import load_region
+
+REGION = "118.70,32.00,118.76,32.04"
+# The emulator's 2022 scenes over Nanjing (tile T50SPA) with less than 10 % cloud.
+EXPECTED = [
+    "20220115T025101_20220115T025957_T50SPA",
+    "20220317T024541_20220317T025102_T50SPA",
+    "20220814T024549_20220814T025820_T50SPA",
+    "20221117T025011_20221117T025604_T50SPA",
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe"),
+    [
+        ("COPERNICUS/S2_SR/20220115T025101", "COPERNICUS_S2_SR_20220115T025101"),
+        ("../../etc/passwd", "etc_passwd"),
+        ("..", "image"),
+        (".hidden", "hidden"),
+        ("a\\b:c*d?e", "a_b_c_d_e"),
+        ("Nanjing été", "Nanjing_ete"),
+        ("", "image"),
+        ("x" * 300, "x" * 120),
+    ],
+)
+def test_names_cannot_leave_the_folder(raw: str, safe: str) -> None:
+    name = safe_name(raw)
+    assert name == safe
+    assert "/" not in name and "\\" not in name and ".." not in name
+    assert not name.startswith(".")
+
+
+def test_names_are_unique_and_follow_geemaps_arguments() -> None:
+    infos = [
+        {"properties": {"system:index": "A/1", "DATE": "2022-01-01"}},
+        {"properties": {"system:index": "A_1", "DATE": "2022-01-01"}},
+    ]
+    assert [i.name for i in image_names(infos)] == ["A_1", "A_1_2"]
+    assert [i.name for i in image_names(infos, "s2_")] == ["s2_A_1", "s2_A_1_2"]
+    assert [i.name for i in image_names(infos, column="DATE")] == ["2022-01-01", "2022-01-01_2"]
+    assert [i.name for i in image_names(infos, ["one.tif", "two"])] == ["one", "two"]
+    with pytest.raises(EEUserError, match="one per image"):
+        image_names(infos, ["only-one"])
+    with pytest.raises(EEUserError, match="no property"):
+        image_names(infos, column="MISSING")
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=7)) as running:
+        yield running
+
+
+def scenes(emulator: EmulatorThread) -> ee.ImageCollection:
+    ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
+    recipe = Composite(
+        "COPERNICUS/S2_SR_HARMONIZED",
+        "2022-01-01",
+        "2022-12-31",
+        load_region(REGION),
+        max_cloud=10,
+        bands=("B4", "B3", "B2"),
+    )
+    return composite_collection(recipe)
+
+
+def served(emulator: EmulatorThread) -> int:
+    return sum(item["count"] for item in emulator.stats()["tiles_served"])
+
+
+def test_download_collection_then_resume_skips_finished_images(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    collection = scenes(emulator)
+    kwargs = {
+        "region": REGION,
+        "crs": "EPSG:4326",
+        "scale": 30,
+        "max_tile_bytes": 100_000,
+        "concurrency": 2,
+        "quiet": True,
+    }
+    result = download_ee_image_collection(collection, tmp_path / "scenes", **kwargs)
+    assert result.complete
+    names = sorted(p.stem for p in result.outputs)
+    assert names == EXPECTED
+    for output in result.outputs:
+        assert output.parent == (tmp_path / "scenes").resolve()
+        assert Path(f"{output}.eefetch.db").exists()
+        with rasterio.open(output) as dataset:
+            assert dataset.count == 3 and list(dataset.descriptions) == ["B4", "B3", "B2"]
+    tiles_each = result.results[EXPECTED[0]].counts["done"]
+    assert tiles_each >= 2
+
+    before = served(emulator)
+    again = download_ee_image_collection(collection, tmp_path / "scenes", **kwargs)
+    assert again.complete and served(emulator) == before
+    assert all("already complete" in " ".join(r.notes) for r in again.results.values())
+
+    lost = (tmp_path / "scenes" / f"{EXPECTED[2]}.tif").resolve()
+    lost.unlink()
+    Path(f"{lost}.eefetch.db").unlink()
+    third = download_ee_image_collection(collection, tmp_path / "scenes", **kwargs)
+    assert third.complete and lost.exists()
+    assert served(emulator) - before == third.results[EXPECTED[2]].counts["done"]
+
+
+def test_images_share_one_concurrency_budget(tmp_path: Path, emulator: EmulatorThread) -> None:
+    collection = scenes(emulator)
+    folder = (tmp_path / "shared").resolve()
+    members = list_images(collection)
+    from engine.api import build_spec
+
+    def build(image: ee.Image, output: Path):  # type: ignore[no-untyped-def]
+        return build_spec(
+            image,
+            output,
+            region=REGION,
+            crs="EPSG:4326",
+            crs_transform=None,
+            scale=30,
+            dtype=None,
+            shape=None,
+            bands=None,
+            nodata=None,
+            endpoint="urls",
+            max_tile_bytes=100_000,
+            concurrency=2,
+            compress="deflate",
+            cog=False,
+            keep_tiles=False,
+            ee_url=None,
+            project=None,
+        )
+
+    jobs = collection_specs(collection, folder, members, build)
+    emulator.reset_stats()
+    result = run_sync(run_collection(jobs, folder, RunOptions(concurrency=2), parallel_images=4))
+    assert result.complete and len(result.outputs) == len(EXPECTED)
+    stats = emulator.stats()
+    assert served(emulator) >= 4 * len(EXPECTED)
+    assert 1 <= stats["max_in_flight"] <= 2  # four images at once, two requests at most
+
+
+def test_collection_command_dry_run_and_download(tmp_path: Path, emulator: EmulatorThread) -> None:
+    base = [
+        "collection",
+        "--start",
+        "2022-01-01",
+        "--end",
+        "2022-12-31",
+        "--max-cloud",
+        "10",
+        "--bands",
+        "B4,B3,B2",
+        "--region",
+        REGION,
+        "--scale",
+        "60",
+        "--crs",
+        "EPSG:4326",
+        "--limit",
+        "2",
+        "-o",
+        str(tmp_path / "cli"),
+        "--ee-url",
+        emulator.url,
+        "--quiet",
+    ]
+    dry = CliRunner().invoke(main, [*base, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "total: 2 images" in dry.stdout and not (tmp_path / "cli").exists()
+    real = CliRunner().invoke(main, base)
+    assert real.exit_code == 0, real.output
+    outputs = real.stdout.split()
+    assert [Path(p).stem for p in outputs] == EXPECTED[:2]
+
+
+def test_an_empty_collection_says_what_to_change(emulator: EmulatorThread, tmp_path: Path) -> None:
+    collection = scenes(emulator).filter(ee.Filter.lt("CLOUDY_PIXEL_PERCENTAGE", -1))
+    with pytest.raises(EEUserError, match="collection is empty"):
+        download_ee_image_collection(collection, tmp_path, region=REGION, scale=30, quiet=True)
+
+
+def test_an_unfinished_collection_says_how_to_resume(tmp_path: Path) -> None:
+    result = CollectionResult(tmp_path, errors={"scene_a": "disk full"})
+    message = str(CollectionIncomplete(result))
+    assert "1 of 1 image(s)" in message and "scene_a: disk full" in message
+    assert "run the same command again" in message and f"eefetch status {tmp_path}" in message
+
+
+def test_collection_from_a_script(tmp_path: Path, emulator: EmulatorThread) -> None:
+    script = tmp_path / "scenes.py"
+    script.write_text(
+        "import ee\n"
+        "collection = (ee.ImageCollection('COPERNICUS/S2_SR_HARMONIZED')\n"
+        "    .filterDate('2022-03-01', '2022-04-01')\n"
+        "    .filterBounds(ee.Geometry.Rectangle([118.70, 32.00, 118.76, 32.04])))\n"
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "collection",
+            "--script",
+            str(script),
+            "--bands",
+            "B4",
+            "--region",
+            REGION,
+            "--scale",
+            "60",
+            "-o",
+            str(tmp_path / "out"),
+            "--dry-run",
+            "--ee-url",
+            emulator.url,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{EXPECTED[1]}: ") and "total: 1 images" in result.stdout
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    refused = CliRunner().invoke(
+        main, ["collection", "--script", str(empty), "-o", str(tmp_path), "--ee-url", emulator.url]
+    )
+    assert refused.exit_code == 1 and "named `collection`" in refused.output

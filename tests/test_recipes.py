@@ -1,0 +1,145 @@
+"""The composite recipe builds the tutorial's expression, and the CLI downloads it resumably."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from engine.cli import main
+from engine.ee_adapter import EEUserError
+from engine.emulator import EmulatorConfig, EmulatorThread
+from engine.recipes import Composite, composite
+from engine.region_input import load_region
+from engine.spec import JobSpec
+from state import Store
+from tests.ee_offline import offline_ee
+
+REPO = Path(__file__).resolve().parents[1]
+NANJING = REPO / "engine" / "data" / "nanjing.geojson"
+SMALL = "118.70,32.00,118.78,32.05"
+
+
+def tutorial_recipe(region: dict, **changes: object) -> Composite:
+    values: dict = {
+        "collection": "COPERNICUS/S2_SR_HARMONIZED",
+        "start": "2022-01-01",
+        "end": "2022-12-31",
+        "region": region,
+        "max_cloud": 10,
+        "cloud_mask": "qa60",
+        "bands": ("B[1-8]",),
+        "reducer": "median",
+    }
+    values.update(changes)
+    return Composite(**values)
+
+
+def test_composite_is_the_tutorials_expression_byte_for_byte() -> None:
+    with offline_ee():
+        tutorial = runpy.run_path(str(REPO / "examples" / "tutorial_composite.py"))["image"]
+        built = composite(tutorial_recipe(load_region(str(NANJING))))
+        assert built.serialize() == tutorial.serialize()
+
+
+def test_options_change_the_expression_where_they_should() -> None:
+    region = load_region(SMALL)
+    with offline_ee():
+        base = composite(tutorial_recipe(region)).serialize()
+        outline = composite(tutorial_recipe(region, clip="outline")).serialize()
+        mean = composite(tutorial_recipe(region, reducer="mean")).serialize()
+        no_cloud_filter = composite(tutorial_recipe(region, max_cloud=None)).serialize()
+        raw = composite(tutorial_recipe(region, divide=None, cloud_mask="none")).serialize()
+    assert "Geometry.bounds" in base and "Geometry.bounds" not in outline
+    assert "reduce.median" in base and "reduce.mean" in mean
+    assert "CLOUDY_PIXEL_PERCENTAGE" in base and "CLOUDY_PIXEL_PERCENTAGE" not in no_cloud_filter
+    assert "QA60" in base and "QA60" not in raw and "Image.divide" not in raw
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"start": "2023-01-01"}, "is not before"),
+        ({"reducer": "mode"}, "unknown reducer"),
+        ({"divide": 0}, "divide by zero"),
+    ],
+)
+def test_bad_recipes_are_refused_with_what_to_do(changes: dict, message: str) -> None:
+    with offline_ee(), pytest.raises(EEUserError, match=message):
+        composite(tutorial_recipe(load_region(SMALL), **changes))
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=4)) as running:
+        yield running
+
+
+def test_composite_command_downloads_the_recipe_and_resumes(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    output = tmp_path / "small.tif"
+    args = [
+        "composite",
+        "--collection",
+        "COPERNICUS/S2_SR_HARMONIZED",
+        "--start",
+        "2022-01-01",
+        "--end",
+        "2022-12-31",
+        "--max-cloud",
+        "10",
+        "--cloud-mask",
+        "qa60",
+        "--bands",
+        "B[1-8]",
+        "--reducer",
+        "median",
+        "--region",
+        SMALL,
+        "--scale",
+        "30",
+        "--crs",
+        "EPSG:4326",
+        "-o",
+        str(output),
+        "--ee-url",
+        emulator.url,
+        "--max-tile-bytes",
+        "1000000",
+        "--quiet",
+    ]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout.strip().endswith(str(output))
+    with rasterio.open(output) as dataset:
+        assert dataset.count == 8
+        assert list(dataset.descriptions) == [f"B{i}" for i in range(1, 9)]
+        assert dataset.dtypes[0] == "float32"
+        data = dataset.read(masked=True)
+    assert 0 < float(data.mean()) < 1  # reflectance: divided by 10000
+    with Store.open(Path(f"{output}.eefetch.db"), create=False) as store:
+        job = store.job()
+        assert job is not None and job.status == "merged"
+        spec = JobSpec.from_dict(job.spec)
+    with offline_ee():
+        expected = composite(tutorial_recipe(load_region(SMALL))).serialize()
+    assert json.loads(spec.expression) == json.loads(expected)
+
+    served = sum(item["count"] for item in emulator.stats()["tiles_served"])
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert sum(item["count"] for item in emulator.stats()["tiles_served"]) == served
+
+
+def test_composite_needs_a_region(emulator: EmulatorThread) -> None:
+    result = CliRunner().invoke(
+        main, ["composite", "--start", "2022-01-01", "--end", "2022-02-01", "-o", "x.tif"]
+    )
+    assert result.exit_code == 2
+    assert "--region is required" in result.output

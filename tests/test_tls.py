@@ -1,0 +1,105 @@
+"""HTTPS to the emulator with a certificate authority made at test time.
+
+Earth Engine is only reachable over HTTPS, so a proxy carries it in CONNECT tunnels and the
+client must trust the right CA. Both clients (requests for the API calls, aiohttp for the
+tiles) must take the CA bundle from --ca-bundle or the usual variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from peers import (
+    Authority,
+    MicroSocks,
+    TinyProxy,
+    assert_equals_oracle,
+    cli_env,
+    dem_download,
+    host_port,
+    https_emulator,
+    make_authority,
+    run_cli,
+)
+
+from engine.emulator.config import EmulatorConfig
+from engine.emulator.server import EmulatorThread
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    return make_authority(tmp_path / "ca")
+
+
+@pytest.fixture
+def emulator(authority: Authority) -> Iterator[EmulatorThread]:
+    with https_emulator(EmulatorConfig.from_profile("clean", seed=12), authority) as running:
+        yield running
+
+
+def served(emulator: EmulatorThread, route: str) -> int:
+    return sum(emulator.stats()["requests"].get(route, {}).values())
+
+
+def test_ca_bundle_from_ssl_cert_file(
+    tmp_path: Path, emulator: EmulatorThread, authority: Authority
+) -> None:
+    assert emulator.url.startswith("https://127.0.0.1:")
+    output = tmp_path / "dem.tif"
+    done = run_cli(
+        dem_download(emulator.url, output), cli_env(SSL_CERT_FILE=str(authority.ca_file))
+    )
+    assert done.returncode == 0, done.stderr
+    assert served(emulator, "value:compute") >= 1  # requests, through the ee client
+    assert served(emulator, "getPixels") >= 8  # aiohttp
+
+
+def test_an_untrusted_certificate_stops_with_one_clear_line(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    done = run_cli(dem_download(emulator.url, tmp_path / "dem.tif"), cli_env())
+    assert done.returncode != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert served(emulator, "getPixels") == 0
+
+
+def test_https_through_tinyproxy_uses_connect_tunnels_only(
+    tmp_path: Path, emulator: EmulatorThread, authority: Authority
+) -> None:
+    output = tmp_path / "dem.tif"
+    with TinyProxy(tmp_path / "proxy") as proxy:
+        done = run_cli(
+            dem_download(emulator.url, output),
+            cli_env(HTTPS_PROXY=proxy.url, REQUESTS_CA_BUNDLE=str(authority.ca_file)),
+            forbid_direct=[host_port(emulator.url)],
+        )
+        requests = proxy.requests()
+    assert done.returncode == 0, done.stderr
+    assert requests, "tinyproxy saw no request"
+    assert set(requests) == {("CONNECT", host_port(emulator.url))}
+    # Every tunnel carried at least one request (connections are kept alive).
+    answered = sum(sum(codes.values()) for codes in emulator.stats()["requests"].values())
+    assert len(requests) <= answered
+    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+
+
+def test_https_through_microsocks(
+    tmp_path: Path, emulator: EmulatorThread, authority: Authority
+) -> None:
+    output = tmp_path / "dem.tif"
+    with MicroSocks(tmp_path / "proxy") as proxy:
+        done = run_cli(
+            dem_download(
+                emulator.url, output, "--proxy", proxy.url, "--ca-bundle", str(authority.ca_file)
+            ),
+            cli_env(),
+            forbid_direct=[host_port(emulator.url)],
+        )
+        opened = proxy.connections()
+    assert done.returncode == 0, done.stderr
+    assert opened and set(opened) == {host_port(emulator.url)}
+    assert served(emulator, "getPixels") >= 8
+    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
