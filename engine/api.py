@@ -27,7 +27,8 @@ from engine.grid import (
     grid_from_region,
     grid_from_transform,
 )
-from engine.job import JobResult, RunOptions, default_state_path, run_job
+from engine.job import JobResult, RunOptions, run_job
+from engine.paths import default_state_path
 from engine.progress import Progress, choose_progress
 from engine.region_input import load_region
 from engine.scheduler import SchedulerOptions

@@ -24,8 +24,9 @@ import ee
 
 from engine import ee_adapter
 from engine.ee_adapter import EEUserError
-from engine.job import JobResult, RunOptions, default_state_path, run_job
+from engine.job import JobResult, RunOptions, run_job
 from engine.pacing import AdaptiveLimiter
+from engine.paths import default_state_path
 from engine.progress import Progress, SilentProgress, choose_progress
 from engine.spec import JobSpec
 

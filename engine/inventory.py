@@ -52,7 +52,7 @@ def find_state_files(folder: str | os.PathLike[str], recursive: bool = True) -> 
 
 def read_job(state_path: str | os.PathLike[str], errors: int = 5) -> JobRow:
     """The row of one state file (read-only; works while the job runs)."""
-    from engine.job import tiles_folder
+    from engine.paths import tiles_folder
     from state import Store
 
     path = Path(state_path)
@@ -180,7 +180,7 @@ def clean(
     With ``state_too`` the state file goes as well (the output then no longer knows it is
     finished: running the download again needs --overwrite).
     """
-    from engine.job import tiles_folder
+    from engine.paths import tiles_folder
     from state import JobLock, JobLockedError, Store
 
     removed: list[Cleaned] = []

@@ -24,6 +24,7 @@ from engine.fetch import TileFetcher, tile_expectation, tile_name
 from engine.grid import EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS, TilePlan, Window, plan_tiles
 from engine.merge import merge_tiles
 from engine.pacing import AdaptiveLimiter
+from engine.paths import tiles_folder
 from engine.progress import Progress, SilentProgress
 from engine.scheduler import RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
 from engine.spec import JobSpec
@@ -64,15 +65,6 @@ class JobResult:
     @property
     def complete(self) -> bool:
         return self.merged
-
-
-def default_state_path(output: Path) -> Path:
-    return output.with_name(output.name + ".eefetch.db")
-
-
-def tiles_folder(state_path: Path) -> Path:
-    name = state_path.name.removesuffix(".db")
-    return state_path.with_name(name + "-tiles")
 
 
 def itemsizes(spec: JobSpec) -> list[int]:
@@ -126,27 +118,27 @@ def reconcile(store: Store, tiles: TileStore, spec: JobSpec) -> list[str]:
     if stale:
         notes.append(f"removed {stale} partial tile file(s) left by an interrupted run")
     now = _now()
+    on_disk = tiles.sizes()
     updates: list[TileDone | TileReset] = []
-    for tile in store.tiles("done"):
-        path = tiles.final_path(tile.path or tile_name(tile.id))
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            updates.append(TileReset(tile.id, "tile file missing"))
+    for tile_id, status, path, size in store.tile_files():
+        if status == "done":
+            found = on_disk.get(path or tile_name(tile_id))
+            if found is None:
+                updates.append(TileReset(tile_id, "tile file missing"))
+            elif found != size:
+                updates.append(TileReset(tile_id, f"tile file is {found} bytes, expected {size}"))
             continue
-        if size != tile.bytes:
-            updates.append(TileReset(tile.id, f"tile file is {size} bytes, expected {tile.bytes}"))
-    for status in ("pending", "in_flight", "failed"):
-        for tile in store.tiles(status):
-            name = tile_name(tile.id)
-            if not tiles.final_path(name).exists():
-                continue
-            expect = tile_expectation(spec, tile)
-            if tiles.verify(name, expect, None) is None:
-                stored = tiles.describe(name)
-                updates.append(TileDone(tile.id, name, stored.bytes, stored.checksum))
-            else:
-                tiles.remove(name)
+        name = tile_name(tile_id)
+        if name not in on_disk:
+            continue
+        # Written and renamed just before an interruption, never recorded as done.
+        tile = store.tile(tile_id)
+        assert tile is not None
+        if tiles.verify(name, tile_expectation(spec, tile), None) is None:
+            stored = tiles.describe(name)
+            updates.append(TileDone(tile_id, name, stored.bytes, stored.checksum))
+        else:
+            tiles.remove(name)
     if updates:
         store.apply(updates, now)
         resets = [u for u in updates if isinstance(u, TileReset)]

@@ -364,6 +364,22 @@ class TileStore:
                 removed += 1
         return removed
 
+    def sizes(self) -> dict[str, int]:
+        """Size of every finished tile file, by name, from one scan of the folder.
+
+        One directory scan instead of a stat per tile keeps resuming a job of 100,000
+        tiles fast.
+        """
+        if not self.root.is_dir():
+            return {}
+        found: dict[str, int] = {}
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.name.endswith(PART_SUFFIX) or not entry.is_file(follow_symlinks=False):
+                    continue
+                found[entry.name] = entry.stat(follow_symlinks=False).st_size
+        return found
+
     def remove(self, name: str) -> None:
         """Forget one tile: its final file and any part file."""
         _unlink_quietly(self.final_path(name))

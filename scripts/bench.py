@@ -440,7 +440,7 @@ def drive_bare(args: argparse.Namespace) -> None:
 def _merge_inputs(state_path: Path) -> tuple[Any, list[tuple[Any, Path]]]:
     from engine.fetch import tile_name
     from engine.grid import TilePlan, Window
-    from engine.job import tiles_folder
+    from engine.paths import tiles_folder
     from engine.spec import JobSpec
     from state import Store
 
@@ -535,7 +535,8 @@ def drive_scale(args: argparse.Namespace) -> None:
 
     from engine.fetch import tile_name
     from engine.grid import grid_from_transform
-    from engine.job import open_job, plan, reconcile, tiles_folder
+    from engine.job import open_job, plan, reconcile
+    from engine.paths import tiles_folder
     from engine.spec import JobSpec
     from engine.tilestore import TileStore
     from state import JobLock, Store, TileDone
@@ -616,7 +617,8 @@ def drive_mkmerge(args: argparse.Namespace) -> None:
 
     from engine.fetch import tile_name
     from engine.grid import grid_from_transform
-    from engine.job import open_job, tiles_folder
+    from engine.job import open_job
+    from engine.paths import tiles_folder
     from engine.spec import JobSpec
     from state import Store, TileDone
 
@@ -910,20 +912,26 @@ class Bench:
         self.save()
 
     def scenario_rss(self) -> None:
-        """Where eefetch's whole-job peak RSS comes from: the same job with GDAL's block cache
-        left at its default (5 % of RAM) and capped to 64 MB for the whole process."""
-        runs: dict[str, list[dict[str, Any]]] = {"default": [], "GDAL_CACHEMAX=64": []}
-        with Emulator("clean", 1, self.overrides()) as emulator:
+        """Where eefetch's whole-job peak RSS comes from: the same job as is, with GDAL's block
+        cache capped to 64 MB for the whole process, and with glibc's mmap threshold fixed at
+        1 MiB (so large freed buffers go back to the system instead of staying in arenas)."""
+        variants: dict[str, dict[str, str]] = {
+            "default": {},
+            "GDAL_CACHEMAX=64": {"GDAL_CACHEMAX": "64"},
+            "MALLOC_MMAP_THRESHOLD_=1MiB": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+        with Emulator(self.args.rss_profile, 1, self.overrides()) as emulator:
             for rep in range(max(1, self.args.reps - 1)):
                 order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
                 for variant in order:
-                    env = {"GDAL_CACHEMAX": "64"} if variant != "default" else None
+                    env = variants[variant] or None
                     result = self.run_tool("eefetch", emulator, env=env)
                     result["variant"] = variant
                     runs[variant].append(result)
                     clean_outputs(Path(result["output"]), keep_log=True)
                     self.save()
-        self.results["scenarios"]["rss"] = {"runs": runs}
+        self.results["scenarios"]["rss"] = {"runs": runs, "profile": self.args.rss_profile}
         self.save()
 
     def scenario5(self) -> None:
@@ -1246,7 +1254,8 @@ def report(results: dict[str, Any]) -> str:
                 f"{t['interrupted'].get('in_flight_at_interrupt')} | {t['tiles_fetched_again']} |"
             )
     if "rss" in scenarios:
-        lines.append("\n### eefetch peak RSS, GDAL block cache default vs capped (clean)\n")
+        profile = scenarios["rss"].get("profile", "clean")
+        lines.append(f"\n### eefetch peak RSS variants ({profile} profile)\n")
         lines.append("| variant | wall s | peak RSS MB before merge | peak RSS MB whole job |")
         lines.append("|---|---|---|---|")
         for variant, runs in scenarios["rss"]["runs"].items():
@@ -1367,6 +1376,7 @@ def main() -> None:
     parser.add_argument("--merge-side", type=int, default=None, help="big merge grid side (px)")
     parser.add_argument("--big-merge-reps", type=int, default=1)
     parser.add_argument("--emulator-overrides", default=None, help="JSON of EmulatorConfig knobs")
+    parser.add_argument("--rss-profile", default="realistic", help="emulator profile for rss")
     parser.add_argument("--keep-outputs", action="store_true")
     parser.add_argument("--no-venv", action="store_true", help="run in the current interpreter")
     args = parser.parse_args()
