@@ -29,6 +29,8 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
+from engine.tilestore import block_extents
+
 if TYPE_CHECKING:
     from engine.grid import Grid, TilePlan
 
@@ -453,21 +455,11 @@ def _check_written(path: Path) -> None:
     """
     size = path.stat().st_size
     with rasterio.open(path) as dataset:
-        interleave = dataset.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "PIXEL")
-        bands = range(1, dataset.count + 1) if interleave == "BAND" else range(1, 2)
-        block_h, block_w = dataset.block_shapes[0]
-        rows = -(-dataset.height // block_h)
-        cols = -(-dataset.width // block_w)
-        for band in bands:
-            for row in range(rows):
-                for col in range(cols):
-                    offset = dataset.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
-                    length = dataset.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
-                    if not offset or not length or int(offset) + int(length) > size:
-                        raise OSError(
-                            errno.EIO,
-                            f"block ({row}, {col}) of band {band} was not written completely",
-                        )
+        for band, row, col, end in block_extents(dataset):
+            if end is None or end > size:
+                raise OSError(
+                    errno.EIO, f"block ({row}, {col}) of band {band} was not written completely"
+                )
 
 
 def _write_failure(output: Path, needed: int, exc: BaseException) -> MergeError:

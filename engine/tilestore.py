@@ -15,7 +15,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,8 +169,14 @@ def _same_transform(actual: Sequence[float], wanted: Sequence[float]) -> bool:
     )
 
 
-def _check_blocks(dataset: rasterio.io.DatasetReader, size: int) -> None:
-    """Every data block must end inside the file; catches truncation without decoding."""
+def block_extents(
+    dataset: rasterio.io.DatasetReader,
+) -> Iterator[tuple[int, int, int, int | None]]:
+    """(band, row, col, end byte or None when absent) of every data block of a GeoTIFF.
+
+    Both the tile check (a truncated download) and the merge (a write that failed on a full
+    disk) ask the same question: does every block lie inside the file?
+    """
     interleave = dataset.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "PIXEL")
     bands = range(1, dataset.count + 1) if interleave == "BAND" else range(1, 2)
     block_h, block_w = dataset.block_shapes[0]
@@ -181,11 +187,18 @@ def _check_blocks(dataset: rasterio.io.DatasetReader, size: int) -> None:
             for col in range(cols):
                 offset = dataset.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
                 length = dataset.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
-                if offset and length and int(offset) + int(length) > size:
-                    raise TileValidationError(
-                        f"truncated: band {band} block ({row}, {col}) ends at byte "
-                        f"{int(offset) + int(length)}, file is {size} bytes"
-                    )
+                end = int(offset) + int(length) if offset and length else None
+                yield band, row, col, end
+
+
+def _check_blocks(dataset: rasterio.io.DatasetReader, size: int) -> None:
+    """Every data block must end inside the file; catches truncation without decoding."""
+    for band, row, col, end in block_extents(dataset):
+        if end is not None and end > size:
+            raise TileValidationError(
+                f"truncated: band {band} block ({row}, {col}) ends at byte {end}, "
+                f"file is {size} bytes"
+            )
 
 
 def _decode_all(dataset: rasterio.io.DatasetReader) -> None:
