@@ -998,13 +998,45 @@ def merge(state: str, overwrite: bool, debug: bool) -> None:
 )
 @click.option("--seed", default=0, type=int, show_default=True, help="Seed of the fault model.")
 @click.option("--no-limits", is_flag=True, help="No size limits, quota or faults: an oracle.")
-def emulator(host: str, port: int, profile: str, seed: int, no_limits: bool) -> None:
+@click.option(
+    "--certfile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve HTTPS with this certificate (PEM); clients then need its CA (--ca-bundle).",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The certificate's private key (PEM), if not in --certfile.",
+)
+def emulator(
+    host: str,
+    port: int,
+    profile: str,
+    seed: int,
+    no_limits: bool,
+    certfile: str | None,
+    keyfile: str | None,
+) -> None:
     """Serve an offline Earth Engine emulator; prints its URL on the first line."""
+    import ssl
+
     from engine.emulator.config import EmulatorConfig
     from engine.emulator.server import serve_forever
 
+    if keyfile and not certfile:
+        raise click.UsageError("--keyfile needs --certfile")
+    context = None
+    if certfile:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise UserFacingError(
+                f"cannot use {certfile} as the emulator's certificate: {exc}; give a PEM "
+                "certificate and its key (--keyfile)"
+            ) from exc
     config = EmulatorConfig.from_profile(profile, seed=seed, no_limits=no_limits)
-    serve_forever(config, host, port)
+    serve_forever(config, host, port, ssl_context=context)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -7,6 +7,12 @@ tiles) must take the CA bundle from --ca-bundle or the usual variables.
 
 from __future__ import annotations
 
+import json
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +109,40 @@ def test_https_through_microsocks(
     assert opened and set(opened) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
     assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+
+
+def test_the_emulator_command_serves_https_with_a_given_certificate(tmp_path: Path) -> None:
+    authority = make_authority(tmp_path / "ca")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "emulator",
+            "--profile",
+            "clean",
+            "--certfile",
+            str(authority.cert_file),
+            "--keyfile",
+            str(authority.key_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("https://127.0.0.1:"), url
+        trusted = ssl.create_default_context(cafile=str(authority.ca_file))
+        with urllib.request.urlopen(
+            f"{url}/_emulator/stats", context=trusted, timeout=10
+        ) as answer:
+            assert "requests" in json.load(answer)
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(
+                f"{url}/_emulator/stats", context=ssl.create_default_context(), timeout=10
+            )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
