@@ -39,6 +39,17 @@ def run_cli(
     )
 
 
+def start_cli(args: list[str]) -> subprocess.Popen[str]:
+    """`eefetch ARGS` started in the background, for a test that interrupts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def dem_args(url: str, output: Path, *extra: str, region: str = SMALL_REGION) -> list[str]:
     """A small DEM job (a dozen tiles) in UTM."""
     return [

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from reliability import (
     job_spec,
     run_cli,
     served_counts,
+    start_cli,
     state_of,
     tile_key,
 )
@@ -84,13 +84,7 @@ def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(
     state = state_of(output)
     with EmulatorThread(config) as emulator:
         args = dem_args(emulator.url, output, "--concurrency", "3", "--max-tile-bytes", "60000")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_cli(args)
         deadline = time.monotonic() + 60
         while True:
             assert process.poll() is None, "finished before Ctrl-C"

@@ -7,12 +7,9 @@ grid in one request (an emulator started with no_limits: the oracle).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,16 +17,12 @@ import ee
 import numpy as np
 import pytest
 import rasterio
-from rasterio.io import MemoryFile
+from reliability import job_spec, oracle_render, run_cli, served_counts, start_cli, tile_key
 
 from engine import DownloadIncomplete, download_ee_image, ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from engine.grid import Window
-from engine.spec import JobSpec
 from state import Store
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +39,6 @@ def clean() -> Iterator[EmulatorThread]:
 
 def use(emulator: EmulatorThread) -> None:
     ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
-
-
-def oracle_render(oracle: EmulatorThread, spec: JobSpec) -> np.ndarray:
-    """The whole grid of a job in one request to the no-limits emulator."""
-    use(oracle)
-    image = ee_adapter.prepare_image(
-        ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
-    )
-    url = ee_adapter.download_url(image, spec.grid)
-    with urllib.request.urlopen(url, timeout=120) as answer:
-        body = answer.read()
-    with MemoryFile(body) as memfile, memfile.open() as dataset:
-        return dataset.read()
-
-
-def job_spec(state_path: Path) -> JobSpec:
-    with Store.open(state_path, create=False) as store:
-        job = store.job()
-        assert job is not None
-        return JobSpec.from_dict(job.spec)
 
 
 def assert_matches_oracle(output: Path, state_path: Path, oracle: EmulatorThread) -> np.ndarray:
@@ -172,19 +145,6 @@ def test_projected_grid_with_edge_tiles_and_memory_splits(
         ) or dataset.transform.c % 30 == pytest.approx(30)
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=env,
-        check=False,
-    )
-
-
 def dem_command(url: str, output: Path, *extra: str) -> list[str]:
     return [
         "download",
@@ -262,26 +222,6 @@ def slow_emulator(seed: int) -> EmulatorThread:
     )
 
 
-def start_cli(command: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", *command],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def served_counts(stats: dict) -> dict[tuple[float, float, int, int], int]:
-    """How often the emulator served each tile, by (x origin, y origin, width, height)."""
-    counts = {}
-    for item in stats["tiles_served"]:
-        key = json.loads(item["key"])
-        transform = key["transform"]
-        counts[(transform[2], transform[5], key["width"], key["height"])] = item["count"]
-    return counts
-
-
 def test_sigkill_then_rerun_fetches_no_finished_tile_again(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -300,12 +240,10 @@ def test_sigkill_then_rerun_fetches_no_finished_tile_again(
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["tiles"]["done"] >= len(done_before)
         again = run_cli(*command)
-        served = served_counts(emulator.stats())
+        served = served_counts(emulator)
     assert again.returncode == 0, again.stderr
     for tile in done_before:
-        grid = spec.grid.window_grid(Window(tile.row_off, tile.col_off, tile.height, tile.width))
-        key = (grid.transform[2], grid.transform[5], grid.width, grid.height)
-        assert served[key] == 1, f"finished tile {tile.id} was fetched again"
+        assert served[tile_key(spec, tile)] == 1, f"finished tile {tile.id} was fetched again"
     assert_matches_oracle(output, state, oracle)
 
 

@@ -5,21 +5,19 @@ Also: a second eefetch on the same job refuses with a clear message and spoils n
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from reliability import (
-    REPO,
     assert_matches_oracle,
     dem_args,
     job_spec,
     one_line_error,
     run_cli,
     served_counts,
+    start_cli,
     state_of,
     tile_key,
 )
@@ -118,13 +116,7 @@ def test_a_second_process_on_the_same_job_refuses_and_spoils_nothing(
     state = state_of(output)
     with EmulatorThread(config) as emulator:
         args = dem_args(emulator.url, output, "--concurrency", "2", "--max-tile-bytes", "50000")
-        first = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        first = start_cli(args)
         deadline = time.monotonic() + 60
         while not Path(f"{state}.lock").exists() or not state.exists():
             assert first.poll() is None and time.monotonic() < deadline
