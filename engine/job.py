@@ -7,11 +7,14 @@ scheduler at once; each of them stays ignorant of the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -204,10 +207,9 @@ async def run_job(
             return JobResult(None, state_path, counts, summary, False, notes)
         store.set_job_status("downloaded")
         progress.note(f"all {counts['done']} tiles fetched; merging into {output}")
-        merged = await asyncio.to_thread(
-            _merge, spec, store, tiles, options.overwrite or job.status == "merged"
+        merged = await _merge_to_the_end_or_not_at_all(
+            spec, store, tiles, options.overwrite or job.status == "merged"
         )
-        store.set_job_status("merged", str(merged))
         if not spec.keep_tiles:
             tiles.remove_all()
         return JobResult(merged, state_path, store.counts(), summary, True, notes)
@@ -263,7 +265,46 @@ async def _fetch_all(
     return total
 
 
-def _merge(spec: JobSpec, store: Store, tiles: TileStore, overwrite: bool) -> Path:
+class MergeStopped(Exception):
+    """The run was interrupted during the merge, before anything was published."""
+
+
+async def _merge_to_the_end_or_not_at_all(
+    spec: JobSpec, store: Store, tiles: TileStore, overwrite: bool
+) -> Path:
+    """Merge in a worker thread and record the result, even when the run is interrupted.
+
+    A thread cannot be cancelled: left alone it would publish the output after the job was
+    stopped, and the state would not know the file is its own. On Ctrl-C or SIGTERM the merge
+    is told to stop at its next strip; if it got as far as publishing, that is recorded.
+    """
+    stop = threading.Event()
+
+    def stop_when_asked(done: int, total: int) -> None:
+        if stop.is_set():
+            raise MergeStopped
+
+    merging = asyncio.ensure_future(
+        asyncio.to_thread(_merge, spec, store, tiles, overwrite, stop_when_asked)
+    )
+    try:
+        merged = await asyncio.shield(merging)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(MergeStopped):
+            store.set_job_status("merged", str(await merging))
+        raise
+    store.set_job_status("merged", str(merged))
+    return merged
+
+
+def _merge(
+    spec: JobSpec,
+    store: Store,
+    tiles: TileStore,
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     done: list[TileRecord] = store.tiles("done")
     pieces = [
         (
@@ -282,6 +323,7 @@ def _merge(spec: JobSpec, store: Store, tiles: TileStore, overwrite: bool) -> Pa
         compress=spec.compress,
         cog=spec.cog,
         overwrite=overwrite,
+        progress=progress,
     )
 
 
