@@ -34,7 +34,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 _SNIFF_BYTES = 8
 _SNIPPET_BYTES = 120
 _HASH_CHUNK = 1 << 20
-_DECODE_BYTES = 16 << 20
+_DECODE_BYTES = 4 << 20
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Opening one tile must not make GDAL list a folder that may hold thousands of tiles.
 _GDAL_OPEN_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
@@ -202,12 +202,18 @@ def _check_blocks(dataset: rasterio.io.DatasetReader, size: int) -> None:
 
 
 def _decode_all(dataset: rasterio.io.DatasetReader) -> None:
-    """Read every pixel once in bounded strips, so corrupt compressed data is caught now."""
-    row_bytes = dataset.width * dataset.count * np.dtype(dataset.dtypes[0]).itemsize
-    rows = max(1, _DECODE_BYTES // max(row_bytes, 1))
+    """Read every pixel once in bounded strips, so corrupt compressed data is caught now.
+
+    One buffer serves every strip: several tiles are checked at once, and fresh strips for
+    each read would leave the heap of every worker thread holding its own.
+    """
+    width, count, dtype = dataset.width, dataset.count, np.dtype(dataset.dtypes[0])
+    rows = max(1, _DECODE_BYTES // max(width * count * dtype.itemsize, 1))
+    buffer = np.empty(min(rows, dataset.height) * width * count, dtype=dtype)
     for row in range(0, dataset.height, rows):
         height = min(rows, dataset.height - row)
-        dataset.read(window=RioWindow(0, row, dataset.width, height))
+        out = buffer[: count * height * width].reshape(count, height, width)
+        dataset.read(window=RioWindow(0, row, width, height), out=out)
 
 
 def validate_geotiff(path: Path, expect: TileExpectation, *, decode: bool) -> None:

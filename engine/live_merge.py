@@ -1,0 +1,199 @@
+"""The merge running beside the fetch: each tile goes into the output as soon as it is stored.
+
+Merging after the last tile leaves the CPU idle while the network is the bottleneck, then the
+network idle while the CPU compresses. Here one worker thread of its own owns an
+``OutputBuilder`` and takes tiles in the order they arrive; finishing then only writes what is
+left, checks, and publishes. Tiles from an earlier run are re-hashed in that same thread before
+they are written, so a file changed since is fetched again instead of merged.
+
+Whatever goes wrong in here (a full disk, a GDAL error) only turns the live merge off: the job
+then merges after the fetch as it always could, and that merge reports the error. Nothing is
+ever published from here unless every leaf tile of the state is written with its current file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from engine.fetch import tile_expectation, tile_name
+from engine.grid import TilePlan, Window
+from engine.merge import OutputBuilder, choose_interleave
+from engine.spec import JobSpec
+from engine.tilestore import TileStore
+from state import TileRecord, TileReset
+
+LOG = logging.getLogger(__name__)
+
+
+class MergeStopped(Exception):
+    """The run was interrupted during the merge, before anything was published."""
+
+
+def tile_plan(tile: TileRecord) -> TilePlan:
+    return TilePlan(
+        Window(tile.row_off, tile.col_off, tile.height, tile.width), tile.band_start, tile.band_stop
+    )
+
+
+def interleave_for(spec: JobSpec, leaves: Sequence[TileRecord], blocksize: int = 512) -> str:
+    """The output layout the after-fetch merge would choose for these tiles."""
+    bands: dict[tuple[int, int, int, int], int] = {}
+    for t in leaves:
+        bands[t.window] = bands.get(t.window, 0) + t.band_stop - t.band_start
+    count = len(spec.band_ids)
+    all_bands = all(n == count for n in bands.values())
+    return choose_interleave(count, spec.dtype, blocksize, windows_have_all_bands=all_bands)
+
+
+class LiveMerge:
+    """Feeds tiles to an OutputBuilder in a worker thread while the scheduler fetches.
+
+    Call ``offer`` from the event loop for each stored tile, ``settle`` to learn which tiles of
+    an earlier run were found changed, ``finish`` once every tile is done, and ``close`` always.
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        tiles: TileStore,
+        *,
+        overwrite: bool,
+        interleave: str,
+        rehash_earlier: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.tiles = tiles
+        self.overwrite = overwrite
+        self.interleave = interleave
+        self.rehash_earlier = rehash_earlier
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eefetch-merge")
+        self._submitted: list[Future[None]] = []
+        self._builder: OutputBuilder | None = None
+        self._written: dict[int, str | None] = {}  # tile id -> checksum of the file written
+        self._changed: list[TileReset] = []
+        self._lock = threading.Lock()  # guards _changed and failure across the two threads
+
+    @property
+    def active(self) -> bool:
+        """False once the live merge gave up; the job then merges after the fetch."""
+        return self.failure is None
+
+    def start(self) -> None:
+        self._submit(self._open)
+
+    def offer(self, tile: TileRecord, name: str, checksum: str | None, *, earlier: bool) -> None:
+        """Queue one stored tile for the output; ``earlier`` tiles are re-hashed first."""
+        if self.active:
+            self._submit(self._add, tile, name, checksum, earlier)
+
+    async def settle(self) -> list[TileReset]:
+        """Wait for every queued tile; return (and forget) the earlier tiles found changed."""
+        submitted, self._submitted = self._submitted, []
+        for future in submitted:
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(future)
+        with self._lock:
+            changed, self._changed = self._changed, []
+        return changed
+
+    def finish_in_thread(self, done: Sequence[TileRecord]) -> Future[Path]:
+        """Write whatever done tile is not in yet, then check and publish; runs in the worker.
+
+        The returned future raises MergeStopped if ``stop`` was set first, or the builder's
+        error (the live merge is then off and the caller merges the classic way).
+        """
+        return self._executor.submit(self._finish, list(done))
+
+    def close(self) -> None:
+        """Stop at the next strip, remove the unfinished output, and end the worker thread.
+
+        Blocks for at most one strip of the merge; queued tiles are skipped.
+        """
+        self.stop.set()
+        self._executor.submit(self._discard)
+        self._executor.shutdown(wait=True)
+
+    def _submit(self, function: Callable[..., None], *args: object) -> None:
+        self._submitted.append(self._executor.submit(self._guarded, function, *args))
+
+    def _guarded(self, function: Callable[..., None], *args: object) -> None:
+        if not self.active or self.stop.is_set():
+            return
+        try:
+            function(*args)
+        except MergeStopped:
+            pass
+        except Exception as exc:  # any error only turns the live merge off
+            LOG.info("merging while fetching is off for this run: %s", exc)
+            with self._lock:
+                self.failure = exc
+            self._discard()
+
+    def _check_stop(self, done: int, total: int) -> None:
+        if self.stop.is_set():
+            raise MergeStopped
+
+    def _open(self) -> None:
+        builder = OutputBuilder(
+            self.spec.grid,
+            self.spec.band_ids,
+            self.spec.dtype,
+            Path(self.spec.output),
+            nodata=self.spec.nodata,
+            compress=self.spec.compress,
+            cog=self.spec.cog,
+            overwrite=self.overwrite,
+            progress=self._check_stop,
+            interleave=self.interleave,
+        )
+        self._builder = builder.__enter__()
+
+    def _add(self, tile: TileRecord, name: str, checksum: str | None, earlier: bool) -> None:
+        assert self._builder is not None
+        if earlier:
+            problem = self.tiles.verify(
+                name,
+                tile_expectation(self.spec, tile),
+                checksum if self.rehash_earlier else None,
+                fast=not self.rehash_earlier,
+            )
+            if problem is not None:
+                self.tiles.remove(name)
+                with self._lock:
+                    self._changed.append(TileReset(tile.id, problem))
+                return
+        self._builder.add(tile_plan(tile), self.tiles.final_path(name))
+        self._written[tile.id] = checksum
+
+    def _finish(self, done: list[TileRecord]) -> Path:
+        if self.failure is not None:
+            raise self.failure
+        assert self._builder is not None
+        for tile in done:
+            if tile.id not in self._written or self._written[tile.id] != tile.checksum:
+                # Never offered (should not happen): checked like a tile of an earlier run.
+                self._check_stop(0, 0)
+                self._add(tile, tile.path or tile_name(tile.id), tile.checksum, True)
+        with self._lock:
+            changed = list(self._changed)
+        if changed:
+            raise RuntimeError(f"{len(changed)} finished tile file(s) changed during the run")
+        self._check_stop(0, 0)
+        try:
+            return self._builder.finish()
+        finally:
+            self._builder.__exit__(None, None, None)
+            self._builder = None
+
+    def _discard(self) -> None:
+        if self._builder is not None:
+            self._builder.__exit__(None, None, None)
+            self._builder = None
