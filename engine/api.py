@@ -28,6 +28,7 @@ from engine.grid import (
     grid_from_transform,
 )
 from engine.job import JobResult, RunOptions, run_job
+from engine.pacing import DEFAULT_CONCURRENCY
 from engine.paths import default_state_path
 from engine.progress import Progress, choose_progress
 from engine.region_input import load_region
@@ -36,7 +37,6 @@ from engine.spec import COMPRESSIONS, Endpoint, JobSpec, default_nodata
 from engine.transport import TransportOptions
 
 T = TypeVar("T")
-DEFAULT_CONCURRENCY = 8
 RUNNER_STOP_SECONDS = 30.0  # how long an interrupted notebook call waits for the state
 
 

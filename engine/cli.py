@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from engine import __version__
+from engine.pacing import DEFAULT_CONCURRENCY
 
 T = TypeVar("T")
 
@@ -260,7 +261,7 @@ def _settings_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--concurrency",
             type=click.IntRange(1, 40),
-            default=8,
+            default=DEFAULT_CONCURRENCY,
             show_default=True,
             help="Tiles in flight at once (EE allows 40 per project).",
         ),

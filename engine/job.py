@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import socket
@@ -25,17 +26,19 @@ import numpy as np
 from engine import __version__, ee_adapter
 from engine.fetch import TileFetcher, tile_expectation, tile_name
 from engine.grid import EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS, TilePlan, Window, plan_tiles
+from engine.live_merge import LiveMerge, MergeStopped, interleave_for
 from engine.merge import merge_tiles
-from engine.pacing import AdaptiveLimiter
+from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter
 from engine.paths import tiles_folder
 from engine.progress import Progress, SilentProgress
-from engine.scheduler import RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
+from engine.scheduler import Fetch, RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
 from engine.spec import JobSpec
-from engine.tilestore import TileStore
+from engine.tilestore import StoredTile, TileStore
 from engine.transport import Transport, TransportOptions
 from state import JobLock, NewTile, Store, TileDone, TileRecord, TileReset
 
 MAX_VERIFY_ROUNDS = 3
+LOG = logging.getLogger(__name__)
 
 
 class JobError(Exception):
@@ -46,11 +49,13 @@ class JobError(Exception):
 class RunOptions:
     """How a run goes, as opposed to what it fetches (see JobSpec)."""
 
-    concurrency: int = 8
+    concurrency: int = DEFAULT_CONCURRENCY
     transport: TransportOptions = field(default_factory=TransportOptions)
     scheduler: SchedulerOptions | None = None
     overwrite: bool = False
     verify_checksums: bool = True
+    # Write each tile into the output as it arrives instead of merging after the last one.
+    merge_while_fetching: bool = True
     seed: int | None = None
     # One budget shared by several jobs run at once (a collection); None: the job's own.
     limiter: AdaptiveLimiter | None = None
@@ -200,25 +205,68 @@ async def run_job(
             notes.extend(reconcile(store, tiles, spec))
         for note in notes:
             progress.note(note)
-        summary = await _fetch_all(spec, store, tiles, options, progress)
-        counts = store.counts()
-        if counts["pending"] or counts["in_flight"] or counts["failed"]:
-            store.set_job_status("failed" if counts["failed"] else "running")
-            return JobResult(None, state_path, counts, summary, False, notes)
-        store.set_job_status("downloaded")
-        progress.note(f"all {counts['done']} tiles fetched; merging into {output}")
-        merged = await _merge_to_the_end_or_not_at_all(
-            spec, store, tiles, options.overwrite or job.status == "merged"
-        )
+        overwrite = options.overwrite or job.status == "merged"
+        live = _start_live_merge(spec, store, tiles, options, overwrite)
+        try:
+            summary = await _fetch_all(spec, store, tiles, options, progress, live)
+            counts = store.counts()
+            if counts["pending"] or counts["in_flight"] or counts["failed"]:
+                store.set_job_status("failed" if counts["failed"] else "running")
+                return JobResult(None, state_path, counts, summary, False, notes)
+            store.set_job_status("downloaded")
+            progress.note(f"all {counts['done']} tiles fetched; finishing {output}")
+            merged = await _merge_to_the_end_or_not_at_all(spec, store, tiles, overwrite, live)
+        finally:
+            if live is not None:
+                live.close()
         if not spec.keep_tiles:
             tiles.remove_all()
         return JobResult(merged, state_path, store.counts(), summary, True, notes)
 
 
+def _start_live_merge(
+    spec: JobSpec, store: Store, tiles: TileStore, options: RunOptions, overwrite: bool
+) -> LiveMerge | None:
+    """Open the output beside the fetch and queue the tiles earlier runs already fetched."""
+    if not options.merge_while_fetching:
+        return None
+    live = LiveMerge(
+        spec,
+        tiles,
+        overwrite=overwrite,
+        interleave=interleave_for(spec, store.band_groups(len(spec.band_ids))),
+        rehash_earlier=options.verify_checksums,
+    )
+    live.start()
+    for tile in store.tiles("done"):
+        live.offer(tile, tile.path or tile_name(tile.id), tile.checksum, earlier=True)
+    return live
+
+
+def _offering(fetch: Fetch, live: LiveMerge) -> Fetch:
+    """The fetcher, plus: hand each stored tile to the live merge."""
+
+    async def fetch_and_offer(tile: TileRecord) -> StoredTile:
+        stored = await fetch(tile)
+        live.offer(tile, stored.path.name, stored.checksum, earlier=False)
+        return stored
+
+    return fetch_and_offer
+
+
 async def _fetch_all(
-    spec: JobSpec, store: Store, tiles: TileStore, options: RunOptions, progress: Progress
+    spec: JobSpec,
+    store: Store,
+    tiles: TileStore,
+    options: RunOptions,
+    progress: Progress,
+    live: LiveMerge | None,
 ) -> RunSummary:
-    """Fetch until every tile is done (or failed), re-checking finished tiles each round."""
+    """Fetch until every tile is done (or failed), re-checking finished tiles each round.
+
+    With a live merge, the tiles of earlier runs are re-hashed by it as it writes them, and
+    those fetched now are not re-hashed at all (they are read back right after their check).
+    """
     total = RunSummary()
     counts = store.counts()
     leaves = counts["pending"] + counts["in_flight"] + counts["done"] + counts["failed"]
@@ -236,7 +284,9 @@ async def _fetch_all(
     try:
         async with Transport(options.transport, base_url) as transport:
             updates = UpdateBuffer(store)
-            fetcher = TileFetcher(spec, image, transport, tiles, executor, updates.record)
+            fetcher: Fetch = TileFetcher(spec, image, transport, tiles, executor, updates.record)
+            if live is not None:
+                fetcher = _offering(fetcher, live)
             for _ in range(MAX_VERIFY_ROUNDS):
                 scheduler = Scheduler(
                     store,
@@ -252,9 +302,19 @@ async def _fetch_all(
                 )
                 summary = await scheduler.run()
                 _add(total, summary)
-                if store.counts()["pending"] or not options.verify_checksums:
+                if store.counts()["pending"]:
                     break
-                changed = await asyncio.to_thread(verify_done_tiles, store, tiles, spec)
+                if live is not None and live.active:
+                    resets = await live.settle()
+                if live is not None and live.active:
+                    store.apply(resets, _now())
+                    changed = [
+                        f"tile {r.tile_id} will be fetched again: {r.reason}" for r in resets
+                    ]
+                elif options.verify_checksums:
+                    changed = await asyncio.to_thread(verify_done_tiles, store, tiles, spec)
+                else:
+                    break
                 for note in changed:
                     progress.note(note)
                 if not changed:
@@ -265,19 +325,25 @@ async def _fetch_all(
     return total
 
 
-class MergeStopped(Exception):
-    """The run was interrupted during the merge, before anything was published."""
-
-
 async def _merge_to_the_end_or_not_at_all(
-    spec: JobSpec, store: Store, tiles: TileStore, overwrite: bool
+    spec: JobSpec, store: Store, tiles: TileStore, overwrite: bool, live: LiveMerge | None
 ) -> Path:
-    """Merge in a worker thread and record the result, even when the run is interrupted.
+    """Finish the merge in a worker thread and record the result, even when interrupted.
 
-    A thread cannot be cancelled: left alone it would publish the output after the job was
-    stopped, and the state would not know the file is its own. On Ctrl-C or SIGTERM the merge
-    is told to stop at its next strip; if it got as far as publishing, that is recorded.
+    The live merge has written most tiles already; if it is off or fails, the whole merge runs
+    now instead. A thread cannot be cancelled: left alone it would publish the output after
+    the job was stopped, and the state would not know the file is its own. On Ctrl-C or
+    SIGTERM the merge is told to stop at its next strip; if it got as far as publishing, that
+    is recorded.
     """
+    if live is not None and live.active:
+        finishing = asyncio.wrap_future(live.finish_in_thread(store.tiles("done")))
+        try:
+            return await _record_merge(finishing, live.stop, store)
+        except (asyncio.CancelledError, MergeStopped):
+            raise
+        except Exception as exc:  # the classic merge below reports real errors
+            LOG.info("merging while fetching failed (%s); merging again from the tiles", exc)
     stop = threading.Event()
 
     def stop_when_asked(done: int, total: int) -> None:
@@ -287,11 +353,15 @@ async def _merge_to_the_end_or_not_at_all(
     merging = asyncio.ensure_future(
         asyncio.to_thread(_merge, spec, store, tiles, overwrite, stop_when_asked)
     )
+    return await _record_merge(merging, stop, store)
+
+
+async def _record_merge(merging: asyncio.Future[Path], stop: threading.Event, store: Store) -> Path:
     try:
         merged = await asyncio.shield(merging)
     except asyncio.CancelledError:
         stop.set()
-        with contextlib.suppress(MergeStopped):
+        with contextlib.suppress(Exception):
             store.set_job_status("merged", str(await merging))
         raise
     store.set_job_status("merged", str(merged))

@@ -41,11 +41,14 @@ def tile_plan(tile: TileRecord) -> TilePlan:
     )
 
 
-def interleave_for(spec: JobSpec, leaves: Sequence[TileRecord], blocksize: int = 512) -> str:
-    """The output layout the after-fetch merge would choose for these tiles."""
+def interleave_for(
+    spec: JobSpec, band_groups: Sequence[tuple[int, int, int, int, int, int]], blocksize: int = 512
+) -> str:
+    """The output layout the after-fetch merge would choose, from the tiles (row, col, height,
+    width, band_start, band_stop) that hold only some bands (``Store.band_groups``)."""
     bands: dict[tuple[int, int, int, int], int] = {}
-    for t in leaves:
-        bands[t.window] = bands.get(t.window, 0) + t.band_stop - t.band_start
+    for row, col, height, width, start, stop in band_groups:
+        bands[(row, col, height, width)] = bands.get((row, col, height, width), 0) + stop - start
     count = len(spec.band_ids)
     all_bands = all(n == count for n in bands.values())
     return choose_interleave(count, spec.dtype, blocksize, windows_have_all_bands=all_bands)

@@ -397,53 +397,219 @@ def merge_tiles(
     ``overview_resampling`` (default: nearest for integers, which may be classes; average
     for floats).
     """
-    output = Path(output)
-    count = len(band_names)
-    if count == 0:
-        raise MergeError("no bands to merge")
-    if dtype not in _GDAL_TYPES:
-        raise MergeError(f"unsupported data type {dtype!r}")
-    if output.is_dir():
-        raise MergeError(f"{output} is a folder, not a file name")
-    if not output.parent.is_dir():
-        raise MergeError(f"cannot write {output}: folder {output.parent} does not exist")
-    if output.exists() and not overwrite:
-        raise _exists(output)
+    tiles = sorted(tiles, key=lambda t: (t[0].window.row_off, t[0].window.col_off, t[0].band_start))
     pieces = _pieces(tiles)
-    _check_coverage(grid.height, grid.width, band_names, pieces)
+    count = len(band_names)
     groups = _group_by_window(pieces)
     all_bands = all(sum(p.bands for p in g) == count for g in groups)
-    interleave = choose_interleave(count, dtype, blocksize, windows_have_all_bands=all_bands)
-    bigtiff = bigtiff_option(grid.width, grid.height, count, dtype, blocksize=blocksize)
-    options = creation_options(dtype, compress, blocksize, bigtiff, interleave)
-    plain = _temp_path(output, "merge")
-    final_temp = _temp_path(output, "cog") if cog else plain
-    # GDAL's COG driver builds overviews in a side file it only removes when it finishes.
-    temps = {plain, final_temp, final_temp.with_name(final_temp.name + ".ovr.tmp")}
-    for temp in temps:
-        temp.unlink(missing_ok=True)
-    try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-            _write_plain(grid, band_names, dtype, groups, plain, nodata, options, progress)
-            _check_written(plain)
-            if cog:
-                _write_cog(
-                    plain, final_temp, grid, count, dtype, compress, blocksize, overview_resampling
-                )
-                _check_written(final_temp)
-                plain.unlink()
-        _publish(final_temp, output, overwrite)
-    except BaseException as exc:
-        for temp in temps:
+    builder = OutputBuilder(
+        grid,
+        band_names,
+        dtype,
+        output,
+        nodata=nodata,
+        compress=compress,
+        cog=cog,
+        overwrite=overwrite,
+        blocksize=blocksize,
+        progress=progress,
+        overview_resampling=overview_resampling,
+        interleave=choose_interleave(count, dtype, blocksize, windows_have_all_bands=all_bands),
+    )
+    _check_coverage(grid.height, grid.width, band_names, pieces)
+    with builder:
+        for plan, path in tiles:
+            builder.add(plan, path)
+        return builder.finish()
+
+
+class OutputBuilder:
+    """One output GeoTIFF written tile by tile, in any order, and published only when complete.
+
+    What lets the merge run while tiles are still arriving: ``add`` writes a tile's window as
+    soon as every band of it is there (block-aligned tiles make each output block written once
+    whatever the order), ``finish`` checks that the tiles added cover every pixel exactly once,
+    then closes, checks, optionally converts to a COG, and publishes under the output's name.
+    Adding a tile again (fetched anew) rewrites its window. Not thread-safe: one thread drives it.
+    Use it as a context manager: leaving it without ``finish`` removes every temporary file.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        band_names: Sequence[str],
+        dtype: str,
+        output: Path,
+        *,
+        nodata: float | int | None,
+        compress: str = "deflate",
+        cog: bool = False,
+        overwrite: bool = False,
+        blocksize: int = 512,
+        progress: Progress | None = None,
+        overview_resampling: str | None = None,
+        interleave: str | None = None,
+    ) -> None:
+        output = Path(output)
+        self.count = len(band_names)
+        if self.count == 0:
+            raise MergeError("no bands to merge")
+        if dtype not in _GDAL_TYPES:
+            raise MergeError(f"unsupported data type {dtype!r}")
+        if output.is_dir():
+            raise MergeError(f"{output} is a folder, not a file name")
+        if not output.parent.is_dir():
+            raise MergeError(f"cannot write {output}: folder {output.parent} does not exist")
+        if output.exists() and not overwrite:
+            raise _exists(output)
+        self.grid = grid
+        self.band_names = list(band_names)
+        self.dtype = dtype
+        self.output = output
+        self.nodata = nodata
+        self.compress = compress
+        self.cog = cog
+        self.overwrite = overwrite
+        self.blocksize = blocksize
+        self.progress = progress
+        self.overview_resampling = overview_resampling
+        self.interleave = interleave or choose_interleave(self.count, dtype, blocksize)
+        bigtiff = bigtiff_option(grid.width, grid.height, self.count, dtype, blocksize=blocksize)
+        self.options = creation_options(dtype, compress, blocksize, bigtiff, self.interleave)
+        self.plain = _temp_path(output, "merge")
+        self.final_temp = _temp_path(output, "cog") if cog else self.plain
+        # GDAL's COG driver builds overviews in a side file it only removes when it finishes.
+        self.temps = {
+            self.plain,
+            self.final_temp,
+            self.final_temp.with_name(self.final_temp.name + ".ovr.tmp"),
+        }
+        self._stack = contextlib.ExitStack()
+        self._dst: rasterio.io.DatasetWriter | None = None
+        self._writer: _Writer | None = None
+        self._written: dict[tuple[int, int, int, int, int, int], _Piece] = {}
+        self._waiting: dict[tuple[int, int, int, int], dict[tuple[int, int], _Piece]] = {}
+        self._published = False
+
+    def __enter__(self) -> OutputBuilder:
+        try:
+            self._open()
+        except BaseException as exc:
+            self._discard()
+            raise self._failure(exc) from exc
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._published:
+            self._discard()
+
+    @property
+    def written_bytes(self) -> int:
+        """Uncompressed bytes written so far (a window written twice counts twice)."""
+        return self._writer.done if self._writer is not None else 0
+
+    def _open(self) -> None:
+        for temp in self.temps:
+            temp.unlink(missing_ok=True)
+        self._stack.enter_context(
+            rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+        )
+        grid = self.grid
+        self._dst = self._stack.enter_context(
+            rasterio.open(
+                self.plain,
+                "w",
+                driver="GTiff",
+                width=grid.width,
+                height=grid.height,
+                count=self.count,
+                dtype=self.dtype,
+                crs=CRS.from_user_input(grid.crs),
+                transform=Affine(*grid.transform),
+                nodata=self.nodata,
+                **self.options,
+            )
+        )
+        self._dst.descriptions = tuple(self.band_names)
+        total = uncompressed_bytes(grid.width, grid.height, self.count, self.dtype)
+        self._writer = _Writer(
+            self._dst, self.dtype, self._dst.block_shapes[0][0], total, self.progress
+        )
+
+    def add(self, plan: TilePlan, path: Path) -> None:
+        """Write one tile file into its window (at once, or when its window's bands are all in)."""
+        (piece,) = _pieces([(plan, path)])
+        if self.interleave == "BAND" or piece.bands == self.count:
+            self._write([piece])
+            return
+        waiting = self._waiting.setdefault(piece.window, {})
+        waiting[(piece.band_start, piece.band_stop)] = piece
+        if sum(p.bands for p in waiting.values()) == self.count:
+            del self._waiting[piece.window]
+            self._write(sorted(waiting.values(), key=lambda p: p.band_start))
+
+    def _write(self, group: list[_Piece]) -> None:
+        assert self._writer is not None, "use OutputBuilder as a context manager"
+        try:
+            _write_window(self._writer, group, self.dtype, self.interleave)
+        except (MergeError, OutputExistsError):
+            raise
+        except (RasterioError, CPLE_BaseError, OSError) as exc:
+            raise self._failure(exc) from exc
+        for p in group:
+            self._written[(*p.window, p.band_start, p.band_stop)] = p
+
+    def finish(self) -> Path:
+        """Check the tiles added cover the grid once, then close, check, convert, publish."""
+        assert self._dst is not None, "use OutputBuilder as a context manager"
+        for waiting in list(self._waiting.values()):
+            self._write(sorted(waiting.values(), key=lambda p: p.band_start))
+        self._waiting.clear()
+        _check_coverage(
+            self.grid.height, self.grid.width, self.band_names, list(self._written.values())
+        )
+        try:
+            self._stack.close()
+            with rasterio.Env(
+                GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"
+            ):
+                _check_written(self.plain)
+                if self.cog:
+                    _write_cog(
+                        self.plain,
+                        self.final_temp,
+                        self.grid,
+                        self.count,
+                        self.dtype,
+                        self.compress,
+                        self.blocksize,
+                        self.overview_resampling,
+                    )
+                    _check_written(self.final_temp)
+                    self.plain.unlink()
+            _publish(self.final_temp, self.output, self.overwrite)
+        except (MergeError, OutputExistsError):
+            raise
+        except (RasterioError, CPLE_BaseError, OSError) as exc:
+            raise self._failure(exc) from exc
+        self._published = True
+        return self.output
+
+    def _discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stack.close()
+        for temp in self.temps:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
+
+    def _failure(self, exc: BaseException) -> BaseException:
         if isinstance(exc, MergeError | OutputExistsError) or not isinstance(
             exc, RasterioError | CPLE_BaseError | OSError
         ):
-            raise
-        needed = uncompressed_bytes(grid.width, grid.height, count, dtype)
-        raise _write_failure(output, needed, exc) from exc
-    return output
+            return exc
+        self._discard()  # so that the free space reported counts without our temp file
+        needed = uncompressed_bytes(self.grid.width, self.grid.height, self.count, self.dtype)
+        return _write_failure(self.output, needed, exc)
 
 
 def _check_written(path: Path) -> None:
@@ -480,36 +646,6 @@ def _write_failure(output: Path, needed: int, exc: BaseException) -> MergeError:
         f"cannot write {output} ({detail}); check that folder and its disk, then run the same "
         "command again (the fetched tiles are kept)"
     )
-
-
-def _write_plain(
-    grid: Grid,
-    band_names: Sequence[str],
-    dtype: str,
-    groups: list[list[_Piece]],
-    path: Path,
-    nodata: float | int | None,
-    options: dict[str, object],
-    progress: Progress | None,
-) -> None:
-    total = uncompressed_bytes(grid.width, grid.height, len(band_names), dtype)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=grid.width,
-        height=grid.height,
-        count=len(band_names),
-        dtype=dtype,
-        crs=CRS.from_user_input(grid.crs),
-        transform=Affine(*grid.transform),
-        nodata=nodata,
-        **options,
-    ) as dst:
-        dst.descriptions = tuple(band_names)
-        writer = _Writer(dst, dtype, dst.block_shapes[0][0], total, progress)
-        for group in groups:
-            _write_window(writer, group, dtype, str(options["interleave"]))
 
 
 def _write_cog(
@@ -579,6 +715,7 @@ __all__ = [
     "CHUNK_BYTES",
     "COMPRESSIONS",
     "MergeError",
+    "OutputBuilder",
     "OutputExistsError",
     "bigtiff_option",
     "choose_interleave",

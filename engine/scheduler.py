@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.grid import TilePlan, Window, split_tile
-from engine.pacing import AdaptiveLimiter, OutageMonitor
+from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter, OutageMonitor
 from engine.progress import Progress, SilentProgress
 from engine.retry import Action, ErrorKind, FetchError, Verdict, classify, retry_delay
 from engine.tilestore import StoredTile
@@ -49,7 +49,7 @@ class JobStopped(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SchedulerOptions:
-    concurrency: int = 8
+    concurrency: int = DEFAULT_CONCURRENCY
     max_attempts: int = 8
     lease_seconds: float = 600.0
     flush_every: float = 1.0

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.grid import Grid
+from engine.pacing import DEFAULT_CONCURRENCY
 
 Endpoint = Literal["urls", "compute"]
 COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
@@ -31,7 +32,7 @@ class JobSpec:
     output: str  # absolute path of the GeoTIFF to write
     endpoint: Endpoint = "urls"
     max_tile_bytes: int = 50331648
-    plan_concurrency: int = 8
+    plan_concurrency: int = DEFAULT_CONCURRENCY
     compress: str = "deflate"
     cog: bool = False
     keep_tiles: bool = False

@@ -105,7 +105,9 @@ def loadavg() -> float:
 class Emulator:
     """The emulator in its own process, with its counters reachable over HTTP."""
 
-    def __init__(self, profile: str, seed: int, overrides: dict[str, Any]) -> None:
+    def __init__(
+        self, profile: str, seed: int, overrides: dict[str, Any], cpus: set[int] | None = None
+    ) -> None:
         command = [
             sys.executable,
             str(Path(__file__).resolve()),
@@ -117,7 +119,13 @@ class Emulator:
             "--overrides",
             json.dumps(overrides),
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
         assert self.process.stdout is not None
         self.url = self.process.stdout.readline().strip()
         if not self.url.startswith("http"):
@@ -159,8 +167,11 @@ def run_child(
     timeout: float = 3600,
     env: dict[str, str] | None = None,
     log: Path | None = None,
+    cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     """Run one measured program; wall, CPU and peak RSS of that child, emulator counters.
+
+    ``cpus`` pins the child (and every thread it starts) to those CPUs.
 
     ``interrupt(emulator) -> bool`` is polled every 0.1 s; when it says so, the child gets
     SIGINT (Ctrl-C) and the in-flight count at that instant is recorded.
@@ -179,7 +190,7 @@ def run_child(
         env={**os.environ, **(env or {})},
         # A harness started in the background (nohup ... &) inherits an ignored SIGINT, and
         # Python then never turns Ctrl-C into KeyboardInterrupt: give the child the default.
-        preexec_fn=_default_sigint,
+        preexec_fn=_child_setup(cpus),
     )
     result: dict[str, Any] = {"command": command}
     killed = threading.Event()
@@ -238,6 +249,17 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _child_setup(cpus: set[int] | None) -> Any:
+    """What a measured child runs before exec: default Ctrl-C, and its CPUs when pinned."""
+
+    def setup() -> None:
+        _default_sigint()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 def driver(name: str, *args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), name, *args]
 
@@ -289,7 +311,7 @@ def drive_eefetch(args: argparse.Namespace) -> None:
 
     class Timing(SilentProgress):
         def note(self, message: str) -> None:
-            if "merging into" in message:
+            if "tiles fetched" in message:
                 seen["fetched_at"] = time.monotonic() - t0
                 seen["peak_rss_mb_before_merge"] = _vm_hwm_mb()
             seen.setdefault("notes", []).append(message)
@@ -712,6 +734,9 @@ class Bench:
             "scenarios": {},
         }
         self.counter = 0
+        # --pin: the emulator stands for Earth Engine's servers, whose CPU is not the user's.
+        self.emulator_cpus = {0} if args.pin else None
+        self.tool_cpus = set(range(1, os.cpu_count() or 2)) if args.pin else None
 
     def path(self, stem: str) -> Path:
         self.counter += 1
@@ -744,7 +769,8 @@ class Bench:
         result_file.unlink(missing_ok=True)
         common = ["--url", emulator.url, "--region", str(self.region), "--output", str(output)]
         if tool == "eefetch":
-            command = driver("_eefetch", *common, "--extra", json.dumps(extra or {}))
+            extra = {**json.loads(self.args.eefetch_extra or "{}"), **(extra or {})}
+            command = driver("_eefetch", *common, "--extra", json.dumps(extra))
         elif tool == "geedim":
             command = driver("_geedim", *common)
         elif tool == "bare":
@@ -759,6 +785,7 @@ class Bench:
             timeout=self.args.timeout,
             log=output.with_suffix(".log"),
             env=env,
+            cpus=self.tool_cpus,
         )
         result["tool"] = tool
         result["inside"] = read_json(result_file)
@@ -777,7 +804,7 @@ class Bench:
         self, name: str, profile: str, tools: list[str], reps: int, seed: int = 1
     ) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
-        with Emulator(profile, seed, self.overrides()) as emulator:
+        with Emulator(profile, seed, self.overrides(), self.emulator_cpus) as emulator:
             self.log(f"scenario {name}: {profile} emulator at {emulator.url}")
             for rep in range(reps):
                 order = tools if rep % 2 == 0 else tools[::-1]
@@ -814,7 +841,7 @@ class Bench:
     def scenario4(self) -> None:
         """Ctrl-C at 50 % of the tiles and the same call again, against an uninterrupted run."""
         out: dict[str, Any] = {"profile": "realistic"}
-        with Emulator("realistic", 4, self.overrides()) as emulator:
+        with Emulator("realistic", 4, self.overrides(), self.emulator_cpus) as emulator:
             self.log(f"scenario 4: realistic emulator at {emulator.url}")
             for tool in ("eefetch", "geedim"):
                 whole = self.run_tool(tool, emulator)
@@ -900,7 +927,7 @@ class Bench:
 
     def scenario_merge_real(self) -> None:
         """The merge alone on the real tiles of the scenario image (kept by one eefetch run)."""
-        with Emulator("clean", 1, self.overrides()) as emulator:
+        with Emulator("clean", 1, self.overrides(), self.emulator_cpus) as emulator:
             output = self.path("eefetch-kept.tif")
             kept = self.run_tool("eefetch", emulator, output=output, extra={"keep_tiles": True})
         state = Path(str(output) + ".eefetch.db")
@@ -921,7 +948,7 @@ class Bench:
             "MALLOC_MMAP_THRESHOLD_=1MiB": {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)},
         }
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-        with Emulator(self.args.rss_profile, 1, self.overrides()) as emulator:
+        with Emulator(self.args.rss_profile, 1, self.overrides(), self.emulator_cpus) as emulator:
             for rep in range(max(1, self.args.reps - 1)):
                 order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
                 for variant in order:
@@ -1008,7 +1035,7 @@ class Bench:
         """One eefetch run (clean profile) under py-spy: on-CPU samples of all threads."""
         spy = shutil.which("py-spy") or str(BENCH_VENV / "bin" / "py-spy")
         raw = self.work / "profile-eefetch.txt"
-        with Emulator("clean", 1, self.overrides()) as emulator:
+        with Emulator("clean", 1, self.overrides(), self.emulator_cpus) as emulator:
             output = self.path("eefetch-profiled.tif")
             result_file = output.with_suffix(".json")
             command = [
@@ -1371,13 +1398,23 @@ def main() -> None:
         help="comma-separated, run in this order: 1,2,4,3,merge,5,profile (also: rss)",
     )
     parser.add_argument("--workdir", default=str(REPO / ".bench-work"))
-    parser.add_argument("--concurrency", type=int, default=8, help="bare loop's concurrency")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="bare loop's (default: eefetch's default)"
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--merge-side", type=int, default=None, help="big merge grid side (px)")
     parser.add_argument("--big-merge-reps", type=int, default=1)
     parser.add_argument("--emulator-overrides", default=None, help="JSON of EmulatorConfig knobs")
     parser.add_argument("--rss-profile", default="realistic", help="emulator profile for rss")
     parser.add_argument("--keep-outputs", action="store_true")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="emulator on CPU 0, measured tools on the others (the server's CPU is not yours)",
+    )
+    parser.add_argument(
+        "--eefetch-extra", default=None, help="JSON of extra download_ee_image keywords"
+    )
     parser.add_argument("--no-venv", action="store_true", help="run in the current interpreter")
     args = parser.parse_args()
     if not args.no_venv:
@@ -1385,6 +1422,10 @@ def main() -> None:
     if args.reps is None:
         args.reps = 1 if args.quick else 3
     sys.path.insert(0, str(REPO))
+    if args.concurrency is None:
+        from engine.pacing import DEFAULT_CONCURRENCY
+
+        args.concurrency = DEFAULT_CONCURRENCY
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"
     bench = Bench(args)
     wanted = args.scenarios.split(",")

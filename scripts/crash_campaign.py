@@ -180,9 +180,11 @@ def _written_since(path: Path, since: float) -> bool:
 
 
 def _phase(state: Path, output: Path, since: float) -> str:
-    """What the process was doing when killed, judged from the files it leaves."""
-    if _written_since(_merge_temp(output), since):
-        return "merge"
+    """What the process was doing when killed, judged from the files it leaves.
+
+    The output's temporary file exists during the whole download (tiles are merged as they
+    come), so "merge" means its last stage: every tile fetched, the output being finished.
+    """
     tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
     if tiles.is_dir() and any(tiles.glob("*.part")):
         return "writing a tile"
@@ -191,7 +193,17 @@ def _phase(state: Path, output: Path, since: float) -> str:
     done, total = _done_count(state)
     if total == 0:
         return "planning"
-    return "download" if done < total else "verify/merge"
+    if done < total:
+        return "download"
+    return "merge" if _written_since(_merge_temp(output), since) else "verify/merge"
+
+
+def _finishing(state: Path, output: Path, since: float) -> bool:
+    """Every tile is fetched and the output is being finished."""
+    if not _written_since(_merge_temp(output), since):
+        return False
+    done, total = _done_count(state)
+    return total > 0 and done == total
 
 
 def _wait_for(condition: object, process: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -215,22 +227,21 @@ def _aim(
     since: float,
 ) -> bool:
     """Wait for the moment ``mode`` aims at; False if the run ended first."""
-    temp = _merge_temp(output)
     tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
     if mode == "early":
         _wait_for(lambda: False, process, rng.uniform(0.05, 3.0))
         return process.poll() is None
     if mode == "merge":
-        if not _wait_for(lambda: _written_since(temp, since), process, 600):
+        if not _wait_for(lambda: _finishing(state, output, since), process, 600):
             return False
         time.sleep(rng.uniform(0.0, 0.4))
         return process.poll() is None
     if mode == "part":  # or the merge, if every tile was already fetched
 
         def writing() -> bool:
-            if _written_since(temp, since):
+            if tiles.is_dir() and any(tiles.glob("*.part")):
                 return True
-            return tiles.is_dir() and any(tiles.glob("*.part"))
+            return _finishing(state, output, since)
 
         return _wait_for(writing, process, 600)
     start, _ = _done_count(state)

@@ -60,7 +60,7 @@ def test_tiles_go_into_the_output_while_others_are_awaited_and_a_changed_one_is_
     changed.write_bytes(bytes(body))  # same size, other pixels: only the hash can tell
 
     async def scenario() -> tuple[list, int]:
-        live = LiveMerge(spec, store, overwrite=False, interleave=interleave_for(spec, records))
+        live = LiveMerge(spec, store, overwrite=False, interleave=interleave_for(spec, []))
         try:
             live.start()
             for tile in earlier:
@@ -133,3 +133,10 @@ def test_an_error_only_turns_the_live_merge_off(tmp_path: Path) -> None:
 
 def _plan(tile: TileRecord) -> TilePlan:
     return TilePlan(Window(*tile.window), tile.band_start, tile.band_stop)
+
+
+def test_the_layout_is_band_interleaved_only_when_a_window_lacks_bands(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path / "o.tif")
+    assert interleave_for(spec, []) == "PIXEL"
+    assert interleave_for(spec, [(0, 0, 512, 512, 0, 1), (0, 0, 512, 512, 1, 3)]) == "PIXEL"
+    assert interleave_for(spec, [(0, 0, 512, 512, 0, 1), (0, 0, 256, 512, 1, 3)]) == "BAND"

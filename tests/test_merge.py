@@ -328,3 +328,52 @@ def test_missing_output_folder_is_refused(tmp_path: Path) -> None:
 def test_no_tiles_names_the_whole_grid(tmp_path: Path) -> None:
     with pytest.raises(MergeError, match=r"no tile covers window \(row_off=0, col_off=0, "):
         merge_tiles(GRID, ["a"], "uint8", [], tmp_path / "o.tif", nodata=None)
+
+
+def test_builder_writes_tiles_in_any_order_and_publishes_only_when_finished(
+    tmp_path: Path,
+) -> None:
+    """Tiles arrive in whatever order the fetch ends them; the output is the same."""
+    data = random_data(GRID, len(BANDS), "uint16")
+    tiles = make_tiles(tmp_path / "tiles", GRID, data, side=BLOCK)
+    order = np.random.default_rng(7).permutation(len(tiles))
+    output = tmp_path / "out.tif"
+    with merge.OutputBuilder(GRID, BANDS, "uint16", output, nodata=0, blocksize=BLOCK) as builder:
+        for index in order[: len(tiles) // 2]:
+            builder.add(*tiles[index])
+        assert builder.written_bytes > 0
+        assert not output.exists()
+        for index in order[len(tiles) // 2 :]:
+            builder.add(*tiles[index])
+        builder.add(*tiles[int(order[0])])  # fetched again: its window is written again
+        assert builder.finish() == output
+    np.testing.assert_array_equal(read_all(output), data)
+    with rasterio.open(output) as dataset:
+        assert dataset.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "PIXEL"
+    assert folder_names(tmp_path) == ["out.tif", "tiles"]
+
+
+def test_builder_writes_a_window_once_all_its_band_groups_are_in(tmp_path: Path) -> None:
+    data = random_data(GRID, len(BANDS), "int16")
+    tiles = make_tiles(tmp_path / "tiles", GRID, data, side=BLOCK)  # bands 0:2 and 2:5
+    output = tmp_path / "out.tif"
+    with merge.OutputBuilder(GRID, BANDS, "int16", output, nodata=0, blocksize=BLOCK) as builder:
+        builder.add(*tiles[0])
+        assert builder.written_bytes == 0  # bands 2:5 of that window are still missing
+        builder.add(*tiles[1])
+        assert builder.written_bytes == uncompressed_bytes(BLOCK, BLOCK, len(BANDS), "int16")
+        for tile in tiles[2:]:
+            builder.add(*tile)
+        builder.finish()
+    np.testing.assert_array_equal(read_all(output), data)
+
+
+def test_builder_left_unfinished_removes_its_temporary_file(tmp_path: Path) -> None:
+    data = random_data(GRID, 2, "uint8")
+    tiles = make_tiles(tmp_path / "tiles", GRID, data, band_groups=[(0, 2)])
+    output = tmp_path / "out.tif"
+    with merge.OutputBuilder(GRID, BANDS[:2], "uint8", output, nodata=None) as builder:
+        builder.add(*tiles[0])
+        with pytest.raises(MergeError, match="no tile covers"):
+            builder.finish()  # the other tiles never came
+    assert folder_names(tmp_path) == ["tiles"]

@@ -767,3 +767,15 @@ def test_timings_at_100k_tiles(tmp_path: Path, capsys: pytest.CaptureFixture[str
         timed("last_errors", s.last_errors)
     with capsys.disabled():
         print("\nstate store timings at 100,000 tiles:\n" + "\n".join(lines))
+
+
+def test_band_groups_lists_only_the_tiles_holding_some_bands(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.db") as store:
+        tiles = [
+            NewTile(0, 0, 10, 10, 0, 3),
+            NewTile(10, 0, 10, 10, 0, 1),
+            NewTile(10, 0, 10, 10, 1, 3),
+        ]
+        store.create_job("f", {}, "0", str(tmp_path / "o.tif"), tiles)
+        assert sorted(store.band_groups(3)) == [(10, 0, 10, 10, 0, 1), (10, 0, 10, 10, 1, 3)]
+        assert store.band_groups(1) == [(0, 0, 10, 10, 0, 3), (10, 0, 10, 10, 1, 3)]
