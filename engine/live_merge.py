@@ -9,13 +9,20 @@ they are written, so a file changed since is fetched again instead of merged.
 Whatever goes wrong in here (a full disk, a GDAL error) only turns the live merge off: the job
 then merges after the fetch as it always could, and that merge reports the error. Nothing is
 ever published from here unless every leaf tile of the state is written with its current file.
+
+A run that stops (Ctrl-C, SIGTERM, tiles left to fetch) keeps its unfinished output: it is
+closed durably and a checkpoint beside it records which tile files (by checksum) it holds and
+the file's size and modification time. The next run reopens it and writes only the other
+tiles; if the file changed since (a run killed mid-write), the output is written anew.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +36,12 @@ from engine.tilestore import TileStore
 from state import TileRecord, TileReset
 
 LOG = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+
+
+def checkpoint_path(output: Path) -> Path:
+    """Where a stopped run records what its unfinished output holds."""
+    return output.with_name(f".{output.name}.eefetch-merge.json")
 
 
 class MergeStopped(Exception):
@@ -83,6 +96,8 @@ class LiveMerge:
         self._written: dict[int, str | None] = {}  # tile id -> checksum of the file written
         self._changed: list[TileReset] = []
         self._lock = threading.Lock()  # guards _changed and failure across the two threads
+        self._checkpoint = checkpoint_path(Path(spec.output))
+        self._kept: dict[int, str] = {}  # tiles a stopped run already wrote, by checksum
 
     @property
     def active(self) -> bool:
@@ -116,12 +131,13 @@ class LiveMerge:
         return self._executor.submit(self._finish, list(done))
 
     def close(self) -> None:
-        """Stop at the next strip, remove the unfinished output, and end the worker thread.
+        """Stop at the next strip, keep the unfinished output for the next run, end the thread.
 
-        Blocks for at most one strip of the merge; queued tiles are skipped.
+        Blocks for one strip of the merge plus closing the output (GDAL compresses what its
+        cache holds and fills the blocks not written yet); queued tiles are skipped.
         """
         self.stop.set()
-        self._executor.submit(self._discard)
+        self._executor.submit(self._suspend)
         self._executor.shutdown(wait=True)
 
     def _submit(self, function: Callable[..., None], *args: object) -> None:
@@ -145,7 +161,19 @@ class LiveMerge:
             raise MergeStopped
 
     def _open(self) -> None:
-        builder = OutputBuilder(
+        kept = self._read_checkpoint()
+        self._checkpoint.unlink(missing_ok=True)  # the file is about to change
+        if kept:
+            try:
+                self._builder = self._new_builder(reopen=True).__enter__()
+                self._kept = kept
+                return
+            except Exception as exc:
+                LOG.info("the unfinished output of the last run is written anew: %s", exc)
+        self._builder = self._new_builder(reopen=False).__enter__()
+
+    def _new_builder(self, *, reopen: bool) -> OutputBuilder:
+        return OutputBuilder(
             self.spec.grid,
             self.spec.band_ids,
             self.spec.dtype,
@@ -156,11 +184,68 @@ class LiveMerge:
             overwrite=self.overwrite,
             progress=self._check_stop,
             interleave=self.interleave,
+            reopen=reopen,
         )
-        self._builder = builder.__enter__()
+
+    def _read_checkpoint(self) -> dict[int, str]:
+        """The tiles the last run's unfinished output holds, if that file is untouched since."""
+        try:
+            saved = json.loads(self._checkpoint.read_text())
+            stat = (OutputBuilder.temp_for(Path(self.spec.output))).stat()
+            if (
+                saved["version"] != CHECKPOINT_VERSION
+                or saved["fingerprint"] != self.spec.fingerprint()
+                or saved["compress"] != self.spec.compress
+                or saved["interleave"] != self.interleave
+                or (saved["size"], saved["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns)
+            ):
+                return {}
+            return {int(k): str(v) for k, v in saved["tiles"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def _suspend(self) -> None:
+        """Keep the unfinished output and record what it holds; remove it if that fails."""
+        if self._builder is None:
+            return
+        if self.failure is None:
+            try:
+                size, mtime_ns = self._builder.suspend()
+                self._builder = None
+                self._write_checkpoint(size, mtime_ns)
+                return
+            except Exception as exc:
+                LOG.info("cannot keep the unfinished output for the next run: %s", exc)
+        self._discard()
+
+    def _write_checkpoint(self, size: int, mtime_ns: int) -> None:
+        record = {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": self.spec.fingerprint(),
+            "compress": self.spec.compress,
+            "interleave": self.interleave,
+            "size": size,
+            "mtime_ns": mtime_ns,
+            "tiles": {str(k): v for k, v in self._written.items() if v is not None},
+        }
+        temp = self._checkpoint.with_name(self._checkpoint.name + ".tmp")
+        with temp.open("w") as handle:
+            json.dump(record, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self._checkpoint)
+        fd = os.open(self._checkpoint.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _add(self, tile: TileRecord, name: str, checksum: str | None, earlier: bool) -> None:
         assert self._builder is not None
+        if earlier and checksum is not None and self._kept.get(tile.id) == checksum:
+            self._builder.adopt(tile_plan(tile), self.tiles.final_path(name))
+            self._written[tile.id] = checksum
+            return
         if earlier:
             problem = self.tiles.verify(
                 name,
@@ -200,3 +285,4 @@ class LiveMerge:
         if self._builder is not None:
             self._builder.__exit__(None, None, None)
             self._builder = None
+        self._checkpoint.unlink(missing_ok=True)

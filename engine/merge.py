@@ -34,10 +34,14 @@ from engine.tilestore import block_extents
 if TYPE_CHECKING:
     from engine.grid import Grid, TilePlan
 
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 16 << 20
 """Largest buffer of pixels held at once (one strip of one window, all its bands)."""
 GDAL_CACHE_BYTES = 64 << 20
-"""GDAL's block cache during the merge; its default (5% of RAM) would dominate peak RSS."""
+"""GDAL's block cache for the COG step; its default (5% of RAM) would dominate peak RSS."""
+MIN_WRITE_CACHE_BYTES = 16 << 20
+"""GDAL's block cache while writing: whole blocks are written once, so two blocks' worth is
+enough (1 GB merges took as long with 16 MB as with 64 MB), and the cache is shared with the
+tile checks of a running fetch, where each MB of it cost two of peak RSS (BENCHMARKS.md)."""
 MAX_PIXEL_BLOCK_BYTES = 16 << 20
 """Above this many bytes per all-band block the output is band-interleaved instead."""
 COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
@@ -449,7 +453,9 @@ class OutputBuilder:
         progress: Progress | None = None,
         overview_resampling: str | None = None,
         interleave: str | None = None,
+        reopen: bool = False,
     ) -> None:
+        """``reopen`` continues the temporary file a suspended builder kept (``suspend``)."""
         output = Path(output)
         self.count = len(band_names)
         if self.count == 0:
@@ -476,6 +482,9 @@ class OutputBuilder:
         self.interleave = interleave or choose_interleave(self.count, dtype, blocksize)
         bigtiff = bigtiff_option(grid.width, grid.height, self.count, dtype, blocksize=blocksize)
         self.options = creation_options(dtype, compress, blocksize, bigtiff, self.interleave)
+        bands_per_block = self.count if self.interleave == "PIXEL" else 1
+        block_bytes = blocksize * blocksize * bands_per_block * np.dtype(dtype).itemsize
+        self.cache_bytes = max(MIN_WRITE_CACHE_BYTES, 2 * block_bytes)
         self.plain = _temp_path(output, "merge")
         self.final_temp = _temp_path(output, "cog") if cog else self.plain
         # GDAL's COG driver builds overviews in a side file it only removes when it finishes.
@@ -490,51 +499,95 @@ class OutputBuilder:
         self._written: dict[tuple[int, int, int, int, int, int], _Piece] = {}
         self._waiting: dict[tuple[int, int, int, int], dict[tuple[int, int], _Piece]] = {}
         self._published = False
+        self._suspended = False
+        self.reopen = reopen
 
     def __enter__(self) -> OutputBuilder:
         try:
-            self._open()
+            self._open(reopen=self.reopen)
         except BaseException as exc:
             self._discard()
             raise self._failure(exc) from exc
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if not self._published:
+        if not self._published and not self._suspended:
             self._discard()
+
+    @staticmethod
+    def temp_for(output: Path) -> Path:
+        """The temporary file an output is built in (and kept in by ``suspend``)."""
+        return _temp_path(Path(output), "merge")
+
+    def suspend(self) -> tuple[int, int]:
+        """Close the unfinished output durably and keep it for a later run (``reopen=True``).
+
+        Returns the temporary file's (size, mtime_ns): a later run trusts the file only if
+        both are unchanged, since any write after this (a run killed mid-way) changes them.
+        """
+        self._stack.close()
+        self._dst = self._writer = None
+        _fsync(self.plain)
+        self._suspended = True
+        stat = self.plain.stat()
+        return stat.st_size, stat.st_mtime_ns
+
+    def adopt(self, plan: TilePlan, path: Path) -> None:
+        """Count a tile as written without writing it: a suspended run already did."""
+        (p,) = _pieces([(plan, path)])
+        self._written[(*p.window, p.band_start, p.band_stop)] = p
 
     @property
     def written_bytes(self) -> int:
         """Uncompressed bytes written so far (a window written twice counts twice)."""
         return self._writer.done if self._writer is not None else 0
 
-    def _open(self) -> None:
-        for temp in self.temps:
-            temp.unlink(missing_ok=True)
+    def _open(self, *, reopen: bool) -> None:
+        self._stack = contextlib.ExitStack()
         self._stack.enter_context(
-            rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+            rasterio.Env(GDAL_CACHEMAX=self.cache_bytes, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
         )
         grid = self.grid
-        self._dst = self._stack.enter_context(
-            rasterio.open(
-                self.plain,
-                "w",
-                driver="GTiff",
-                width=grid.width,
-                height=grid.height,
-                count=self.count,
-                dtype=self.dtype,
-                crs=CRS.from_user_input(grid.crs),
-                transform=Affine(*grid.transform),
-                nodata=self.nodata,
-                **self.options,
+        if reopen:
+            self._dst = self._stack.enter_context(
+                rasterio.open(self.plain, "r+", NUM_THREADS=self.options["NUM_THREADS"])
             )
-        )
-        self._dst.descriptions = tuple(self.band_names)
+            self._check_reopened(self._dst)
+        else:
+            for temp in self.temps:
+                temp.unlink(missing_ok=True)
+            self._dst = self._stack.enter_context(
+                rasterio.open(
+                    self.plain,
+                    "w",
+                    driver="GTiff",
+                    width=grid.width,
+                    height=grid.height,
+                    count=self.count,
+                    dtype=self.dtype,
+                    crs=CRS.from_user_input(grid.crs),
+                    transform=Affine(*grid.transform),
+                    nodata=self.nodata,
+                    **self.options,
+                )
+            )
+            self._dst.descriptions = tuple(self.band_names)
         total = uncompressed_bytes(grid.width, grid.height, self.count, self.dtype)
         self._writer = _Writer(
             self._dst, self.dtype, self._dst.block_shapes[0][0], total, self.progress
         )
+
+    def _check_reopened(self, dst: rasterio.io.DatasetWriter) -> None:
+        """A suspended output must be this very output, or it is not resumed."""
+        structure = dst.tags(ns="IMAGE_STRUCTURE")
+        same = (
+            (dst.width, dst.height, dst.count) == (self.grid.width, self.grid.height, self.count)
+            and all(d == self.dtype for d in dst.dtypes)
+            and structure.get("INTERLEAVE", "PIXEL") == self.interleave
+            and dst.block_shapes[0] == (self.blocksize, self.blocksize)
+        )
+        if not same:
+            raise MergeError(f"{self.plain} is not the output being merged; it is written anew")
 
     def add(self, plan: TilePlan, path: Path) -> None:
         """Write one tile file into its window (at once, or when its window's bands are all in)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,14 @@ import pytest
 import rasterio
 from test_merge import random_data, write_tile
 
+from engine import job
 from engine.fetch import tile_name
 from engine.grid import Grid, TilePlan, Window
-from engine.live_merge import LiveMerge, interleave_for
+from engine.live_merge import LiveMerge, MergeStopped, checkpoint_path, interleave_for
+from engine.merge import OutputBuilder
 from engine.spec import JobSpec
 from engine.tilestore import TileStore, sha256_file
-from state import TileRecord
+from state import NewTile, Store, TileRecord
 
 GRID = Grid("EPSG:32633", (10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0), 1536, 1024)
 BANDS = ("B2", "B3", "B4")
@@ -89,22 +92,74 @@ def test_tiles_go_into_the_output_while_others_are_awaited_and_a_changed_one_is_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "tiles"]
 
 
-def test_closing_before_the_end_leaves_no_output_and_no_temporary_file(tmp_path: Path) -> None:
+def test_a_stopped_run_keeps_its_unfinished_output_and_the_next_one_writes_only_the_rest(
+    tmp_path: Path,
+) -> None:
     data = random_data(GRID, len(BANDS), "uint16")
     store = TileStore(tmp_path / "tiles")
     records = tile_records(store.root, data)
-    spec = spec_for(tmp_path / "out.tif")
+    output = tmp_path / "out.tif"
+    spec = spec_for(output)
+    tile_bytes = 512 * 512 * len(BANDS) * 2
 
-    async def scenario() -> None:
+    async def run(offered: list[TileRecord], earlier: list[TileRecord], done: bool) -> int:
         live = LiveMerge(spec, store, overwrite=False, interleave="PIXEL")
-        live.start()
-        for tile in records[:4]:
-            live.offer(tile, tile.path or "", tile.checksum, earlier=False)
-        await live.settle()
-        live.close()  # Ctrl-C during the fetch
+        try:
+            live.start()
+            for tile in earlier:
+                live.offer(tile, tile.path or "", tile.checksum, earlier=True)
+            for tile in offered:
+                live.offer(tile, tile.path or "", tile.checksum, earlier=False)
+            await live.settle()
+            written = live._builder.written_bytes if live._builder else -1
+            if done:
+                await asyncio.wrap_future(live.finish_in_thread(records))
+            return written
+        finally:
+            live.close()  # Ctrl-C, or tiles left to fetch: the output is kept
 
-    asyncio.run(scenario())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
+    assert asyncio.run(run(records[:4], [], done=False)) == 4 * tile_bytes
+    assert not output.exists()
+    assert checkpoint_path(output).exists()
+    # The next run: the four tiles come as earlier ones and are not written again.
+    assert asyncio.run(run(records[4:], records[:4], done=True)) == 2 * tile_bytes
+    np.testing.assert_array_equal(rasterio.open(output).read(), data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "tiles"]
+
+
+def test_an_unfinished_output_touched_since_its_run_stopped_is_written_anew(
+    tmp_path: Path,
+) -> None:
+    data = random_data(GRID, len(BANDS), "uint16")
+    store = TileStore(tmp_path / "tiles")
+    records = tile_records(store.root, data)
+    output = tmp_path / "out.tif"
+    spec = spec_for(output)
+
+    async def run(earlier: list[TileRecord], offered: list[TileRecord]) -> int:
+        live = LiveMerge(spec, store, overwrite=False, interleave="PIXEL")
+        try:
+            live.start()
+            for tile in earlier:
+                live.offer(tile, tile.path or "", tile.checksum, earlier=True)
+            for tile in offered:
+                live.offer(tile, tile.path or "", tile.checksum, earlier=False)
+            await live.settle()
+            written = live._builder.written_bytes if live._builder else -1
+            if len(earlier) + len(offered) == len(records):
+                await asyncio.wrap_future(live.finish_in_thread(records))
+            return written
+        finally:
+            live.close()
+
+    asyncio.run(run([], records[:3]))
+    temp = OutputBuilder.temp_for(output)
+    with temp.open("r+b") as handle:  # as if a killed run had written more after the stop
+        handle.seek(0, 2)
+        handle.write(b"\0" * 10)
+    assert asyncio.run(run(records[:3], records[3:])) == 6 * 512 * 512 * len(BANDS) * 2
+    np.testing.assert_array_equal(rasterio.open(output).read(), data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "tiles"]
 
 
 def test_an_error_only_turns_the_live_merge_off(tmp_path: Path) -> None:
@@ -140,3 +195,46 @@ def test_the_layout_is_band_interleaved_only_when_a_window_lacks_bands(tmp_path:
     assert interleave_for(spec, []) == "PIXEL"
     assert interleave_for(spec, [(0, 0, 512, 512, 0, 1), (0, 0, 512, 512, 1, 3)]) == "PIXEL"
     assert interleave_for(spec, [(0, 0, 512, 512, 0, 1), (0, 0, 256, 512, 1, 3)]) == "BAND"
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_an_interrupt_while_the_output_is_finished_records_it_only_if_it_was_published(
+    tmp_path: Path, published: bool
+) -> None:
+    """Ctrl-C reaches the job while the merge thread finishes: that thread cannot be
+    cancelled, so the job waits for it; a published output is recorded as the job's,
+    a merge that stopped at the signal leaves the job unmerged."""
+    output = tmp_path / "out.tif"
+    started, release = threading.Event(), threading.Event()
+    stop = threading.Event()
+
+    def finishing() -> Path:
+        started.set()
+        release.wait(10)
+        if not published and stop.is_set():
+            raise MergeStopped
+        output.write_bytes(b"the output")
+        return output
+
+    async def scenario(store: Store) -> None:
+        merging = asyncio.ensure_future(asyncio.to_thread(finishing))
+        task = asyncio.ensure_future(job._record_merge(merging, stop, store))
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()  # what Ctrl-C does to the job's task
+        await asyncio.sleep(0.05)
+        assert stop.is_set()  # the merge was told to stop at its next strip
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with Store.open(tmp_path / "s.db") as store:
+        store.create_job("fp", {}, "0", str(output), [NewTile(0, 0, 1, 1, 0, 1)])
+        store.set_job_status("downloaded")
+        asyncio.run(scenario(store))
+        row = store.job()
+    assert row is not None
+    if published:
+        assert (row.status, row.output_path) == ("merged", str(output))
+    else:
+        assert row.status == "downloaded"
+        assert not output.exists()
