@@ -910,6 +910,7 @@ class Bench:
                         value = {"True": "YES", "False": "NO"}.get(value, value)
                         command += ["-co", f"{key.upper()}={value}"]
                     command += [str(vrt), str(output)]
+                os.sync()  # no tool should pay for the writeback of the last one's output
                 result = run_child(command, timeout=self.args.timeout)
                 result["tool"] = tool
                 result["rep"] = rep
