@@ -265,21 +265,25 @@ class LiveMerge:
         if self.failure is not None:
             raise self.failure
         assert self._builder is not None
-        for tile in done:
-            if tile.id not in self._written or self._written[tile.id] != tile.checksum:
-                # Never offered (should not happen): checked like a tile of an earlier run.
-                self._check_stop(0, 0)
-                self._add(tile, tile.path or tile_name(tile.id), tile.checksum, True)
-        with self._lock:
-            changed = list(self._changed)
-        if changed:
-            raise RuntimeError(f"{len(changed)} finished tile file(s) changed during the run")
-        self._check_stop(0, 0)
         try:
-            return self._builder.finish()
-        finally:
-            self._builder.__exit__(None, None, None)
-            self._builder = None
+            for tile in done:
+                if tile.id not in self._written or self._written[tile.id] != tile.checksum:
+                    # Never offered (should not happen): checked like a tile of an earlier run.
+                    self._check_stop(0, 0)
+                    self._add(tile, tile.path or tile_name(tile.id), tile.checksum, True)
+            with self._lock:
+                changed = list(self._changed)
+            if changed:
+                raise RuntimeError(f"{len(changed)} finished tile file(s) changed during the run")
+            self._check_stop(0, 0)
+            output = self._builder.finish()
+        except MergeStopped:
+            raise  # interrupted: the builder stays open, and close() keeps it for the next run
+        except BaseException:
+            self._discard()  # the caller merges from the tiles, under the same temporary name
+            raise
+        self._builder = None
+        return output
 
     def _discard(self) -> None:
         if self._builder is not None:

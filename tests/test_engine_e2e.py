@@ -22,6 +22,8 @@ from reliability import job_spec, oracle_render, run_cli, served_counts, start_c
 from engine import DownloadIncomplete, download_ee_image, ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.live_merge import checkpoint_path
+from engine.merge import OutputBuilder
 from state import Store
 
 
@@ -263,10 +265,18 @@ def test_sigterm_stops_cleanly_and_resume_needs_only_the_state_file(
         assert "run the same command again to resume" in stderr
         with Store.open(state, create=False) as store:
             counts = store.counts()
+            done = {t.id: t.checksum for t in store.tiles("done")}
         assert counts["in_flight"] == 0  # every claim was given back
+        if not output.exists():  # else the signal came just after the output was published
+            # The output being merged was kept for the next run, with what it holds.
+            kept = json.loads(checkpoint_path(output).read_text())["tiles"]
+            assert all(done[int(tile_id)] == checksum for tile_id, checksum in kept.items())
+            assert OutputBuilder.temp_for(output).exists()
         resumed = run_cli("resume", str(state))
     assert resumed.returncode == 0, resumed.stderr
     assert_matches_oracle(output, state, oracle)
+    assert not checkpoint_path(output).exists()
+    assert not OutputBuilder.temp_for(output).exists()
 
 
 def test_failed_tiles_end_the_run_non_zero_and_the_next_run_retries_them(
