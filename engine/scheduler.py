@@ -159,6 +159,10 @@ class Scheduler:
                 housekeeping = group.create_task(self._housekeeping())
                 await self._dispatch(group)
                 housekeeping.cancel()
+        except BaseExceptionGroup as errors:
+            # A task's own error (a state write on a full disk, say) is what the caller must
+            # see, not a group of one: the command line turns it into one line.
+            raise _first_error(errors) from None
         finally:
             for tile in self._queue:
                 self.updates.record(TileReleased(tile.id))
@@ -345,3 +349,8 @@ class Scheduler:
             if now - last_renew >= renew_every:
                 self.store.renew_claims(self.owner, now, self.options.lease_seconds)
                 last_renew = now
+
+
+def _first_error(errors: BaseExceptionGroup) -> BaseException:
+    first = errors.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
