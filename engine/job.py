@@ -25,8 +25,8 @@ import numpy as np
 
 from engine import __version__, ee_adapter
 from engine.fetch import TileFetcher, tile_expectation, tile_name
-from engine.grid import EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS, TilePlan, Window, plan_tiles
-from engine.live_merge import LiveMerge, MergeStopped, interleave_for
+from engine.grid import EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS, TilePlan, plan_tiles
+from engine.live_merge import LiveMerge, MergeStopped, interleave_for, tile_plan
 from engine.merge import merge_tiles
 from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter
 from engine.paths import tiles_folder
@@ -376,13 +376,7 @@ def _merge(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     done: list[TileRecord] = store.tiles("done")
-    pieces = [
-        (
-            TilePlan(Window(t.row_off, t.col_off, t.height, t.width), t.band_start, t.band_stop),
-            tiles.final_path(t.path or tile_name(t.id)),
-        )
-        for t in done
-    ]
+    pieces = [(tile_plan(t), tiles.final_path(t.path or tile_name(t.id))) for t in done]
     return merge_tiles(
         spec.grid,
         spec.band_ids,

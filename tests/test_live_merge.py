@@ -14,7 +14,7 @@ from test_merge import random_data, write_tile
 from engine import job
 from engine.fetch import tile_name
 from engine.grid import Grid, TilePlan, Window
-from engine.live_merge import LiveMerge, MergeStopped, checkpoint_path, interleave_for
+from engine.live_merge import LiveMerge, MergeStopped, checkpoint_path, interleave_for, tile_plan
 from engine.merge import OutputBuilder
 from engine.spec import JobSpec
 from engine.tilestore import TileStore, sha256_file
@@ -48,6 +48,31 @@ def tile_records(folder: Path, data: np.ndarray) -> list[TileRecord]:
     return records
 
 
+async def run_live(
+    spec: JobSpec,
+    store: TileStore,
+    earlier: list[TileRecord],
+    offered: list[TileRecord],
+    finish_with: list[TileRecord] | None,
+) -> int:
+    """One run's live merge: earlier tiles, then fetched ones, then (if given) the finish;
+    returns the bytes written before the finish. Closing keeps an unfinished output."""
+    live = LiveMerge(spec, store, overwrite=False, interleave="PIXEL")
+    try:
+        live.start()
+        for tile in earlier:
+            live.offer(tile, tile.path or "", tile.checksum, earlier=True)
+        for tile in offered:
+            live.offer(tile, tile.path or "", tile.checksum, earlier=False)
+        await live.settle()
+        written = live._builder.written_bytes if live._builder else -1
+        if finish_with is not None:
+            await asyncio.wrap_future(live.finish_in_thread(finish_with))
+        return written
+    finally:
+        live.close()  # Ctrl-C, or tiles left to fetch: the output is kept
+
+
 def test_tiles_go_into_the_output_while_others_are_awaited_and_a_changed_one_is_reported(
     tmp_path: Path,
 ) -> None:
@@ -74,8 +99,8 @@ def test_tiles_go_into_the_output_while_others_are_awaited_and_a_changed_one_is_
             written_before_the_end = live._builder.written_bytes if live._builder else 0
             assert not output.exists()
             # The changed tile is fetched again (here: rewritten from the source) and offered.
-            write_tile(store.root, GRID, _plan(earlier[1]), data).replace(changed)
-            again = record(earlier[1].id, _plan(earlier[1]), sha256_file(changed))
+            write_tile(store.root, GRID, tile_plan(earlier[1]), data).replace(changed)
+            again = record(earlier[1].id, tile_plan(earlier[1]), sha256_file(changed))
             live.offer(again, again.path or "", again.checksum, earlier=False)
             await live.settle()
             done = [*records[:1], again, *records[2:]]
@@ -102,27 +127,12 @@ def test_a_stopped_run_keeps_its_unfinished_output_and_the_next_one_writes_only_
     spec = spec_for(output)
     tile_bytes = 512 * 512 * len(BANDS) * 2
 
-    async def run(offered: list[TileRecord], earlier: list[TileRecord], done: bool) -> int:
-        live = LiveMerge(spec, store, overwrite=False, interleave="PIXEL")
-        try:
-            live.start()
-            for tile in earlier:
-                live.offer(tile, tile.path or "", tile.checksum, earlier=True)
-            for tile in offered:
-                live.offer(tile, tile.path or "", tile.checksum, earlier=False)
-            await live.settle()
-            written = live._builder.written_bytes if live._builder else -1
-            if done:
-                await asyncio.wrap_future(live.finish_in_thread(records))
-            return written
-        finally:
-            live.close()  # Ctrl-C, or tiles left to fetch: the output is kept
-
-    assert asyncio.run(run(records[:4], [], done=False)) == 4 * tile_bytes
+    assert asyncio.run(run_live(spec, store, [], records[:4], None)) == 4 * tile_bytes
     assert not output.exists()
     assert checkpoint_path(output).exists()
     # The next run: the four tiles come as earlier ones and are not written again.
-    assert asyncio.run(run(records[4:], records[:4], done=True)) == 2 * tile_bytes
+    resumed = run_live(spec, store, records[:4], records[4:], records)
+    assert asyncio.run(resumed) == 2 * tile_bytes
     np.testing.assert_array_equal(rasterio.open(output).read(), data)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "tiles"]
 
@@ -136,28 +146,13 @@ def test_an_unfinished_output_touched_since_its_run_stopped_is_written_anew(
     output = tmp_path / "out.tif"
     spec = spec_for(output)
 
-    async def run(earlier: list[TileRecord], offered: list[TileRecord]) -> int:
-        live = LiveMerge(spec, store, overwrite=False, interleave="PIXEL")
-        try:
-            live.start()
-            for tile in earlier:
-                live.offer(tile, tile.path or "", tile.checksum, earlier=True)
-            for tile in offered:
-                live.offer(tile, tile.path or "", tile.checksum, earlier=False)
-            await live.settle()
-            written = live._builder.written_bytes if live._builder else -1
-            if len(earlier) + len(offered) == len(records):
-                await asyncio.wrap_future(live.finish_in_thread(records))
-            return written
-        finally:
-            live.close()
-
-    asyncio.run(run([], records[:3]))
+    asyncio.run(run_live(spec, store, [], records[:3], None))
     temp = OutputBuilder.temp_for(output)
     with temp.open("r+b") as handle:  # as if a killed run had written more after the stop
         handle.seek(0, 2)
         handle.write(b"\0" * 10)
-    assert asyncio.run(run(records[:3], records[3:])) == 6 * 512 * 512 * len(BANDS) * 2
+    anew = run_live(spec, store, records[:3], records[3:], records)
+    assert asyncio.run(anew) == 6 * 512 * 512 * len(BANDS) * 2
     np.testing.assert_array_equal(rasterio.open(output).read(), data)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "tiles"]
 
@@ -184,10 +179,6 @@ def test_an_error_only_turns_the_live_merge_off(tmp_path: Path) -> None:
     with pytest.raises(type(live.failure)):
         raise live.failure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
-
-
-def _plan(tile: TileRecord) -> TilePlan:
-    return TilePlan(Window(*tile.window), tile.band_start, tile.band_stop)
 
 
 def test_the_layout_is_band_interleaved_only_when_a_window_lacks_bands(tmp_path: Path) -> None:
