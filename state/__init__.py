@@ -1,6 +1,6 @@
 """eefetch's persistent state: the job store (SQLite through SQLAlchemy) and the job lock."""
 
-from state.lock import JobLock
+from state.lock import JobLock, OutputLock
 from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES
 from state.store import (
     JobLockedError,
@@ -27,6 +27,7 @@ __all__ = [
     "JobLockedError",
     "JobRecord",
     "NewTile",
+    "OutputLock",
     "StateError",
     "Store",
     "TileDone",

@@ -1,4 +1,8 @@
-"""One process per job: an exclusive flock on `<state file>.lock`.
+"""One process per job, one job per output: exclusive flocks on lock files.
+
+`JobLock` locks `<state file>.lock`: one process works on a job at a time. `OutputLock` locks
+`.<output>.eefetch.lock` beside the output: two jobs with different state files never write the
+same output (its temporary merge file, its checkpoint, the published file) at once.
 
 flock belongs to the open file, so the operating system drops it when the holder exits for any
 reason, SIGKILL included: a dead process never leaves a stale lock. The file holds the holder's
@@ -11,6 +15,7 @@ import contextlib
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from state.store import JobLockedError, StateError
 
@@ -36,17 +41,21 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-class JobLock:
-    """Context manager holding the job's lock; raises JobLockedError if another process has it.
+class FileLock:
+    """Context manager holding an exclusive lock on ``lock_path``; raises JobLockedError if
+    another process (or another FileLock in this one) has it.
 
-    Two JobLocks on the same state file conflict even inside one process (each opens the lock
-    file anew), so a second download of the same job in the same interpreter is refused too.
+    Two locks on the same path conflict even inside one process (each opens the lock file
+    anew), so a second download of the same job in the same interpreter is refused too.
     """
 
-    def __init__(self, state_path: str | Path) -> None:
-        self.state_path = Path(state_path)
-        self.lock_path = Path(f"{state_path}.lock")
+    def __init__(self, lock_path: str | Path) -> None:
+        self.lock_path = Path(lock_path)
         self._fd: int | None = None
+
+    def _busy_message(self, who: str) -> str:
+        """What to tell the user when another process holds the lock."""
+        return f"another eefetch process ({who}) holds {self.lock_path}; wait for it to finish"
 
     @property
     def held(self) -> bool:
@@ -56,7 +65,7 @@ class JobLock:
         """Take the lock or raise at once (never waits: the user should hear about the other
         process, not watch a silent hang)."""
         if self._fd is not None:
-            raise RuntimeError(f"{self.lock_path} is already held by this JobLock")
+            raise RuntimeError(f"{self.lock_path} is already held by this lock")
         if fcntl is None:
             raise StateError(
                 "eefetch cannot lock its state file on this platform (no fcntl.flock); "
@@ -70,12 +79,7 @@ class JobLock:
                 pid = _read_pid(fd)
                 os.close(fd)
                 who = f"pid {pid}" if pid is not None else "pid unknown"
-                raise JobLockedError(
-                    f"another eefetch process ({who}) is already working on this job "
-                    f"({self.state_path}); wait for it to finish or stop it, then run the "
-                    "command again",
-                    pid=pid,
-                ) from None
+                raise JobLockedError(self._busy_message(who), pid=pid) from None
             except OSError as exc:
                 os.close(fd)
                 raise StateError(
@@ -118,7 +122,7 @@ class JobLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> JobLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 
@@ -129,3 +133,31 @@ class JobLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class JobLock(FileLock):
+    """One process per job: the lock on ``<state file>.lock``."""
+
+    def __init__(self, state_path: str | Path) -> None:
+        self.state_path = Path(state_path)
+        super().__init__(f"{state_path}.lock")
+
+    def _busy_message(self, who: str) -> str:
+        return (
+            f"another eefetch process ({who}) is already working on this job "
+            f"({self.state_path}); wait for it to finish or stop it, then run the command again"
+        )
+
+
+class OutputLock(FileLock):
+    """One job per output: the lock on ``.<output name>.eefetch.lock`` beside the output."""
+
+    def __init__(self, output: str | Path) -> None:
+        self.output = Path(output)
+        super().__init__(self.output.with_name(f".{self.output.name}.eefetch.lock"))
+
+    def _busy_message(self, who: str) -> str:
+        return (
+            f"another eefetch job ({who}) is writing {self.output}; wait for it to finish, or "
+            "give this download another output with -o"
+        )

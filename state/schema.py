@@ -7,6 +7,8 @@ that a bug elsewhere fails loudly instead of leaving a state file that cannot be
 
 from __future__ import annotations
 
+import secrets
+
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -19,10 +21,12 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    update,
 )
 
-SCHEMA_VERSION = 1
-"""Bumped on every incompatible change; a file with a larger number is refused, never rewritten."""
+SCHEMA_VERSION = 2
+"""Bumped on every change; a file with a larger number is refused, never rewritten, and a file
+with a smaller one is upgraded in place by `upgrade` (one transaction)."""
 
 APPLICATION = "eefetch"
 """Value of the `application` row in `meta`: tells an eefetch state file from other SQLite files."""
@@ -55,6 +59,9 @@ job = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("output_path", Text, nullable=False),
+    # Random, made when the job is created: tile files carry it in their names, so a file left
+    # by another job (a deleted state file, the same output) is never taken for this job's.
+    Column("uid", Text, nullable=False),
     CheckConstraint(_one_of("status", JOB_STATUSES), name="job_status_known"),
 )
 
@@ -82,13 +89,16 @@ tile = Table(
     Column("claim_expires", Float),
     Column("not_before", Float),
     Column("updated_at", Float, nullable=False),
+    # 429 answers, counted apart from `attempts`: Earth Engine being busy says nothing of the
+    # tile, so it has its own, larger budget, kept across runs like `attempts`.
+    Column("rate_limited", Integer, nullable=False, server_default="0"),
     CheckConstraint(_one_of("status", TILE_STATUSES), name="tile_status_known"),
     CheckConstraint(
         "row_off >= 0 AND col_off >= 0 AND height > 0 AND width > 0"
         " AND band_start >= 0 AND band_stop > band_start",
         name="tile_window_valid",
     ),
-    CheckConstraint("attempts >= 0", name="tile_attempts_valid"),
+    CheckConstraint("attempts >= 0 AND rate_limited >= 0", name="tile_attempts_valid"),
     CheckConstraint(
         "status <> 'done' OR (path IS NOT NULL AND bytes IS NOT NULL AND checksum IS NOT NULL)",
         name="tile_done_has_file",
@@ -117,4 +127,27 @@ def install(conn: Connection) -> None:
             {"key": "application", "value": APPLICATION},
             {"key": "schema_version", "value": str(SCHEMA_VERSION)},
         ],
+    )
+
+
+def new_job_uid() -> str:
+    """A job's random id: 48 bits, as 12 lowercase hex digits (it goes into file names)."""
+    return secrets.token_hex(6)
+
+
+def upgrade(conn: Connection, version: int) -> None:
+    """Bring a state file of schema ``version`` to SCHEMA_VERSION, in the caller's transaction.
+
+    Version 1 had no job uid and no 429 count. Its job gets a fresh uid: tile files it wrote
+    under the old names stay usable where the state records them as done (their path and
+    checksum are in the row); a file it wrote but never recorded is fetched again, since it
+    cannot be proved to be this job's.
+    """
+    if version < 2:
+        conn.exec_driver_sql("ALTER TABLE job ADD COLUMN uid TEXT NOT NULL DEFAULT ''")
+        conn.exec_driver_sql("ALTER TABLE tile ADD COLUMN rate_limited INTEGER NOT NULL DEFAULT 0")
+        for (job_id,) in conn.exec_driver_sql("SELECT id FROM job").all():
+            conn.exec_driver_sql("UPDATE job SET uid = ? WHERE id = ?", (new_job_uid(), job_id))
+    conn.execute(
+        update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
     )

@@ -113,6 +113,7 @@ class TileRecord:
     claim_expires: float | None
     not_before: float | None
     updated_at: float
+    rate_limited: int = 0
 
     @property
     def window(self) -> tuple[int, int, int, int]:
@@ -131,6 +132,7 @@ class JobRecord:
     created_at: float
     updated_at: float
     output_path: str
+    uid: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +147,15 @@ class TileDone:
 
 @dataclass(frozen=True, slots=True)
 class TileRetry:
-    """A transient failure: back to pending, not to be claimed before `not_before`."""
+    """A transient failure: back to pending, not to be claimed before `not_before`.
+
+    A rate-limited failure (429) counts toward `rate_limited`, any other toward `attempts`.
+    """
 
     tile_id: int
     error: str
     not_before: float
+    rate_limited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +259,8 @@ _UPDATE_SQL: Mapping[type, Update] = MappingProxyType(
         TileRetry: _set_tile(
             ("pending", "in_flight"),
             status="pending",
-            attempts=tile_t.c.attempts + 1,
+            attempts=tile_t.c.attempts + bindparam("p_failed"),
+            rate_limited=tile_t.c.rate_limited + bindparam("p_rate_limited"),
             last_error=bindparam("p_error"),
             not_before=bindparam("p_not_before"),
             **_NO_CLAIM,
@@ -300,7 +307,12 @@ def _update_params(u: TileUpdate, now: float) -> dict[str, Any]:
         case TileDone():
             params |= {"p_path": u.path, "p_bytes": u.bytes, "p_checksum": u.checksum}
         case TileRetry():
-            params |= {"p_error": u.error, "p_not_before": u.not_before}
+            params |= {
+                "p_error": u.error,
+                "p_not_before": u.not_before,
+                "p_failed": 0 if u.rate_limited else 1,
+                "p_rate_limited": 1 if u.rate_limited else 0,
+            }
         case TileFailed() | TileSplit():
             params["p_error"] = u.error
         case TileUrl():
@@ -529,7 +541,8 @@ class Store:
 
     @staticmethod
     def _classify(conn: Connection, path: Path) -> str:
-        """'fresh' (no schema at all) or 'ours'; raises StateError for anything else."""
+        """'fresh' (no schema at all), 'ours', or 'old' (an earlier schema this eefetch
+        upgrades); raises StateError for anything else."""
         names = conn.exec_driver_sql("SELECT name FROM sqlite_master").scalars().all()
         if not names:
             app_id = conn.exec_driver_sql("PRAGMA application_id").scalar()
@@ -561,12 +574,19 @@ class Store:
                 f"this eefetch reads up to {SCHEMA_VERSION}); it was left unchanged: upgrade "
                 "eefetch (pip install -U eefetch), or start over with a new state file"
             )
-        if version < SCHEMA_VERSION:
+        if version < 1:
             raise StateError(
                 f"state file {path} has state schema {version}, which this eefetch cannot "
                 "upgrade; start over with a new state file"
             )
-        return "ours"
+        return "ours" if version == SCHEMA_VERSION else "old"
+
+    @staticmethod
+    def _version(conn: Connection) -> int:
+        value = conn.execute(
+            select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
+        ).scalar_one()
+        return int(value)
 
     @classmethod
     def _prepare(cls, engine: Engine, path: Path, *, create: bool) -> None:
@@ -578,13 +598,17 @@ class Store:
                 "start the download to create the job"
             )
         _set_wal(engine)
-        if kind == "fresh":
+        if kind != "ours":
             with engine.connect() as conn:
                 conn.execution_options(**{_WRITE: True})
                 with conn.begin():
-                    # Another process may have initialised the file since the check above.
-                    if cls._classify(conn, path) == "fresh":
+                    # Another process may have initialised or upgraded the file since the
+                    # check above.
+                    kind = cls._classify(conn, path)
+                    if kind == "fresh":
                         schema.install(conn)
+                    elif kind == "old":
+                        schema.upgrade(conn, cls._version(conn))
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -670,6 +694,7 @@ class Store:
                     created_at=now,
                     updated_at=now,
                     output_path=output_path,
+                    uid=schema.new_job_uid(),
                 )
             ).inserted_primary_key[0]
             _insert_tiles(conn, job_id, None, tiles, now)
@@ -746,8 +771,10 @@ class Store:
         """Take up to `limit` tiles for `owner`, lowest ids first, until `now + lease_seconds`.
 
         Claimable: pending tiles whose `not_before` is unset or <= now, and in-flight tiles
-        whose claim expired (their owner died or hung). Both lookups walk ix_tile_status in
-        id order, so the cost does not grow with the number of done tiles.
+        of *other* owners whose claim expired (their owner died or hung). An owner never gets
+        its own in-flight tiles back, whatever the clock says: after a suspend or a clock step
+        longer than the lease they are still being fetched by it. Both lookups walk
+        ix_tile_status in id order, so the cost does not grow with the number of done tiles.
         """
         if not owner:
             raise ValueError("claim owner must be a non-empty string")
@@ -772,7 +799,11 @@ class Store:
             expired = (
                 conn.execute(
                     select(tile_t.c.id)
-                    .where(tile_t.c.status == "in_flight", tile_t.c.claim_expires <= now)
+                    .where(
+                        tile_t.c.status == "in_flight",
+                        tile_t.c.claim_expires <= now,
+                        tile_t.c.claim_owner != owner,
+                    )
                     .order_by(tile_t.c.id)
                     .limit(limit)
                 )
@@ -813,6 +844,29 @@ class Store:
                 .values(claim_expires=now + lease_seconds, updated_at=now)
             ).rowcount
 
+    def shift_times(self, owner: str, delta: float, *, now: float | None = None) -> int:
+        """Move every retry time and `owner`'s claim expiries by `delta` seconds.
+
+        For a wall clock that stepped by `delta` under a running process (a suspend, an NTP
+        step): a retry due in 10 s stays due in 10 s instead of in an hour, and the owner's
+        leases keep the time they had left. Returns how many tiles changed.
+        """
+        if not math.isfinite(delta):
+            raise ValueError("delta must be finite")
+        stamp = _now(now)
+        with self._tx(write=True) as conn:
+            retries = conn.execute(
+                update(tile_t)
+                .where(tile_t.c.status == "pending", tile_t.c.not_before.is_not(None))
+                .values(not_before=tile_t.c.not_before + delta, updated_at=stamp)
+            ).rowcount
+            claims = conn.execute(
+                update(tile_t)
+                .where(tile_t.c.status == "in_flight", tile_t.c.claim_owner == owner)
+                .values(claim_expires=tile_t.c.claim_expires + delta, updated_at=stamp)
+            ).rowcount
+        return retries + claims
+
     def release_claims(self, owner: str, *, now: float | None = None) -> int:
         """Give `owner`'s in-flight tiles back (pending, attempts unchanged); returns how many."""
         return self._release(tile_t.c.claim_owner == owner, now)
@@ -832,12 +886,18 @@ class Store:
             ).rowcount
 
     def reset_failed(self, *, now: float | None = None) -> int:
-        """Give failed tiles a fresh start (pending, attempts 0); returns how many."""
+        """Give failed tiles a fresh start (pending, no attempts, no 429s); returns how many."""
         with self._tx(write=True) as conn:
             return conn.execute(
                 update(tile_t)
                 .where(tile_t.c.status == "failed")
-                .values(status="pending", attempts=0, not_before=None, updated_at=_now(now))
+                .values(
+                    status="pending",
+                    attempts=0,
+                    rate_limited=0,
+                    not_before=None,
+                    updated_at=_now(now),
+                )
             ).rowcount
 
     # ---- queries ---------------------------------------------------------------------------

@@ -95,9 +95,9 @@ def test_create_and_reopen_round_trip(tmp_path: Path) -> None:
         }
         s.set_job_status("merged", "/data/out.tif", now=9.0)
         assert s.job() == job.__class__(
-            job.id, "fp1", SPEC, "0.1.0", "merged", 5.0, 9.0, "/data/out.tif"
+            job.id, "fp1", SPEC, "0.1.0", "merged", 5.0, 9.0, "/data/out.tif", job.uid
         )
-    assert Store.schema_version == SCHEMA_VERSION == 1
+    assert Store.schema_version == SCHEMA_VERSION == 2
 
 
 def test_file_settings(store: Store) -> None:
@@ -109,7 +109,7 @@ def test_file_settings(store: Store) -> None:
         meta = dict(con.execute("SELECT key, value FROM meta"))
     finally:
         con.close()
-    assert meta == {"application": "eefetch", "schema_version": "1"}
+    assert meta == {"application": "eefetch", "schema_version": "2"}
 
 
 def test_foreign_keys_are_enforced(store: Store) -> None:
@@ -229,15 +229,15 @@ def test_future_schema_version(tmp_path: Path) -> None:
     with Store.open(path) as s:
         s.create_job("fp", SPEC, "0", "o.tif", grid_tiles(2, 2))
     con = sqlite3.connect(path)
-    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     con.commit()
     con.close()
     before = path.read_bytes()
     with pytest.raises(StateError) as info:
         Store.open(path)
     assert str(info.value) == (
-        f"state file {path} was written by a newer eefetch (state schema 2; this eefetch "
-        "reads up to 1); it was left unchanged: upgrade eefetch (pip install -U eefetch), or "
+        f"state file {path} was written by a newer eefetch (state schema 3; this eefetch "
+        "reads up to 2); it was left unchanged: upgrade eefetch (pip install -U eefetch), or "
         "start over with a new state file"
     )
     assert path.read_bytes() == before
@@ -310,6 +310,93 @@ def test_claims_leases_and_expiry(store: Store) -> None:
     assert store.release_all_claims() == 2
     assert store.counts()["pending"] == 6
     assert all(t.attempts == 0 for t in store.tiles())
+
+
+def test_an_owner_never_gets_its_own_in_flight_tiles_back(store: Store) -> None:
+    """A suspend or clock step past the lease must not hand a live process its own tiles
+    again: it is still fetching them, and a second attempt would race the first."""
+    mine = store.claim("A", now=0.0, lease_seconds=30, limit=2)
+    later = store.claim("A", now=3600.0, lease_seconds=30, limit=10)
+    assert [t.id for t in later] == [3, 4, 5, 6]  # the pending ones, not its own two
+    assert store.claim("A", now=7200.0, lease_seconds=30, limit=10) == []
+    # Another owner may take A's tiles once A's lease is over (A died or hung).
+    assert [t.id for t in store.claim("B", 3600.0, 30, 10)] == [t.id for t in mine]
+
+
+def test_shift_times_moves_retries_and_the_owners_leases(store: Store) -> None:
+    a = store.claim("A", now=0.0, lease_seconds=30, limit=2)
+    b = store.claim("B", now=0.0, lease_seconds=30, limit=1)
+    pending = [t.id for t in store.claim("C", 0.0, 30, 1)]
+    store.apply([TileRetry(pending[0], "HTTP 503", not_before=10.0)], now=0.0)
+    assert store.shift_times("A", -3600.0) == 3  # the retry and A's two claims
+    assert store.next_wakeup() == 10.0 - 3600.0
+    assert {t.id: t.claim_expires for t in store.tiles("in_flight")} == {
+        a[0].id: 30.0 - 3600.0,
+        a[1].id: 30.0 - 3600.0,
+        b[0].id: 30.0,
+    }
+    with pytest.raises(ValueError):
+        store.shift_times("A", float("nan"))
+
+
+def test_rate_limited_retries_are_counted_apart_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with Store.open(path) as s:
+        s.create_job("fp", SPEC, "0", "o.tif", grid_tiles(1, 2))
+        [t, _] = s.claim("A", 0.0, 30, 2)
+        s.apply([TileRetry(t.id, "429", 1.0, rate_limited=True)], now=0.0)
+        s.claim("A", 1.0, 30, 1)
+        s.apply([TileRetry(t.id, "429", 2.0, rate_limited=True)], now=1.0)
+        s.claim("A", 2.0, 30, 1)
+        s.apply([TileRetry(t.id, "HTTP 503", 3.0)], now=2.0)
+    with Store.open(path) as s:  # a later run sees both counts
+        again = s.tile(t.id)
+        assert again is not None and (again.attempts, again.rate_limited) == (1, 2)
+        s.claim("B", 3.0, 30, 2)
+        s.apply([TileFailed(t.id, "gave up")], now=3.0)
+        assert s.reset_failed() == 1
+        reset = s.tile(t.id)
+        assert reset is not None and (reset.attempts, reset.rate_limited) == (0, 0)
+
+
+def test_a_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A state file written by eefetch before the job uid and the 429 count resumes."""
+    path = tmp_path / "old.eefetch.db"
+    con = sqlite3.connect(path)
+    con.executescript((Path(__file__).parent / "fixtures" / "state_v1.sql").read_text())
+    con.execute("INSERT INTO job VALUES (1, 'fp', '{}', '0.1.0', 'running', 1.0, 2.0, '/o.tif')")
+    con.execute(
+        "INSERT INTO tile (job_id, row_off, col_off, height, width, band_start, band_stop,"
+        " status, attempts, path, bytes, checksum, updated_at)"
+        f" VALUES (1, 0, 0, 8, 8, 0, 1, 'done', 2, 't00000001.tif', 10, '{SHA}', 2.0)"
+    )
+    con.execute(
+        "INSERT INTO tile (job_id, row_off, col_off, height, width, band_start, band_stop,"
+        " status, attempts, updated_at) VALUES (1, 0, 8, 8, 8, 0, 1, 'pending', 3, 2.0)"
+    )
+    con.commit()
+    con.close()
+    with Store.open(path, create=False) as s:
+        job = s.job()
+        assert job is not None and len(job.uid) == 12 and job.status == "running"
+        done, pending = s.tiles()
+        assert (done.status, done.path, done.attempts, done.rate_limited) == (
+            "done",
+            "t00000001.tif",
+            2,
+            0,
+        )
+        assert (pending.attempts, pending.rate_limited) == (3, 0)
+        [claimed] = s.claim("A", 5.0, 30, 5)
+        assert claimed.id == pending.id
+    con = sqlite3.connect(path)
+    try:
+        assert dict(con.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+    finally:
+        con.close()
+    with Store.open(path, create=False) as s:  # a second open changes nothing
+        again = s.job()
+        assert again is not None and again.uid == job.uid
 
 
 def test_claim_arguments(store: Store) -> None:
@@ -496,6 +583,7 @@ class StoreMachine(RuleBasedStateMachine):
             "window": (t.row_off, t.col_off, t.height, t.width, t.band_start, t.band_stop),
             "status": "pending",
             "attempts": 0,
+            "rate_limited": 0,
             "owner": None,
             "expires": None,
             "not_before": None,
@@ -520,7 +608,7 @@ class StoreMachine(RuleBasedStateMachine):
             i
             for i, m in sorted(self.model.items())
             if (m["status"] == "pending" and (m["not_before"] or 0) <= self.now)
-            or (m["status"] == "in_flight" and m["expires"] <= self.now)
+            or (m["status"] == "in_flight" and m["expires"] <= self.now and m["owner"] != owner)
         ][:limit]
         assert [t.id for t in got] == expected
         for i in expected:
@@ -557,7 +645,7 @@ class StoreMachine(RuleBasedStateMachine):
         failed = [i for i, m in self.model.items() if m["status"] == "failed"]
         assert self.store.reset_failed() == len(failed)
         for i in failed:
-            self.model[i].update(status="pending", attempts=0)
+            self.model[i].update(status="pending", attempts=0, rate_limited=0)
             self.attempts_seen[i] = 0
 
     @rule(data=st.data())
@@ -567,7 +655,7 @@ class StoreMachine(RuleBasedStateMachine):
         for _ in range(n):
             i = data.draw(st.sampled_from(sorted(self.model)))
             kind = data.draw(
-                st.sampled_from(["done", "retry", "fail", "split", "url", "rel", "reset"])
+                st.sampled_from(["done", "retry", "429", "fail", "split", "url", "rel", "reset"])
             )
             if kind == "split" and self.model[i]["window"][3] < 2:
                 kind = "fail"
@@ -582,6 +670,8 @@ class StoreMachine(RuleBasedStateMachine):
                 return TileDone(i, f"{i}.tif", 10 * i, SHA)
             case "retry":
                 return TileRetry(i, "503", self.now + 7.5)
+            case "429":
+                return TileRetry(i, "429", self.now + 2.5, rate_limited=True)
             case "fail":
                 return TileFailed(i, "400")
             case "split":
@@ -606,7 +696,8 @@ class StoreMachine(RuleBasedStateMachine):
                 m.update(not_before=None, bytes=u.bytes)
             case TileRetry() if s in ("pending", "in_flight"):
                 self._unclaim(m, "pending")
-                m.update(attempts=m["attempts"] + 1, not_before=u.not_before)
+                counter = "rate_limited" if u.rate_limited else "attempts"
+                m.update({counter: m[counter] + 1, "not_before": u.not_before})
             case TileFailed() if s in ("pending", "in_flight"):
                 self._unclaim(m, "failed")
                 m.update(attempts=m["attempts"] + 1, not_before=None)
@@ -637,6 +728,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert t.status == m["status"] and t.status in TILE_STATUSES
             assert (t.claim_owner, t.claim_expires) == (m["owner"], m["expires"])
             assert t.attempts == m["attempts"] >= self.attempts_seen[i]
+            assert t.rate_limited == m["rate_limited"]
             self.attempts_seen[i] = t.attempts
             assert t.not_before == m["not_before"]
             if t.status == "done":
