@@ -15,34 +15,15 @@ from concurrent.futures import Executor
 import ee
 
 from engine import ee_adapter
-from engine.grid import Grid, Window
+from engine.grid import Grid
 from engine.retry import ErrorKind, FetchError
 from engine.spec import JobSpec
-from engine.tilestore import StoredTile, TileExpectation, TileStore, TileValidationError
+from engine.tiles import tile_expectation, tile_grid, tile_name
+from engine.tilestore import StoredTile, TileStore, TileValidationError
 from engine.transport import Body, Transport
 from state import TileRecord, TileUpdate, TileUrl
 
 URL_LIFETIME = 3600.0  # reuse a stored download URL for an hour; EE keeps them a few hours
-
-
-def tile_name(tile_id: int) -> str:
-    return f"t{tile_id:08d}.tif"
-
-
-def tile_grid(spec: JobSpec, tile: TileRecord) -> Grid:
-    return spec.grid.window_grid(Window(tile.row_off, tile.col_off, tile.height, tile.width))
-
-
-def tile_expectation(spec: JobSpec, tile: TileRecord) -> TileExpectation:
-    grid = tile_grid(spec, tile)
-    return TileExpectation(
-        width=grid.width,
-        height=grid.height,
-        count=tile.band_stop - tile.band_start,
-        dtype=spec.dtype,
-        crs=None,
-        transform=grid.transform,
-    )
 
 
 class TileFetcher:
@@ -51,6 +32,7 @@ class TileFetcher:
     def __init__(
         self,
         spec: JobSpec,
+        job_uid: str,
         image: ee.Image,
         transport: Transport,
         tiles: TileStore,
@@ -59,6 +41,7 @@ class TileFetcher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
+        self.job_uid = job_uid
         self.image = image
         self.transport = transport
         self.tiles = tiles
@@ -106,7 +89,7 @@ class TileFetcher:
         expect = tile_expectation(self.spec, tile)
         try:
             return await self.tiles.write_stream(
-                tile_name(tile.id), body.chunks(), expect, body.length
+                tile_name(self.job_uid, tile.id), body.chunks(), expect, body.length
             )
         except TileValidationError as exc:
             raise FetchError(ErrorKind.BODY, str(exc)) from exc

@@ -24,18 +24,27 @@ from pathlib import Path
 import numpy as np
 
 from engine import __version__, ee_adapter
-from engine.fetch import TileFetcher, tile_expectation, tile_name
+from engine.fetch import TileFetcher
 from engine.grid import EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS, TilePlan, plan_tiles
-from engine.live_merge import LiveMerge, MergeStopped, interleave_for, tile_plan
+from engine.live_merge import (
+    LiveMerge,
+    MergeStopped,
+    checkpoint_path,
+    interleave_for,
+    publish_recorder,
+    published_by,
+)
 from engine.merge import merge_tiles
+from engine.offload import StateThread, uninterrupted
 from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter
 from engine.paths import tiles_folder
 from engine.progress import Progress, SilentProgress
 from engine.scheduler import Fetch, RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
 from engine.spec import JobSpec
+from engine.tiles import is_tile_file, new_tile, tile_expectation, tile_name, tile_plan
 from engine.tilestore import StoredTile, TileStore
 from engine.transport import Transport, TransportOptions
-from state import JobLock, NewTile, Store, TileDone, TileRecord, TileReset
+from state import JobLock, OutputLock, Store, TileDone, TileRecord, TileReset
 
 MAX_VERIFY_ROUNDS = 3
 LOG = logging.getLogger(__name__)
@@ -59,6 +68,8 @@ class RunOptions:
     seed: int | None = None
     # One budget shared by several jobs run at once (a collection); None: the job's own.
     limiter: AdaptiveLimiter | None = None
+    # The wall clock of retry times and leases (tests step it to play a suspend).
+    clock: Callable[[], float] = time.time
 
 
 @dataclass
@@ -95,17 +106,7 @@ def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[
     """Create the job in an empty state file, or check that the file holds this very job."""
     job = store.job()
     if job is None:
-        tiles = [
-            NewTile(
-                t.window.row_off,
-                t.window.col_off,
-                t.window.height,
-                t.window.width,
-                t.band_start,
-                t.band_stop,
-            )
-            for t in plan(spec)
-        ]
+        tiles = [new_tile(t) for t in plan(spec)]
         store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
         return True, [
             f"planned {len(tiles)} tiles for a {spec.grid.width} x "
@@ -119,36 +120,55 @@ def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[
     return False, []
 
 
-def reconcile(store: Store, tiles: TileStore, spec: JobSpec) -> list[str]:
-    """Make the state and the tile files agree before fetching, and say what changed."""
+def clear_for_new_job(tiles: TileStore) -> list[str]:
+    """Empty the tile folder of whatever an earlier job left there (its state file deleted,
+    the same output): a new job starts from no file at all."""
+    removed = tiles.remove_stale_parts() + tiles.remove_unless(lambda name: False, is_tile_file)
+    if not removed:
+        return []
+    return [f"removed {removed} file(s) left in {tiles.root} by an earlier job"]
+
+
+def reconcile(store: Store, tiles: TileStore, spec: JobSpec, job_uid: str) -> list[str]:
+    """Make the state and the tile files agree before fetching, and say what changed.
+
+    A file is taken for a tile only if its name carries this job's uid; tile files of any
+    other job are removed. Blocking (it decodes and hashes files): run it in a worker thread.
+    """
     notes: list[str] = []
     stale = tiles.remove_stale_parts()
     if stale:
         notes.append(f"removed {stale} partial tile file(s) left by an interrupted run")
-    now = _now()
     on_disk = tiles.sizes()
+    ours: set[str] = set()
     updates: list[TileDone | TileReset] = []
     for tile_id, status, path, size in store.tile_files():
         if status == "done":
-            found = on_disk.get(path or tile_name(tile_id))
+            name = path or tile_name(job_uid, tile_id)
+            ours.add(name)
+            found = on_disk.get(name)
             if found is None:
                 updates.append(TileReset(tile_id, "tile file missing"))
             elif found != size:
                 updates.append(TileReset(tile_id, f"tile file is {found} bytes, expected {size}"))
             continue
-        name = tile_name(tile_id)
+        name = tile_name(job_uid, tile_id)
         if name not in on_disk:
             continue
         # Written and renamed just before an interruption, never recorded as done.
         tile = store.tile(tile_id)
         assert tile is not None
         if tiles.verify(name, tile_expectation(spec, tile), None) is None:
+            ours.add(name)
             stored = tiles.describe(name)
             updates.append(TileDone(tile_id, name, stored.bytes, stored.checksum))
         else:
             tiles.remove(name)
+    foreign = tiles.remove_unless(ours.__contains__, is_tile_file)
+    if foreign:
+        notes.append(f"removed {foreign} tile file(s) that are not this job's")
     if updates:
-        store.apply(updates, now)
+        store.apply(updates, _now())
         resets = [u for u in updates if isinstance(u, TileReset)]
         adopted = len(updates) - len(resets)
         if resets:
@@ -165,7 +185,8 @@ def verify_done_tiles(store: Store, tiles: TileStore, spec: JobSpec) -> list[str
     """Re-hash every finished tile before the merge; a tile that changed is fetched again."""
     resets = []
     for tile in store.tiles("done"):
-        name = tile.path or tile_name(tile.id)
+        name = tile.path
+        assert name is not None  # a done tile always has its file (a schema constraint)
         problem = tiles.verify(name, tile_expectation(spec, tile), tile.checksum)
         if problem is not None:
             resets.append(TileReset(tile.id, problem))
@@ -178,60 +199,104 @@ def verify_done_tiles(store: Store, tiles: TileStore, spec: JobSpec) -> list[str
 async def run_job(
     spec: JobSpec, state_path: Path, options: RunOptions, progress: Progress | None = None
 ) -> JobResult:
-    """Fetch whatever is missing of ``spec`` and merge it; safe to call again after any stop."""
+    """Fetch whatever is missing of ``spec`` and merge it; safe to call again after any stop.
+
+    State I/O runs in a thread of its own and file work in worker threads: several jobs (a
+    collection) share the event loop, and none may hold it up.
+    """
     progress = progress or SilentProgress()
     output = Path(spec.output)
     if output.exists() and not options.overwrite and not state_path.exists():
         raise _output_exists(output)  # before a state file is made for a job that cannot run
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    with JobLock(state_path), Store.open(state_path) as store:
-        created, notes = open_job(store, spec, state_path)
-        job = store.job()
-        assert job is not None
-        if job.status == "merged" and output.exists() and not options.overwrite:
-            counts = store.counts()
-            return JobResult(
-                output, state_path, counts, RunSummary(), True, [f"already complete: {output}"]
-            )
-        if output.exists() and not options.overwrite and job.status != "merged":
+    state = StateThread()
+    try:
+        with JobLock(state_path):
+            store = await state(Store.open, state_path)
+            try:
+                return await _run_locked(spec, state_path, store, state, options, progress)
+            finally:
+                await uninterrupted(store.close, executor=state.executor)
+    finally:
+        state.close()
+
+
+async def _run_locked(
+    spec: JobSpec,
+    state_path: Path,
+    store: Store,
+    state: StateThread,
+    options: RunOptions,
+    progress: Progress,
+) -> JobResult:
+    """``run_job`` once the job's lock is held and its state file open."""
+    output = Path(spec.output)
+    created, notes = await state(open_job, store, spec, state_path)
+    job = await state(store.job)
+    assert job is not None
+    if job.status != "merged" and output.exists() and not options.overwrite:
+        if not published_by(output, job.uid, spec.fingerprint()):
             raise _output_exists(output)
-        _check_output_folder(output)
+        # The last run published this very file and was stopped before it could say so.
+        await state(record_merged, store, output)
+        if not spec.keep_tiles:
+            await uninterrupted(TileStore(tiles_folder(state_path)).remove_all)
+        job = await state(store.job)
+        assert job is not None
+    if job.status == "merged" and output.exists() and not options.overwrite:
+        counts = await state(store.counts)
+        return JobResult(
+            output, state_path, counts, RunSummary(), True, [f"already complete: {output}"]
+        )
+    _check_output_folder(output)
+    with OutputLock(output):
         tiles = TileStore(tiles_folder(state_path))
-        if not created:
-            retried = store.reset_failed()
+        if created:
+            notes.extend(await uninterrupted(clear_for_new_job, tiles))
+        else:
+            retried = await state(store.reset_failed)
             if retried:
                 notes.append(f"trying {retried} failed tile(s) again")
-            store.release_all_claims()
-            notes.extend(reconcile(store, tiles, spec))
+            await state(store.release_all_claims)
+            notes.extend(await uninterrupted(reconcile, store, tiles, spec, job.uid))
         for note in notes:
             progress.note(note)
         overwrite = options.overwrite or job.status == "merged"
-        live = _start_live_merge(spec, store, tiles, options, overwrite)
+        live = await state(_start_live_merge, spec, job.uid, store, tiles, options, overwrite)
         try:
-            summary = await _fetch_all(spec, store, tiles, options, progress, live)
-            counts = store.counts()
+            summary = await _fetch_all(spec, job.uid, store, state, tiles, options, progress, live)
+            counts = await state(store.counts)
             if counts["pending"] or counts["in_flight"] or counts["failed"]:
-                store.set_job_status("failed" if counts["failed"] else "running")
+                status = "failed" if counts["failed"] else "running"
+                await state(store.set_job_status, status)
                 return JobResult(None, state_path, counts, summary, False, notes)
-            store.set_job_status("downloaded")
+            await state(store.set_job_status, "downloaded")
             progress.note(f"all {counts['done']} tiles fetched; finishing {output}")
-            merged = await _merge_to_the_end_or_not_at_all(spec, store, tiles, overwrite, live)
+            merged = await _merge_to_the_end_or_not_at_all(
+                spec, store, state, tiles, overwrite, live
+            )
         finally:
             if live is not None:
-                live.close()
+                await uninterrupted(live.close)
         if not spec.keep_tiles:
-            tiles.remove_all()
-        return JobResult(merged, state_path, store.counts(), summary, True, notes)
+            await uninterrupted(tiles.remove_all)
+        return JobResult(merged, state_path, await state(store.counts), summary, True, notes)
 
 
 def _start_live_merge(
-    spec: JobSpec, store: Store, tiles: TileStore, options: RunOptions, overwrite: bool
+    spec: JobSpec,
+    job_uid: str,
+    store: Store,
+    tiles: TileStore,
+    options: RunOptions,
+    overwrite: bool,
 ) -> LiveMerge | None:
     """Open the output beside the fetch and queue the tiles earlier runs already fetched."""
     if not options.merge_while_fetching:
         return None
     live = LiveMerge(
         spec,
+        job_uid,
         tiles,
         overwrite=overwrite,
         interleave=interleave_for(spec, store.band_groups(len(spec.band_ids))),
@@ -239,7 +304,8 @@ def _start_live_merge(
     )
     live.start()
     for tile in store.tiles("done"):
-        live.offer(tile, tile.path or tile_name(tile.id), tile.checksum, earlier=True)
+        assert tile.path is not None
+        live.offer(tile, tile.path, tile.checksum, earlier=True)
     return live
 
 
@@ -256,7 +322,9 @@ def _offering(fetch: Fetch, live: LiveMerge) -> Fetch:
 
 async def _fetch_all(
     spec: JobSpec,
+    job_uid: str,
     store: Store,
+    state: StateThread,
     tiles: TileStore,
     options: RunOptions,
     progress: Progress,
@@ -268,9 +336,9 @@ async def _fetch_all(
     those fetched now are not re-hashed at all (they are read back right after their check).
     """
     total = RunSummary()
-    counts = store.counts()
+    counts = await state(store.counts)
     leaves = counts["pending"] + counts["in_flight"] + counts["done"] + counts["failed"]
-    progress.start(leaves, counts["done"], store.bytes_done())
+    progress.start(leaves, counts["done"], await state(store.bytes_done))
     image = ee_adapter.prepare_image(
         ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
     )
@@ -283,8 +351,10 @@ async def _fetch_all(
     )
     try:
         async with Transport(options.transport, base_url) as transport:
-            updates = UpdateBuffer(store)
-            fetcher: Fetch = TileFetcher(spec, image, transport, tiles, executor, updates.record)
+            updates = UpdateBuffer(store, state, options.clock)
+            fetcher: Fetch = TileFetcher(
+                spec, job_uid, image, transport, tiles, executor, updates.record, options.clock
+            )
             if live is not None:
                 fetcher = _offering(fetcher, live)
             for _ in range(MAX_VERIFY_ROUNDS):
@@ -298,16 +368,17 @@ async def _fetch_all(
                     options=scheduler_options,
                     progress=progress,
                     rng=rng,
+                    clock=options.clock,
                     limiter=options.limiter,
                 )
                 summary = await scheduler.run()
                 _add(total, summary)
-                if store.counts()["pending"]:
+                if (await state(store.counts))["pending"]:
                     break
                 if live is not None and live.active:
                     resets = await live.settle()
                 if live is not None and live.active:
-                    store.apply(resets, _now())
+                    await state(store.apply, resets, _now())
                     changed = [
                         f"tile {r.tile_id} will be fetched again: {r.reason}" for r in resets
                     ]
@@ -326,7 +397,12 @@ async def _fetch_all(
 
 
 async def _merge_to_the_end_or_not_at_all(
-    spec: JobSpec, store: Store, tiles: TileStore, overwrite: bool, live: LiveMerge | None
+    spec: JobSpec,
+    store: Store,
+    state: StateThread,
+    tiles: TileStore,
+    overwrite: bool,
+    live: LiveMerge | None,
 ) -> Path:
     """Finish the merge in a worker thread and record the result, even when interrupted.
 
@@ -337,7 +413,8 @@ async def _merge_to_the_end_or_not_at_all(
     is recorded.
     """
     if live is not None and live.active:
-        finishing = asyncio.wrap_future(live.finish_in_thread(store.tiles("done")))
+        done = await state(store.tiles, "done")
+        finishing = asyncio.wrap_future(live.finish_in_thread(done))
         try:
             return await _record_merge(finishing, live.stop, store)
         except (asyncio.CancelledError, MergeStopped):
@@ -362,10 +439,16 @@ async def _record_merge(merging: asyncio.Future[Path], stop: threading.Event, st
     except asyncio.CancelledError:
         stop.set()
         with contextlib.suppress(Exception):
-            store.set_job_status("merged", str(await merging))
+            record_merged(store, await merging)
         raise
-    store.set_job_status("merged", str(merged))
+    record_merged(store, merged)
     return merged
+
+
+def record_merged(store: Store, output: Path) -> None:
+    """The output is published: say so in the state, then drop the record of publishing it."""
+    store.set_job_status("merged", str(output))
+    checkpoint_path(output).unlink(missing_ok=True)
 
 
 def _merge(
@@ -375,8 +458,10 @@ def _merge(
     overwrite: bool,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
+    job = store.job()
+    assert job is not None
     done: list[TileRecord] = store.tiles("done")
-    pieces = [(tile_plan(t), tiles.final_path(t.path or tile_name(t.id))) for t in done]
+    pieces = [(tile_plan(t), tiles.final_path(t.path)) for t in done if t.path is not None]
     return merge_tiles(
         spec.grid,
         spec.band_ids,
@@ -388,6 +473,7 @@ def _merge(
         cog=spec.cog,
         overwrite=overwrite,
         progress=progress,
+        before_publish=publish_recorder(Path(spec.output), job.uid, spec.fingerprint()),
     )
 
 
@@ -430,21 +516,27 @@ def merge_only(state_path: Path, *, overwrite: bool = False) -> Path:
         if job is None:
             raise JobError(f"{state_path} holds no job; start one with `eefetch download`")
         spec = JobSpec.from_dict(job.spec)
-        counts = store.counts()
-        missing = counts["pending"] + counts["in_flight"] + counts["failed"]
-        if missing:
-            raise JobError(
-                f"{missing} tile(s) are not fetched yet; run `eefetch resume "
-                f"{state_path}` to fetch them and merge"
-            )
-        tiles = TileStore(tiles_folder(state_path))
-        problems = verify_done_tiles(store, tiles, spec)
-        if problems:
-            raise JobError(
-                f"{len(problems)} tile file(s) are gone or changed ({'; '.join(problems[:3])}; "
-                f"tiles are deleted after a merge unless --keep-tiles); run `eefetch resume "
-                f"{state_path}` to fetch them again"
-            )
-        merged = _merge(spec, store, tiles, overwrite or job.status == "merged")
-        store.set_job_status("merged", str(merged))
-        return merged
+        with OutputLock(spec.output):
+            return _merge_only(store, spec, state_path, overwrite or job.status == "merged")
+
+
+def _merge_only(store: Store, spec: JobSpec, state_path: Path, overwrite: bool) -> Path:
+    """The merge of ``merge_only``, under its locks."""
+    counts = store.counts()
+    missing = counts["pending"] + counts["in_flight"] + counts["failed"]
+    if missing:
+        raise JobError(
+            f"{missing} tile(s) are not fetched yet; run `eefetch resume "
+            f"{state_path}` to fetch them and merge"
+        )
+    tiles = TileStore(tiles_folder(state_path))
+    problems = verify_done_tiles(store, tiles, spec)
+    if problems:
+        raise JobError(
+            f"{len(problems)} tile file(s) are gone or changed ({'; '.join(problems[:3])}; "
+            f"tiles are deleted after a merge unless --keep-tiles); run `eefetch resume "
+            f"{state_path}` to fetch them again"
+        )
+    merged = _merge(spec, store, tiles, overwrite)
+    record_merged(store, merged)
+    return merged

@@ -28,30 +28,75 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from engine.fetch import tile_expectation, tile_name
-from engine.grid import TilePlan, Window
 from engine.merge import OutputBuilder, choose_interleave
 from engine.spec import JobSpec
+from engine.tiles import tile_expectation, tile_name, tile_plan
 from engine.tilestore import TileStore
 from state import TileRecord, TileReset
 
 LOG = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the job's uid, so that only the job that wrote it continues it
 
 
 def checkpoint_path(output: Path) -> Path:
-    """Where a stopped run records what its unfinished output holds."""
+    """Where a stopped run records what its unfinished output holds, and a finishing run
+    what it is about to publish."""
     return output.with_name(f".{output.name}.eefetch-merge.json")
+
+
+def publish_recorder(output: Path, job_uid: str, fingerprint: str) -> Callable[[Path], None]:
+    """A ``before_publish`` for the output builder: records, durably, which file (inode, size,
+    modification time; a rename keeps all three) the job is about to publish. A run killed
+    between the rename and the state's "merged" then lets the next run tell its own output
+    from a file someone else put there."""
+
+    def record(finished: Path) -> None:
+        stat = finished.stat()
+        _write_durably(
+            checkpoint_path(output),
+            {
+                "version": CHECKPOINT_VERSION,
+                "job_uid": job_uid,
+                "fingerprint": fingerprint,
+                "published": [stat.st_ino, stat.st_size, stat.st_mtime_ns],
+            },
+        )
+
+    return record
+
+
+def published_by(output: Path, job_uid: str, fingerprint: str) -> bool:
+    """Whether ``output`` is the very file this job recorded it was publishing."""
+    try:
+        saved = json.loads(checkpoint_path(output).read_text())
+        stat = output.stat()
+        return (
+            saved["version"] == CHECKPOINT_VERSION
+            and saved["job_uid"] == job_uid
+            and saved["fingerprint"] == fingerprint
+            and saved["published"] == [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _write_durably(path: Path, record: dict[str, object]) -> None:
+    """Write JSON to a temporary name, fsync it, rename it, fsync the folder."""
+    temp = path.with_name(path.name + ".tmp")
+    with temp.open("w") as handle:
+        json.dump(record, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class MergeStopped(Exception):
     """The run was interrupted during the merge, before anything was published."""
-
-
-def tile_plan(tile: TileRecord) -> TilePlan:
-    return TilePlan(
-        Window(tile.row_off, tile.col_off, tile.height, tile.width), tile.band_start, tile.band_stop
-    )
 
 
 def interleave_for(
@@ -77,6 +122,7 @@ class LiveMerge:
     def __init__(
         self,
         spec: JobSpec,
+        job_uid: str,
         tiles: TileStore,
         *,
         overwrite: bool,
@@ -84,6 +130,7 @@ class LiveMerge:
         rehash_earlier: bool = True,
     ) -> None:
         self.spec = spec
+        self.job_uid = job_uid
         self.tiles = tiles
         self.overwrite = overwrite
         self.interleave = interleave
@@ -185,6 +232,9 @@ class LiveMerge:
             progress=self._check_stop,
             interleave=self.interleave,
             reopen=reopen,
+            before_publish=publish_recorder(
+                Path(self.spec.output), self.job_uid, self.spec.fingerprint()
+            ),
         )
 
     def _read_checkpoint(self) -> dict[int, str]:
@@ -194,6 +244,7 @@ class LiveMerge:
             stat = (OutputBuilder.temp_for(Path(self.spec.output))).stat()
             if (
                 saved["version"] != CHECKPOINT_VERSION
+                or saved["job_uid"] != self.job_uid
                 or saved["fingerprint"] != self.spec.fingerprint()
                 or saved["compress"] != self.spec.compress
                 or saved["interleave"] != self.interleave
@@ -219,26 +270,19 @@ class LiveMerge:
         self._discard()
 
     def _write_checkpoint(self, size: int, mtime_ns: int) -> None:
-        record = {
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": self.spec.fingerprint(),
-            "compress": self.spec.compress,
-            "interleave": self.interleave,
-            "size": size,
-            "mtime_ns": mtime_ns,
-            "tiles": {str(k): v for k, v in self._written.items() if v is not None},
-        }
-        temp = self._checkpoint.with_name(self._checkpoint.name + ".tmp")
-        with temp.open("w") as handle:
-            json.dump(record, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self._checkpoint)
-        fd = os.open(self._checkpoint.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_durably(
+            self._checkpoint,
+            {
+                "version": CHECKPOINT_VERSION,
+                "job_uid": self.job_uid,
+                "fingerprint": self.spec.fingerprint(),
+                "compress": self.spec.compress,
+                "interleave": self.interleave,
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "tiles": {str(k): v for k, v in self._written.items() if v is not None},
+            },
+        )
 
     def _add(self, tile: TileRecord, name: str, checksum: str | None, earlier: bool) -> None:
         assert self._builder is not None
@@ -270,7 +314,8 @@ class LiveMerge:
                 if tile.id not in self._written or self._written[tile.id] != tile.checksum:
                     # Never offered (should not happen): checked like a tile of an earlier run.
                     self._check_stop(0, 0)
-                    self._add(tile, tile.path or tile_name(tile.id), tile.checksum, True)
+                    name = tile.path or tile_name(self.job_uid, tile.id)
+                    self._add(tile, name, tile.checksum, True)
             with self._lock:
                 changed = list(self._changed)
             if changed:

@@ -394,6 +394,7 @@ def merge_tiles(
     blocksize: int = 512,
     progress: Progress | None = None,
     overview_resampling: str | None = None,
+    before_publish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Merge tile files into one GeoTIFF (a COG with ``cog``) at ``output``; return its path.
 
@@ -419,6 +420,7 @@ def merge_tiles(
         progress=progress,
         overview_resampling=overview_resampling,
         interleave=choose_interleave(count, dtype, blocksize, windows_have_all_bands=all_bands),
+        before_publish=before_publish,
     )
     _check_coverage(grid.height, grid.width, band_names, pieces)
     with builder:
@@ -454,8 +456,11 @@ class OutputBuilder:
         overview_resampling: str | None = None,
         interleave: str | None = None,
         reopen: bool = False,
+        before_publish: Callable[[Path], None] | None = None,
     ) -> None:
-        """``reopen`` continues the temporary file a suspended builder kept (``suspend``)."""
+        """``reopen`` continues the temporary file a suspended builder kept (``suspend``).
+        ``before_publish(path)`` is called with the finished, checked file just before it
+        takes the output's name, so a caller can record what it is about to publish."""
         output = Path(output)
         self.count = len(band_names)
         if self.count == 0:
@@ -501,6 +506,7 @@ class OutputBuilder:
         self._published = False
         self._suspended = False
         self.reopen = reopen
+        self.before_publish = before_publish
 
     def __enter__(self) -> OutputBuilder:
         try:
@@ -640,6 +646,8 @@ class OutputBuilder:
                     )
                     _check_written(self.final_temp)
                     self.plain.unlink()
+            if self.before_publish is not None:
+                self.before_publish(self.final_temp)
             _publish(self.final_temp, self.output, self.overwrite)
         except (MergeError, OutputExistsError):
             raise

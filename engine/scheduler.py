@@ -13,17 +13,18 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.grid import TilePlan, Window, split_tile
+from engine.clocks import ClockWatch
+from engine.grid import split_tile
+from engine.offload import StateThread, uninterrupted
 from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter, OutageMonitor
 from engine.progress import Progress, SilentProgress
 from engine.retry import Action, ErrorKind, FetchError, Verdict, classify, retry_delay
+from engine.tiles import new_tile, tile_plan
 from engine.tilestore import StoredTile
 from state import (
-    NewTile,
     Store,
     TileDone,
     TileFailed,
@@ -53,7 +54,6 @@ class SchedulerOptions:
     max_attempts: int = 8
     lease_seconds: float = 600.0
     flush_every: float = 1.0
-    flush_batch: int = 64
     backoff_base: float = 2.0
     backoff_cap: float = 120.0
     outage_threshold: int = 3
@@ -78,15 +78,18 @@ class UpdateBuffer:
     """State changes queued in memory and written in batches, one transaction each.
 
     A tile's status changes several times a second in a busy job; one transaction per change
-    would make SQLite's fsyncs the bottleneck.
+    would make SQLite's fsyncs the bottleneck. Writes go through the state thread, in order.
     """
 
     def __init__(
-        self, store: Store, clock: Callable[[], float] = time.time, batch: int = 64
+        self,
+        store: Store,
+        state: StateThread,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.state = state
         self.clock = clock
-        self.batch = batch
         self._pending: list[TileUpdate] = []
 
     def __len__(self) -> int:
@@ -94,13 +97,18 @@ class UpdateBuffer:
 
     def record(self, update: TileUpdate) -> None:
         self._pending.append(update)
-        if len(self._pending) >= self.batch:
-            self.flush()
 
-    def flush(self) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self.store.apply(batch, self.clock())
+    def take(self) -> list[TileUpdate]:
+        """The queued updates, handed over (the queue is empty afterwards)."""
+        batch, self._pending = self._pending, []
+        return batch
+
+    async def flush(self) -> None:
+        """Write what is queued (the batch is taken before the first await, so batches are
+        written in the order they were taken)."""
+        batch = self.take()
+        if batch:
+            await self.state(self.store.apply, batch, self.clock())
 
 
 class Scheduler:
@@ -117,11 +125,15 @@ class Scheduler:
         progress: Progress | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limiter: AdaptiveLimiter | None = None,
     ) -> None:
         """``limiter`` shares one concurrency budget between jobs (a collection's images);
-        by default the scheduler has its own of ``options.concurrency`` slots."""
+        by default the scheduler has its own of ``options.concurrency`` slots. ``clock`` is
+        the wall clock of the times stored in the state; ``monotonic`` measures intervals and
+        notices when the wall clock steps. ``updates`` (and its state thread) may be shared
+        with the fetcher; by default the scheduler has its own for the run."""
         self.store = store
         self.fetch = fetch
         self.probe = probe
@@ -131,6 +143,8 @@ class Scheduler:
         self.progress = progress or SilentProgress()
         self.rng = rng or random.Random()
         self.clock = clock
+        self.monotonic = monotonic
+        self.clock_watch = ClockWatch(clock, monotonic)
         self.sleep = sleep
         self.limiter = limiter or AdaptiveLimiter(self.options.concurrency)
         self.outage = OutageMonitor(
@@ -139,18 +153,19 @@ class Scheduler:
             self.options.max_probe_interval,
         )
         self.summary = RunSummary()
-        self.updates = updates or UpdateBuffer(store, clock, self.options.flush_batch)
+        self._own_state = updates is None
+        self.updates = updates or UpdateBuffer(store, StateThread(), clock)
+        self.state = self.updates.state
         self._queue: list[TileRecord] = []
         self._in_flight = 0
         self._changed = asyncio.Event()
         self._fatal: str | None = None
-        self._rate_limited: Counter[int] = Counter()  # 429s per tile in this run
 
     def record(self, update: TileUpdate) -> None:
         self.updates.record(update)
 
-    def flush(self) -> None:
-        self.updates.flush()
+    async def flush(self) -> None:
+        await self.updates.flush()
 
     async def run(self) -> RunSummary:
         """Fetch every claimable tile; return when none is left or the job must stop."""
@@ -167,13 +182,22 @@ class Scheduler:
             for tile in self._queue:
                 self.updates.record(TileReleased(tile.id))
             self._queue.clear()
-            self.flush()
-            self.store.release_claims(self.owner)
+            await uninterrupted(self._settle_state, executor=self.state.executor)
+            if self._own_state:
+                self.state.close()
         self.summary.outages = self.outage.outages
         if self._fatal is not None:
             self.summary.stopped_by = self._fatal
             raise JobStopped(self._fatal)
         return self.summary
+
+    def _settle_state(self) -> None:
+        """At the end of a run (in the state thread): write every queued update and give back
+        the claims still held, whatever stopped the run."""
+        pending = self.updates.take()
+        if pending:
+            self.store.apply(pending, self.clock())
+        self.store.release_claims(self.owner)
 
     async def _dispatch(self, group: asyncio.TaskGroup) -> None:
         while self._fatal is None:
@@ -181,11 +205,15 @@ class Scheduler:
                 await self._wait_out_outage()
                 continue
             await self.limiter.acquire()
-            tile = self._next_tile()
+            try:
+                tile = await self._next_tile()
+            except BaseException:
+                self.limiter.release()
+                raise
             if tile is None:
                 self.limiter.release()
                 if self._in_flight == 0 and not self.updates:
-                    wake = self.store.next_wakeup()
+                    wake = await self.state(self.store.next_wakeup)
                     if wake is None:
                         return
                     await self._wait(max(0.0, wake - self.clock()))
@@ -195,14 +223,29 @@ class Scheduler:
             self._in_flight += 1
             group.create_task(self._attempt(tile))
 
-    def _next_tile(self) -> TileRecord | None:
+    async def _next_tile(self) -> TileRecord | None:
         if not self._queue:
-            self.flush()
-            self._queue = self.store.claim(
-                self.owner, self.clock(), self.options.lease_seconds, max(1, self.limiter.limit * 2)
+            await self.flush()
+            await self._follow_clock_steps()
+            self._queue = await self.state(
+                self.store.claim,
+                self.owner,
+                self.clock(),
+                self.options.lease_seconds,
+                max(1, self.limiter.limit * 2),
             )
             self._queue.reverse()
         return self._queue.pop() if self._queue else None
+
+    async def _follow_clock_steps(self) -> None:
+        """After a suspend or a clock step, move stored retry times and this run's leases by
+        the same amount: a retry due in 10 s stays due in 10 s, not in an hour."""
+        delta = self.clock_watch.step()
+        if delta:
+            await self.state(self.store.shift_times, self.owner, delta)
+            self.progress.note(
+                f"the system clock jumped by {delta:+.0f} s; retry times and leases follow it"
+            )
 
     async def _wait(self, seconds: float) -> None:
         """Sleep until ``seconds`` pass or a tile finishes, whichever comes first."""
@@ -261,22 +304,23 @@ class Scheduler:
             self.record(TileReleased(tile.id))
             return
         # A 429 says that Earth Engine is busy, not that the tile is bad: 429s do not count
-        # toward max_attempts (else one burst of them fails a tile of a healthy job), and
-        # only a ceiling of RATE_LIMIT_BUDGET times as many attempts ends such a tile.
+        # toward max_attempts (else one burst of them fails a tile of a healthy job) but
+        # toward their own ceiling of RATE_LIMIT_BUDGET times as many. Both counts live in the
+        # state, so a resumed job does not start them again from zero.
         if verdict.rate_limited:
-            self._rate_limited[tile.id] += 1
-            budget = self.options.max_attempts * RATE_LIMIT_BUDGET
+            spent, budget = tile.rate_limited + 1, self.options.max_attempts * RATE_LIMIT_BUDGET
         else:
-            budget = self.options.max_attempts + self._rate_limited[tile.id]
-        if tile.attempts + 1 >= budget:
-            self._fail(tile, f"gave up after {tile.attempts + 1} attempts: {verdict.reason}")
+            spent, budget = tile.attempts + 1, self.options.max_attempts
+        if spent >= budget:
+            total = tile.attempts + tile.rate_limited + 1
+            self._fail(tile, f"gave up after {total} attempts: {verdict.reason}")
             return
         self._retry(tile, verdict)
 
     def _retry(self, tile: TileRecord, verdict: Verdict) -> None:
         delay = retry_delay(
             verdict,
-            tile.attempts,
+            tile.attempts + tile.rate_limited,
             self.rng,
             base=self.options.backoff_base,
             cap=self.options.backoff_cap,
@@ -284,38 +328,21 @@ class Scheduler:
         if verdict.action is Action.REMAKE_URL:
             delay = 0.0
             self.record(TileUrl(tile.id, None, None))
-        self.record(TileRetry(tile.id, verdict.reason, self.clock() + delay))
+        self.record(
+            TileRetry(
+                tile.id, verdict.reason, self.clock() + delay, rate_limited=verdict.rate_limited
+            )
+        )
         self.summary.retries += 1
         self.progress.retry(f"tile {tile.id}: {verdict.reason} (next try in {delay:.1f} s)")
 
     def _split(self, tile: TileRecord, verdict: Verdict) -> None:
-        plan = TilePlan(
-            Window(tile.row_off, tile.col_off, tile.height, tile.width),
-            tile.band_start,
-            tile.band_stop,
-        )
+        plan = tile_plan(tile)
         if plan.window.width * plan.window.height <= 1 and plan.band_stop - plan.band_start <= 1:
             self._fail(tile, f"too big for Earth Engine even as one pixel: {verdict.reason}")
             return
         children = split_tile(plan, self.itemsizes)
-        self.record(
-            TileSplit(
-                tile.id,
-                [
-                    NewTile(
-                        c.window.row_off,
-                        c.window.col_off,
-                        c.window.height,
-                        c.window.width,
-                        c.band_start,
-                        c.band_stop,
-                        tile.id,
-                    )
-                    for c in children
-                ],
-                verdict.reason,
-            )
-        )
+        self.record(TileSplit(tile.id, [new_tile(c, tile.id) for c in children], verdict.reason))
         self.summary.splits += 1
         self.progress.tiles_added(len(children) - 1)
         self.progress.note(f"tile {tile.id} split into {len(children)}: {verdict.reason}")
@@ -328,7 +355,7 @@ class Scheduler:
 
     async def _wait_out_outage(self) -> None:
         """Stop spending attempts while the network is down; probe until it answers again."""
-        self.flush()
+        await self.flush()
         while self._in_flight:
             await self._wait(1.0)
         delay = self.outage.next_probe_delay()
@@ -341,14 +368,16 @@ class Scheduler:
     async def _housekeeping(self) -> None:
         """Flush batched updates and renew leases while the run lasts."""
         renew_every = max(1.0, self.options.lease_seconds / 3)
-        last_renew = self.clock()
+        last_renew = self.monotonic()
         while True:
             await asyncio.sleep(self.options.flush_every)
-            self.flush()
-            now = self.clock()
-            if now - last_renew >= renew_every:
-                self.store.renew_claims(self.owner, now, self.options.lease_seconds)
-                last_renew = now
+            await self.flush()
+            await self._follow_clock_steps()
+            if self.monotonic() - last_renew >= renew_every:
+                await self.state(
+                    self.store.renew_claims, self.owner, self.clock(), self.options.lease_seconds
+                )
+                last_renew = self.monotonic()
 
 
 def _first_error(errors: BaseExceptionGroup) -> BaseException:

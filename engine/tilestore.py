@@ -14,26 +14,31 @@ import hashlib
 import math
 import os
 import re
+import secrets
 import struct
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiofiles
 import numpy as np
 import rasterio
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioError
 from rasterio.windows import Window as RioWindow
 
-Transform = tuple[float, float, float, float, float, float]
+from engine.grid import Transform
 
 PART_SUFFIX = ".part"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 _SNIFF_BYTES = 8
 _SNIPPET_BYTES = 120
 _HASH_CHUNK = 1 << 20
+# Received bytes are written and hashed in a worker thread once this many have arrived: the
+# event loop only gathers chunks, and one thread hop per MiB costs little.
+_WRITE_BATCH = 1 << 20
 _DECODE_BYTES = 4 << 20
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Opening one tile must not make GDAL list a folder that may hold thousands of tiles.
@@ -114,6 +119,12 @@ def sha256_file(path: Path) -> str:
         while block := handle.read(_HASH_CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+async def _write_hashed(handle: AsyncBufferedIOBase, digest: hashlib._Hash, data: bytes) -> None:
+    """Hash ``data`` in a worker thread (hashlib lets go of the GIL), then write it."""
+    await asyncio.to_thread(digest.update, data)
+    await handle.write(data)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -269,7 +280,9 @@ class TileStore:
         return self.root / check_name(name)
 
     def part_path(self, name: str) -> Path:
-        return self.root / (check_name(name) + PART_SUFFIX)
+        """A fresh part file name for one attempt at ``name``: two attempts at the same tile
+        (a retry racing a late one) never write the same file."""
+        return self.root / f"{check_name(name)}.{secrets.token_hex(4)}{PART_SUFFIX}"
 
     def _ensure_root(self) -> None:
         if not self.root.is_dir():
@@ -304,11 +317,17 @@ class TileStore:
     async def _receive(
         self, part: Path, chunks: AsyncIterator[bytes], expected_length: int | None
     ) -> tuple[int, str]:
-        """Write chunks as they come, hashing and sniffing on the way; fsync before returning."""
+        """Write chunks as they come, sniffing on the way; fsync before returning.
+
+        The loop only gathers chunks; writing and hashing happen in a worker thread a batch at
+        a time, so a body of tens of MB costs the event loop no CPU beyond receiving it.
+        """
         digest = hashlib.sha256()
         head = b""
         sniffed = False
         received = 0
+        batch: list[bytes] = []
+        batched = 0
         async with aiofiles.open(part, "wb") as handle:
             async for chunk in chunks:
                 if not chunk:
@@ -321,8 +340,13 @@ class TileStore:
                     raise TileValidationError(
                         f"long body: more than the {expected_length} bytes announced"
                     )
-                digest.update(chunk)
-                await handle.write(chunk)
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= _WRITE_BATCH:
+                    await _write_hashed(handle, digest, b"".join(batch))
+                    batch, batched = [], 0
+            if batch:
+                await _write_hashed(handle, digest, b"".join(batch))
             await handle.flush()
             await asyncio.to_thread(os.fsync, handle.fileno())
         if expected_length is not None and received != expected_length:
@@ -400,9 +424,19 @@ class TileStore:
         return found
 
     def remove(self, name: str) -> None:
-        """Forget one tile: its final file and any part file."""
+        """Forget one tile's final file (part files are removed by the attempt that wrote
+        them, or by ``remove_stale_parts`` at the next start)."""
         _unlink_quietly(self.final_path(name))
-        _unlink_quietly(self.part_path(name))
+
+    def remove_unless(self, belongs: Callable[[str], bool], is_ours: Callable[[str], bool]) -> int:
+        """Delete the files ``is_ours`` recognises as tile files but ``belongs`` does not
+        claim (another job's leftovers); returns how many. Other files are never touched."""
+        removed = 0
+        for name in self.sizes():
+            if is_ours(name) and not belongs(name):
+                _unlink_quietly(self.root / name)
+                removed += 1
+        return removed
 
     def remove_all(self) -> None:
         """Delete the tile files (``*.tif``, ``*.tiff``, ``*.part``) and the folder if now empty."""

@@ -106,7 +106,8 @@ class Transport:
 
     async def __aenter__(self) -> Transport:
         ca_bundle = self.options.ca_bundle or ca_bundle_from_env()
-        context = make_ssl_context(ca_bundle)
+        # Reading the system's CA store takes tens of milliseconds: not on the event loop.
+        context = await asyncio.to_thread(make_ssl_context, ca_bundle)
         timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.options.connect_timeout,

@@ -460,7 +460,6 @@ def drive_bare(args: argparse.Namespace) -> None:
 
 
 def _merge_inputs(state_path: Path) -> tuple[Any, list[tuple[Any, Path]]]:
-    from engine.fetch import tile_name
     from engine.grid import TilePlan, Window
     from engine.paths import tiles_folder
     from engine.spec import JobSpec
@@ -475,7 +474,7 @@ def _merge_inputs(state_path: Path) -> tuple[Any, list[tuple[Any, Path]]]:
     pieces = [
         (
             TilePlan(Window(t.row_off, t.col_off, t.height, t.width), t.band_start, t.band_stop),
-            folder / (t.path or tile_name(t.id)),
+            folder / str(t.path),
         )
         for t in done
     ]
@@ -555,11 +554,11 @@ def drive_scale(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     import random
 
-    from engine.fetch import tile_name
     from engine.grid import grid_from_transform
     from engine.job import open_job, plan, reconcile
     from engine.paths import tiles_folder
     from engine.spec import JobSpec
+    from engine.tiles import tile_name
     from engine.tilestore import TileStore
     from state import JobLock, Store, TileDone
 
@@ -599,8 +598,9 @@ def drive_scale(args: argparse.Namespace) -> None:
         records = store.tiles("pending")
         done = rng.sample(records, len(records) // 2)
         updates = []
+        uid = store.job().uid  # type: ignore[union-attr]
         for record in done:
-            name = tile_name(record.id)
+            name = tile_name(uid, record.id)
             (folder.root / name).write_bytes(b"II*\x00" + b"\x00" * 12)
             updates.append(TileDone(record.id, name, 16, "0" * 64))
         for start in range(0, len(updates), 5000):
@@ -612,7 +612,7 @@ def drive_scale(args: argparse.Namespace) -> None:
         assert not created
         store.reset_failed()
         store.release_all_claims()
-        notes = reconcile(store, folder, spec)
+        notes = reconcile(store, folder, spec, store.job().uid)  # type: ignore[union-attr]
     out["resume_scan_s"] = time.perf_counter() - t
     out["resume_notes"] = notes
     t = time.perf_counter()
@@ -637,11 +637,11 @@ def drive_mkmerge(args: argparse.Namespace) -> None:
     import rasterio
     from affine import Affine
 
-    from engine.fetch import tile_name
     from engine.grid import grid_from_transform
     from engine.job import open_job
     from engine.paths import tiles_folder
     from engine.spec import JobSpec
+    from engine.tiles import tile_name
     from state import Store, TileDone
 
     side = int(args.side)
@@ -669,6 +669,7 @@ def drive_mkmerge(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(1)
     with Store.open(state_path) as store:
         open_job(store, spec, state_path)
+        uid = store.job().uid  # type: ignore[union-attr]
         updates = []
         for record in store.tiles("pending"):
             h, w = record.height, record.width
@@ -680,7 +681,7 @@ def drive_mkmerge(args: argparse.Namespace) -> None:
             for b in range(8):
                 noise = rng.integers(0, 60, size=(h, w)) / 10000.0
                 data[b] = np.round((base + 0.01 * b + noise) * 10000) / 10000
-            name = tile_name(record.id)
+            name = tile_name(uid, record.id)
             sub = grid.window_grid(
                 __import__("engine.grid", fromlist=["Window"]).Window(
                     record.row_off, record.col_off, h, w

@@ -30,7 +30,6 @@ from reliability import (
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from engine.fetch import tile_name
 from state import Store
 
 # 1485 x 1114 float32 pixels: 6.6 MB of tiles in 17 requests.
@@ -129,7 +128,7 @@ def test_disk_full_during_the_download_stops_cleanly_and_resumes_after_space_is_
     spec = job_spec(state)
     tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
     for tile in done:
-        assert (tiles / tile_name(tile.id)).stat().st_size == tile.bytes
+        assert (tiles / tile.path).stat().st_size == tile.bytes
     assert not list(tiles.glob("*.part"))
 
     filler.unlink()  # what the user does: make room

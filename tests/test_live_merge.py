@@ -12,16 +12,23 @@ import rasterio
 from test_merge import random_data, write_tile
 
 from engine import job
-from engine.fetch import tile_name
 from engine.grid import Grid, TilePlan, Window
-from engine.live_merge import LiveMerge, MergeStopped, checkpoint_path, interleave_for, tile_plan
+from engine.live_merge import (
+    LiveMerge,
+    MergeStopped,
+    checkpoint_path,
+    interleave_for,
+    published_by,
+)
 from engine.merge import OutputBuilder
 from engine.spec import JobSpec
+from engine.tiles import tile_name, tile_plan
 from engine.tilestore import TileStore, sha256_file
 from state import NewTile, Store, TileRecord
 
 GRID = Grid("EPSG:32633", (10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0), 1536, 1024)
 BANDS = ("B2", "B3", "B4")
+UID = "0123456789ab"
 
 
 def spec_for(output: Path) -> JobSpec:
@@ -32,8 +39,19 @@ def record(tile_id: int, plan: TilePlan, checksum: str | None) -> TileRecord:
     w = plan.window
     return TileRecord(
         tile_id, None, w.row_off, w.col_off, w.height, w.width, plan.band_start, plan.band_stop,
-        "done", 1, None, None, None, None, checksum, tile_name(tile_id), None, None, None, 0.0,
+        "done", 1, None, None, None, None, checksum, tile_name(UID, tile_id), None, None, None, 0.0,
     )  # fmt: skip
+
+
+def assert_published_and_nothing_else(output: Path, spec: JobSpec) -> None:
+    """The output is published, beside it only the record of publishing it (which the job
+    removes once the state says "merged") and the tile folder."""
+    assert published_by(output, UID, spec.fingerprint())
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        checkpoint_path(output).name,
+        "out.tif",
+        "tiles",
+    ]
 
 
 def tile_records(folder: Path, data: np.ndarray) -> list[TileRecord]:
@@ -43,7 +61,7 @@ def tile_records(folder: Path, data: np.ndarray) -> list[TileRecord]:
     for index, (row, col) in enumerate((r, c) for r in (0, 512) for c in (0, 512, 1024)):
         plan = TilePlan(Window(row, col, 512, 512), 0, len(BANDS))
         written = write_tile(folder, GRID, plan, data)
-        path = written.rename(folder / tile_name(index + 1))
+        path = written.rename(folder / tile_name(UID, index + 1))
         records.append(record(index + 1, plan, sha256_file(path)))
     return records
 
@@ -57,7 +75,7 @@ async def run_live(
 ) -> int:
     """One run's live merge: earlier tiles, then fetched ones, then (if given) the finish;
     returns the bytes written before the finish. Closing keeps an unfinished output."""
-    live = LiveMerge(spec, store, overwrite=False, interleave="PIXEL")
+    live = LiveMerge(spec, UID, store, overwrite=False, interleave="PIXEL")
     try:
         live.start()
         for tile in earlier:
@@ -88,7 +106,7 @@ def test_tiles_go_into_the_output_while_others_are_awaited_and_a_changed_one_is_
     changed.write_bytes(bytes(body))  # same size, other pixels: only the hash can tell
 
     async def scenario() -> tuple[list, int]:
-        live = LiveMerge(spec, store, overwrite=False, interleave=interleave_for(spec, []))
+        live = LiveMerge(spec, UID, store, overwrite=False, interleave=interleave_for(spec, []))
         try:
             live.start()
             for tile in earlier:
@@ -114,7 +132,7 @@ def test_tiles_go_into_the_output_while_others_are_awaited_and_a_changed_one_is_
     assert written == 4 * 512 * 512 * len(BANDS) * 2  # 2 earlier + 2 new, before the end
     with rasterio.open(output) as dataset:
         np.testing.assert_array_equal(dataset.read(), data)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "tiles"]
+    assert_published_and_nothing_else(output, spec)
 
 
 def test_a_stopped_run_keeps_its_unfinished_output_and_the_next_one_writes_only_the_rest(
@@ -134,7 +152,7 @@ def test_a_stopped_run_keeps_its_unfinished_output_and_the_next_one_writes_only_
     resumed = run_live(spec, store, records[:4], records[4:], records)
     assert asyncio.run(resumed) == 2 * tile_bytes
     np.testing.assert_array_equal(rasterio.open(output).read(), data)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "tiles"]
+    assert_published_and_nothing_else(output, spec)
 
 
 def test_an_unfinished_output_touched_since_its_run_stopped_is_written_anew(
@@ -154,7 +172,7 @@ def test_an_unfinished_output_touched_since_its_run_stopped_is_written_anew(
     anew = run_live(spec, store, records[:3], records[3:], records)
     assert asyncio.run(anew) == 6 * 512 * 512 * len(BANDS) * 2
     np.testing.assert_array_equal(rasterio.open(output).read(), data)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "tiles"]
+    assert_published_and_nothing_else(output, spec)
 
 
 def test_an_error_only_turns_the_live_merge_off(tmp_path: Path) -> None:
@@ -165,7 +183,7 @@ def test_an_error_only_turns_the_live_merge_off(tmp_path: Path) -> None:
     store.final_path(records[0].path or "").write_bytes(b"II*\x00 not a tiff at all")
 
     async def scenario() -> LiveMerge:
-        live = LiveMerge(spec, store, overwrite=False, interleave="PIXEL")
+        live = LiveMerge(spec, UID, store, overwrite=False, interleave="PIXEL")
         live.start()
         for tile in records:
             live.offer(tile, tile.path or "", tile.checksum, earlier=False)

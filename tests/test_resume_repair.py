@@ -24,7 +24,6 @@ from reliability import (
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from engine.fetch import tile_name
 from state import Store
 
 
@@ -48,15 +47,15 @@ def test_deleted_truncated_corrupted_and_partial_tiles_are_fetched_again_and_rep
             done = store.tiles("done")
         assert len(done) >= 6
         deleted, truncated, corrupted = done[1], done[3], done[5]
-        (tiles / tile_name(deleted.id)).unlink()
-        path = tiles / tile_name(truncated.id)
+        (tiles / deleted.path).unlink()
+        path = tiles / truncated.path
         path.write_bytes(path.read_bytes()[: truncated.bytes // 2])
-        path = tiles / tile_name(corrupted.id)
+        path = tiles / corrupted.path
         body = bytearray(path.read_bytes())
         middle = len(body) // 2
         body[middle : middle + 64] = bytes(255 - b for b in body[middle : middle + 64])
         path.write_bytes(bytes(body))  # same size: only the checksum can tell
-        (tiles / (tile_name(done[0].id) + ".part")).write_bytes(b"II*\x00half a tile")
+        (tiles / (done[0].path + ".part")).write_bytes(b"II*\x00half a tile")
 
         again = run_cli("resume", str(state), "--overwrite")
         served = served_counts(emulator)
@@ -73,7 +72,7 @@ def test_deleted_truncated_corrupted_and_partial_tiles_are_fetched_again_and_rep
     assert not list(tiles.glob("*.part"))
     assert_matches_oracle(output, state, oracle)
     before = output.read_bytes()
-    (tiles / tile_name(done[4].id)).unlink()
+    (tiles / done[4].path).unlink()
     merge = run_cli("merge", str(state), "--overwrite")
     assert merge.returncode == 1
     line = one_line_error(merge.stderr)
@@ -95,7 +94,7 @@ def test_a_done_tile_whose_file_vanished_before_the_merge_is_fetched_again(
         with Store.open(state, create=False) as store:
             store.set_job_status("downloaded")
             victim = store.tiles("done")[2]
-        (tmp_path / "dem.tif.eefetch-tiles" / tile_name(victim.id)).unlink()
+        (tmp_path / "dem.tif.eefetch-tiles" / victim.path).unlink()
         again = run_cli(*args)
         served = served_counts(emulator)
     assert again.returncode == 0, again.stderr

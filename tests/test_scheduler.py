@@ -275,3 +275,47 @@ def test_endless_429s_still_end_the_tile_after_a_ceiling(tmp_path: Path) -> None
     summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[4], options=FAST))
     assert summary.failed == 1
     assert fetch.calls[busy] == 4 * FAST.max_attempts
+
+
+def test_429s_of_an_earlier_run_do_not_spend_the_attempts_of_a_resumed_tile(
+    tmp_path: Path,
+) -> None:
+    """A run meets seven 429s on one tile and is stopped; after the resume the tile's own
+    errors still have their whole budget (the 429s were counted apart, and kept)."""
+    store = make_store(tmp_path, 2)
+    busy = store.tiles()[0].id
+    too_many = FetchError(ErrorKind.HTTP, "Too Many Requests", status=429)
+    disk_full = FetchError(ErrorKind.DISK, "No space left on device")
+    first = ScriptedFetch({busy: [too_many] * 7 + [disk_full]})
+    with pytest.raises(JobStopped):
+        run(Scheduler(store, first, always_up, owner="a", itemsizes=[4], options=FAST))
+    resumed = store.tile(busy)
+    assert resumed is not None and (resumed.attempts, resumed.rate_limited) == (0, 7)
+    bad_gateway = FetchError(ErrorKind.HTTP, "Bad gateway", status=502)
+    second = ScriptedFetch({busy: [bad_gateway] * (FAST.max_attempts - 1)})
+    summary = run(Scheduler(store, second, always_up, owner="b", itemsizes=[4], options=FAST))
+    assert summary.failed == 0
+    assert store.counts()["done"] == 2
+
+
+def test_the_429_ceiling_holds_across_runs(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 1)
+    busy = store.tiles()[0].id
+    too_many = FetchError(ErrorKind.HTTP, "Too Many Requests", status=429)
+    disk_full = FetchError(ErrorKind.DISK, "No space left on device")
+    ceiling = 4 * FAST.max_attempts
+    with pytest.raises(JobStopped):
+        run(
+            Scheduler(
+                store,
+                ScriptedFetch({busy: [too_many] * (ceiling - 2) + [disk_full]}),
+                always_up,
+                owner="a",
+                itemsizes=[4],
+                options=FAST,
+            )
+        )
+    second = ScriptedFetch({busy: [too_many] * 100})
+    summary = run(Scheduler(store, second, always_up, owner="b", itemsizes=[4], options=FAST))
+    assert summary.failed == 1
+    assert second.calls[busy] == 2

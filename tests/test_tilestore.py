@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -224,7 +225,7 @@ def test_cancellation_removes_the_part_file(store: TileStore) -> None:
         task = asyncio.create_task(store.write_stream("t1.tif", slow(), expectation(), None))
         await started.wait()
         await asyncio.sleep(0.05)
-        assert store.part_path("t1.tif").exists()
+        assert len(list(store.root.glob("t1.tif.*.part"))) == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -243,7 +244,46 @@ def test_unsafe_names_are_rejected(store: TileStore, name: str) -> None:
 
 def test_paths(store: TileStore) -> None:
     assert store.final_path("t000123.tif") == store.root / "t000123.tif"
-    assert store.part_path("t000123.tif") == store.root / "t000123.tif.part"
+    first, second = store.part_path("t000123.tif"), store.part_path("t000123.tif")
+    assert first != second  # one part file per attempt
+    for part in (first, second):
+        assert part.parent == store.root
+        assert re.fullmatch(r"t000123\.tif\.[0-9a-f]{8}\.part", part.name)
+
+
+def test_two_attempts_at_one_tile_never_share_a_part_file(store: TileStore) -> None:
+    """A late attempt and its retry streaming at once: each writes its own part file, so
+    neither truncates the other, and the published tile is whole."""
+    body = geotiff_bytes()
+
+    async def scenario() -> list[StoredTile]:
+        gate = asyncio.Event()
+
+        async def halves() -> AsyncIterator[bytes]:
+            yield body[: len(body) // 2]
+            await gate.wait()
+            yield body[len(body) // 2 :]
+
+        first = asyncio.create_task(store.write_stream("t1.tif", halves(), expectation(), None))
+        second = asyncio.create_task(store.write_stream("t1.tif", halves(), expectation(), None))
+        await asyncio.sleep(0.1)
+        assert len(list(store.root.glob("t1.tif.*.part"))) == 2
+        gate.set()
+        return [await first, await second]
+
+    results = asyncio.run(scenario())
+    assert {r.checksum for r in results} == {hashlib.sha256(body).hexdigest()}
+    assert leftovers(store) == ["t1.tif"]
+    assert store.final_path("t1.tif").read_bytes() == body
+
+
+def test_remove_unless_touches_only_files_it_recognises(store: TileStore) -> None:
+    write(store, geotiff_bytes(), name="t1.tif")
+    write(store, geotiff_bytes(), name="t2.tif")
+    (store.root / "notes.txt").write_text("mine")
+    removed = store.remove_unless(lambda n: n == "t1.tif", lambda n: n.startswith("t"))
+    assert removed == 1
+    assert leftovers(store) == ["notes.txt", "t1.tif"]
 
 
 def test_verify(store: TileStore) -> None:
@@ -285,7 +325,8 @@ def test_remove_stale_parts_and_remove(store: TileStore) -> None:
     write(store, geotiff_bytes(), name="t2.tif")
     store.part_path("t3.tif").write_bytes(b"II*\x00partial")
     store.part_path("t4.tif").write_bytes(b"")
-    assert store.remove_stale_parts() == 2
+    (store.root / "t5.tif.part").write_bytes(b"II*")  # an older eefetch's part file
+    assert store.remove_stale_parts() == 3
     assert leftovers(store) == ["t00000001.tif", "t2.tif"]
     store.remove("t2.tif")
     store.remove("t2.tif")
