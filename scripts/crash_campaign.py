@@ -1,10 +1,12 @@
 """Crash campaign: SIGKILL `eefetch download` at many seeded random moments, re-run after each.
 
 Every kill is followed by the same command again, until a run completes. Kills are aimed by
-timing only (no hooks in the engine): early kills land in start-up and planning, progress kills
-at a random fraction of the remaining tiles plus sub-second jitter (so they hit tile renames and
-state writes at random), part kills while a tile body is being streamed to its ``.part`` file,
-and merge kills once the merge's temporary output has appeared.
+watching the files (no hooks in the engine): early kills land in start-up and planning, progress
+kills at a random fraction of the remaining tiles (so they hit tile renames and state writes at
+random), part kills while a tile body is being streamed to its ``.part`` file, and merge kills
+once every tile is fetched and the output is being finished. At the aimed moment the process is
+frozen (SIGSTOP) before anything is read, so the phase recorded is what it was really doing
+when the SIGKILL came, not what it did a poll later.
 
 Two promises are checked from outside the process:
 - the final GeoTIFF equals the oracle (the emulator rendering the grid with no limits) pixel
@@ -70,6 +72,9 @@ class CampaignConfig:
     max_tile_bytes: int = 1_000_000
     concurrency: int = 4
     latency_s: float = 0.05
+    # Bytes per second per connection (None: unlimited): a slower body keeps its .part file
+    # on disk long enough to be hit, and bounds how fast a job can run out of tiles to kill.
+    conn_bandwidth: float | None = None
     run_timeout_s: float = 600.0
     keep_outputs: bool = True
 
@@ -206,6 +211,14 @@ def _finishing(state: Path, output: Path, since: float) -> bool:
     return total > 0 and done == total
 
 
+def _freeze(process: subprocess.Popen[bytes]) -> bool:
+    """Stop the process where it is (it stays stopped until killed); False if it ended."""
+    if process.poll() is not None:
+        return False
+    process.send_signal(signal.SIGSTOP)
+    return True
+
+
 def _wait_for(condition: object, process: subprocess.Popen[bytes], timeout: float) -> bool:
     """Poll ``condition()`` until true; False if the process ended or time ran out first."""
     deadline = time.monotonic() + timeout
@@ -226,16 +239,17 @@ def _aim(
     output: Path,
     since: float,
 ) -> bool:
-    """Wait for the moment ``mode`` aims at; False if the run ended first."""
+    """Wait for the moment ``mode`` aims at and freeze the process there; False if the run
+    ended first (it then completed, and the kill did not happen)."""
     tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
     if mode == "early":
         _wait_for(lambda: False, process, rng.uniform(0.05, 3.0))
-        return process.poll() is None
+        return _freeze(process)
     if mode == "merge":
         if not _wait_for(lambda: _finishing(state, output, since), process, 600):
             return False
         time.sleep(rng.uniform(0.0, 0.4))
-        return process.poll() is None
+        return _freeze(process)
     if mode == "part":  # or the merge, if every tile was already fetched
 
         def writing() -> bool:
@@ -243,18 +257,15 @@ def _aim(
                 return True
             return _finishing(state, output, since)
 
-        return _wait_for(writing, process, 600)
+        return _wait_for(writing, process, 600) and _freeze(process)
     start, _ = _done_count(state)
-    fraction = rng.random()
+    fraction = rng.uniform(0.05, 0.8)
 
     def reached() -> bool:
         now_done, now_total = _done_count(state)
         return now_total > 0 and now_done >= start + fraction * (now_total - start)
 
-    if not _wait_for(reached, process, 600):
-        return False
-    time.sleep(rng.uniform(0.0, 0.5))
-    return process.poll() is None
+    return _wait_for(reached, process, 600) and _freeze(process)
 
 
 def _served(url: str) -> dict[str, int]:
@@ -458,7 +469,11 @@ def _run_job(
 def emulator_config(config: CampaignConfig) -> EmulatorConfig:
     """A clean emulator with a little latency, so a tile is in flight long enough to be hit."""
     return EmulatorConfig.from_profile(
-        "clean", seed=config.seed, latency_fixed_s=config.latency_s, latency_per_mpix_s=0.0
+        "clean",
+        seed=config.seed,
+        latency_fixed_s=config.latency_s,
+        latency_per_mpix_s=0.0,
+        conn_bandwidth=config.conn_bandwidth,
     )
 
 

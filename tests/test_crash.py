@@ -53,25 +53,28 @@ def oracle() -> Iterator[EmulatorThread]:
 def test_five_sigkills_end_in_the_oracle_file_and_no_done_tile_is_fetched_again(
     tmp_path: Path, campaign: ModuleType, oracle: EmulatorThread
 ) -> None:
+    """Whatever moments the kills land on, the promises hold. The emulator sends each tile
+    no faster than 0.1 s + 2 MB/s, so a run of this 100-tile job outlasts the early kill and
+    every progress kill finds tiles left; the process is frozen before its phase is read."""
     config = campaign.CampaignConfig(
-        workdir=tmp_path, kills=5, merge_kills=1, size_mb=20, seed=11, max_tile_bytes=400_000
+        workdir=tmp_path,
+        kills=5,
+        merge_kills=1,
+        size_mb=20,
+        seed=11,
+        max_tile_bytes=200_000,
+        latency_s=0.1,
+        conn_bandwidth=2_000_000.0,
     )
     with EmulatorThread(campaign.emulator_config(config)) as emulator:
         result = campaign.run_campaign(config, emulator, oracle)
     assert result.completed, result.final_stderr
-    assert len(result.kills) == 5, f"the job finished before every kill: {result.kills}"
+    assert len(result.kills) == 5, f"fewer kills than planned: {result.kills}"
     assert result.refetched_done == [], f"tiles done at a kill were fetched again: {result}"
     assert result.pixels_equal
-    assert result.tiles >= 50
-    phases = {kill.phase for kill in result.kills}
-    assert phases & {"download", "writing a tile"}, f"no kill mid-download: {result.kills}"
-    assert [kill.mode for kill in result.kills] == [
-        "early",
-        "progress",
-        "progress",
-        "part",
-        "merge",
-    ]
+    assert result.tiles >= 100
+    mid_download = [k for k in result.kills if k.total_tiles and k.done_at_kill < k.total_tiles]
+    assert mid_download, f"no kill while tiles were left to fetch: {result.kills}"
 
 
 def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(

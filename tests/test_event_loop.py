@@ -1,0 +1,136 @@
+"""Nothing slow runs on the event loop (issue 10, item 7).
+
+In a collection, several jobs share one event loop: a job that closes a multi-GB output, hashes
+adopted tiles or deletes its tile folder on the loop thread stalls every other image's reads
+until they hit their idle timeout. The command line runs here with asyncio's debug mode, which
+reports every callback that holds the loop for 100 ms or more; there must be none, through a
+download that is interrupted (the unfinished output is closed and kept), resumed (tiles are
+re-checked and adopted, the output reopened) and finished (tiles removed), and through a
+collection of two images.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from reliability import REPO, state_of
+
+from engine.emulator.config import EmulatorConfig
+from engine.emulator.server import EmulatorThread
+from state import StateError, Store
+
+SLOW = re.compile(r"Executing .* took (\d+\.\d+) seconds")
+DEBUG_ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "PYTHONASYNCIODEBUG": "1"}
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *args],
+        cwd=REPO,
+        env=DEBUG_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def slow_callbacks(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if SLOW.search(line)]
+
+
+def done_tiles(state: Path) -> int:
+    try:
+        with Store.open(state, create=False) as store:
+            return store.counts()["done"]
+    except StateError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def emulator() -> EmulatorThread:
+    with EmulatorThread(EmulatorConfig.from_profile("clean")) as running:
+        yield running
+
+
+def test_an_interrupted_and_resumed_download_never_holds_the_loop(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    output = tmp_path / "dem.tif"
+    state = state_of(output)
+    args = [
+        "download",
+        "--asset",
+        "USGS/SRTMGL1_003",
+        "--region",
+        "118.60,31.90,118.80,32.06",
+        "--crs",
+        "EPSG:4326",
+        "--scale",
+        "10",
+        "-o",
+        str(output),
+        "--ee-url",
+        emulator.url,
+        "--max-tile-bytes",
+        "4000000",
+        "--concurrency",
+        "4",
+        "--quiet",
+    ]
+    first = cli(*args)
+    deadline = time.monotonic() + 120
+    while done_tiles(state) < 6:
+        assert first.poll() is None, first.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    _, interrupted = first.communicate(timeout=120)
+    assert first.returncode == 130, interrupted
+    assert (tmp_path / ".dem.tif.eefetch-merge.json").exists()  # the output was kept
+    second = cli(*args)
+    _, resumed = second.communicate(timeout=300)
+    assert second.returncode == 0, resumed
+    assert output.exists()
+    assert slow_callbacks(interrupted) == []
+    assert slow_callbacks(resumed) == []
+
+
+def test_a_collection_of_two_images_never_holds_the_loop(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    folder = tmp_path / "scenes"
+    run = cli(
+        "collection",
+        "--start",
+        "2022-01-01",
+        "--end",
+        "2022-12-31",
+        "--bands",
+        "B4,B3,B2",
+        "--limit",
+        "2",
+        "--region",
+        "118.70,32.00,118.80,32.06",
+        "--crs",
+        "EPSG:4326",
+        "--scale",
+        "10",
+        "-o",
+        str(folder),
+        "--ee-url",
+        emulator.url,
+        "--max-tile-bytes",
+        "2000000",
+        "--quiet",
+    )
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    assert len(list(folder.glob("*.tif"))) == 2
+    assert slow_callbacks(stderr) == []

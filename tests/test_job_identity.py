@@ -1,0 +1,226 @@
+"""No job ever takes another job's pixels (issue 10, items 1, 3 and 8).
+
+- A new job on the same output never adopts the tile files or the unfinished output another
+  job left behind, even when the user deleted that job's state file as our messages suggest.
+- A wall clock that jumps past the lease (a suspend, an NTP step) never makes a process fetch
+  its own in-flight tiles a second time.
+- Two jobs with different state files never write the same output at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import ee
+import pytest
+from reliability import (
+    assert_matches_oracle,
+    dem_args,
+    one_line_error,
+    run_cli,
+    served_counts,
+    start_cli,
+    state_of,
+)
+
+from engine import ee_adapter
+from engine.api import build_spec
+from engine.emulator.config import EmulatorConfig
+from engine.emulator.server import EmulatorThread
+from engine.job import RunOptions, run_job
+from engine.progress import SilentProgress
+from engine.scheduler import SchedulerOptions
+from state import OutputLock, StateError, Store
+
+# A few hundred metres of Nanjing: a composite of about 30 small tiles.
+REGION = "118.760,32.040,118.775,32.052"
+
+
+@pytest.fixture(scope="module")
+def oracle() -> EmulatorThread:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
+        yield emulator
+
+
+def composite_args(url: str, output: Path, reducer: str) -> list[str]:
+    return [
+        "composite",
+        "--start",
+        "2022-01-01",
+        "--end",
+        "2022-12-31",
+        "--max-cloud",
+        "30",
+        "--cloud-mask",
+        "qa60",
+        "--bands",
+        "B2,B3,B4",
+        "--reducer",
+        reducer,
+        "--region",
+        REGION,
+        "--crs",
+        "EPSG:4326",
+        "--scale",
+        "10",
+        "-o",
+        str(output),
+        "--ee-url",
+        url,
+        "--max-tile-bytes",
+        "20000",
+        "--concurrency",
+        "2",
+        "--quiet",
+    ]
+
+
+def done_tiles(state: Path) -> int:
+    try:
+        with Store.open(state, create=False) as store:
+            return store.counts()["done"]
+    except StateError:
+        return 0
+
+
+def kill_when(process: subprocess.Popen[str], state: Path, done: int) -> int:
+    """SIGKILL ``process`` once ``done`` tiles are recorded; returns how many were."""
+    deadline = time.monotonic() + 120
+    while (count := done_tiles(state)) < done:
+        assert process.poll() is None, f"finished before {done} tiles were done"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    return count
+
+
+def test_a_new_job_on_the_same_output_never_adopts_the_files_of_the_one_before(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    """Job A (a mean) is killed with tiles on disk; its state file is deleted, as our error
+    message for a changed job suggests; job B (a median: same grid, same output, other
+    pixels) is killed once early and resumed. B's file must be B's pixels, all of them."""
+    output = tmp_path / "city.tif"
+    state = state_of(output)
+    tiles = tmp_path / "city.tif.eefetch-tiles"
+    config = EmulatorConfig.from_profile("clean", latency_fixed_s=0.15, latency_per_mpix_s=0.0)
+    with EmulatorThread(config) as emulator:
+        job_a = start_cli(composite_args(emulator.url, output, "mean"))
+        left_by_a = kill_when(job_a, state, 8)
+        assert len(list(tiles.glob("*.tif"))) >= left_by_a >= 8
+        state.unlink()  # what the user does; the -wal and -shm files stay behind
+
+        job_b = start_cli(composite_args(emulator.url, output, "median"))
+        kill_when(job_b, state, 1)  # early: most of A's files are still there
+        resumed = run_cli(*composite_args(emulator.url, output, "median"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_matches_oracle(output, state, oracle)
+
+
+def test_an_unfinished_output_of_another_job_is_not_continued(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    """A stopped job keeps its unfinished output and a checkpoint; a new job on the same
+    output (its state deleted) writes the output anew instead of continuing it."""
+    output = tmp_path / "city.tif"
+    state = state_of(output)
+    config = EmulatorConfig.from_profile("clean", latency_fixed_s=0.15, latency_per_mpix_s=0.0)
+    with EmulatorThread(config) as emulator:
+        job_a = start_cli(composite_args(emulator.url, output, "mean"))
+        deadline = time.monotonic() + 120
+        while done_tiles(state) < 8:
+            assert job_a.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        job_a.send_signal(signal.SIGINT)  # Ctrl-C: the output is kept with its checkpoint
+        job_a.communicate(timeout=60)
+        assert job_a.returncode == 130
+        assert (tmp_path / ".city.tif.eefetch-merge.json").exists()
+        state.unlink()
+        again = run_cli(*composite_args(emulator.url, output, "median"))
+    assert again.returncode == 0, again.stderr
+    assert_matches_oracle(output, state, oracle)
+
+
+def test_two_jobs_never_write_one_output_at_once(tmp_path: Path, oracle: EmulatorThread) -> None:
+    """While one job holds the output (here: this test, as a stand-in for a running job with
+    another state file), a second job on the same output stops before fetching anything."""
+    output = tmp_path / "dem.tif"
+    with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
+        with OutputLock(output):
+            second = run_cli(*dem_args(emulator.url, output, "--state", str(tmp_path / "2.db")))
+            assert served_counts(emulator) == {}
+            assert not list(tmp_path.glob(".dem.tif.eefetch-merge*"))
+        line = one_line_error(second.stderr)
+        assert second.returncode == 1
+        assert f"another eefetch job (pid {os.getpid()}) is writing {output}" in line
+        assert "give this download another output with -o" in line
+        again = run_cli(*dem_args(emulator.url, output, "--state", str(tmp_path / "2.db")))
+    assert again.returncode == 0, again.stderr
+    assert_matches_oracle(output, tmp_path / "2.db", oracle)
+
+
+class Jump:
+    """A wall clock that leaps two hours ahead once ``after`` tiles are done."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.done = 0
+
+    def __call__(self) -> float:
+        return time.time() + (7200.0 if self.done >= self.after else 0.0)
+
+
+class CountingProgress(SilentProgress):
+    def __init__(self, clock: Jump) -> None:
+        self.clock = clock
+
+    def tile_done(self, nbytes: int) -> None:
+        self.clock.done += 1
+
+
+def test_a_clock_jump_past_the_lease_fetches_no_tile_twice(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    """A suspend or an NTP step longer than the lease (600 s) while tiles are in flight: the
+    process must not take its own in-flight tiles for abandoned ones and fetch them again."""
+    config = EmulatorConfig.from_profile("clean", latency_fixed_s=0.3, latency_per_mpix_s=0.0)
+    output = tmp_path / "dem.tif"
+    state = state_of(output)
+    with EmulatorThread(config) as emulator:
+        ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
+        image = ee.Image("USGS/SRTMGL1_003")
+        spec = build_spec(
+            image,
+            output,
+            region=[118.70, 32.00, 118.80, 32.06],
+            crs="EPSG:32650",
+            crs_transform=None,
+            scale=30,
+            dtype=None,
+            shape=None,
+            bands=None,
+            nodata=None,
+            endpoint="urls",
+            max_tile_bytes=20_000,
+            concurrency=4,
+            compress="deflate",
+            cog=False,
+            keep_tiles=False,
+            ee_url=emulator.url,
+            project=None,
+        )
+        clock = Jump(after=2)
+        options = RunOptions(concurrency=4, scheduler=SchedulerOptions(concurrency=4), clock=clock)
+        with ee_adapter.client_settings():
+            result = asyncio.run(run_job(spec, state, options, CountingProgress(clock)))
+        served = served_counts(emulator)
+    assert result.complete
+    assert clock.done == result.counts["done"] >= 8
+    assert sorted(set(served.values())) == [1], "a tile was fetched twice"
+    assert_matches_oracle(output, state, oracle)

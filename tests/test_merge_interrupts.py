@@ -1,0 +1,170 @@
+"""Stops that land inside the merge, at exact moments (issue 10, item 2).
+
+A stop while the output is being finished used to be tested only when the timing happened to
+land there. Here a wrapper pauses the merge at a chosen moment (tests/paused_cli.py), the test
+sends SIGTERM or SIGKILL while it is paused, and lets it go on where a process would. In every
+case the next run of the same command ends with the oracle's pixels, and no tile recorded as
+done is fetched again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from reliability import (
+    REPO,
+    assert_matches_oracle,
+    dem_args,
+    job_spec,
+    run_cli,
+    served_counts,
+    state_of,
+    tile_key,
+)
+
+from engine.emulator.config import EmulatorConfig
+from engine.emulator.server import EmulatorThread
+from engine.live_merge import checkpoint_path
+from engine.merge import OutputBuilder
+from state import Store
+
+
+@pytest.fixture(scope="module")
+def oracle() -> EmulatorThread:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
+        yield emulator
+
+
+class Paused:
+    """The CLI under tests/paused_cli.py, paused at ``moment`` of its merge."""
+
+    def __init__(self, folder: Path, moment: str, args: list[str]) -> None:
+        self.paused = folder / "paused"
+        self.release = folder / "release"
+        env = {
+            **os.environ,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "EEFETCH_TEST_PAUSE": moment,
+            "EEFETCH_TEST_PAUSED": str(self.paused),
+            "EEFETCH_TEST_RELEASE": str(self.release),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "paused_cli.py"), *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_paused(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self.paused.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(f"ended before the pause: {self.process.communicate()[1]}")
+            assert time.monotonic() < deadline, "never reached the pause"
+            time.sleep(0.01)
+
+    def signal_then_release(self, sig: signal.Signals) -> tuple[int, str]:
+        self.process.send_signal(sig)
+        time.sleep(0.3)  # the signal is handled (the run is cancelled) while the merge waits
+        self.release.write_text("go")
+        _, stderr = self.process.communicate(timeout=120)
+        return self.process.returncode, stderr
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def _done(state: Path) -> dict[int, str]:
+    with Store.open(state, create=False) as store:
+        return {t.id: str(t.checksum) for t in store.tiles("done")}
+
+
+def _status(state: Path) -> str:
+    with Store.open(state, create=False) as store:
+        job = store.job()
+    assert job is not None
+    return job.status
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_before_the_output_is_finished_keeps_it_for_the_next_run(
+    tmp_path: Path, oracle: EmulatorThread, sig: signal.Signals
+) -> None:
+    output = tmp_path / "dem.tif"
+    state = state_of(output)
+    with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
+        args = dem_args(emulator.url, output)
+        run = Paused(tmp_path, "finish", args)
+        run.wait_paused()
+        code, stderr = run.signal_then_release(sig)
+        assert code == 130, stderr
+        assert "stopped; run the same command again to resume" in stderr
+        assert not output.exists()
+        assert _status(state) == "downloaded"
+        done = _done(state)
+        kept = json.loads(checkpoint_path(output).read_text())["tiles"]
+        assert {int(k): v for k, v in kept.items()} == done  # every tile is in the kept output
+        again = run_cli(*args)
+        served = served_counts(emulator)
+    assert again.returncode == 0, again.stderr
+    spec = job_spec(state)
+    with Store.open(state, create=False) as store:
+        assert all(served[tile_key(spec, t)] == 1 for t in store.tiles("done"))
+    assert_matches_oracle(output, state, oracle)
+    assert not OutputBuilder.temp_for(output).exists()
+
+
+def test_a_stop_while_the_output_is_published_is_recorded(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    """SIGTERM arrives just before the rename; the merge thread cannot be stopped there, so it
+    publishes, and the state must say so: the next run finds the job complete."""
+    output = tmp_path / "dem.tif"
+    state = state_of(output)
+    with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
+        args = dem_args(emulator.url, output)
+        run = Paused(tmp_path, "publish", args)
+        run.wait_paused()
+        code, stderr = run.signal_then_release(signal.SIGTERM)
+        assert code == 130, stderr
+        assert output.exists()
+        assert _status(state) == "merged"
+        again = run_cli(*args)
+        served = served_counts(emulator)
+    assert again.returncode == 0, again.stderr
+    assert "0 tiles fetched" in again.stderr
+    assert sorted(set(served.values())) == [1]
+    assert_matches_oracle(output, state, oracle)
+
+
+@pytest.mark.parametrize("moment", ["finish", "publish", "published"])
+def test_a_sigkill_inside_the_merge_ends_in_the_oracle_file(
+    tmp_path: Path, oracle: EmulatorThread, moment: str
+) -> None:
+    output = tmp_path / "dem.tif"
+    state = state_of(output)
+    with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
+        args = dem_args(emulator.url, output)
+        run = Paused(tmp_path, moment, args)
+        run.wait_paused()
+        run.kill()
+        assert output.exists() == (moment == "published")
+        again = run_cli(*args)
+        served = served_counts(emulator)
+    assert again.returncode == 0, again.stderr
+    assert sorted(set(served.values())) == [1], "a tile done before the kill was fetched again"
+    assert_matches_oracle(output, state, oracle)
+    assert _status(state) == "merged"
+    assert not OutputBuilder.temp_for(output).exists()
+    assert not checkpoint_path(output).exists()
+    assert not (tmp_path / "dem.tif.eefetch-tiles").exists()
