@@ -154,7 +154,7 @@ class Scheduler:
         )
         self.summary = RunSummary()
         self._own_state = updates is None
-        self.updates = updates or UpdateBuffer(store, StateThread(), clock)
+        self.updates = updates if updates is not None else UpdateBuffer(store, StateThread(), clock)
         self.state = self.updates.state
         self._queue: list[TileRecord] = []
         self._in_flight = 0
