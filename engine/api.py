@@ -33,6 +33,7 @@ from engine.paths import default_state_path
 from engine.progress import Progress, choose_progress
 from engine.region_input import load_region
 from engine.scheduler import SchedulerOptions
+from engine.service import service_identity
 from engine.spec import COMPRESSIONS, Endpoint, JobSpec, default_nodata
 from engine.transport import TransportOptions
 
@@ -241,6 +242,7 @@ def build_spec(
         keep_tiles=keep_tiles,
         ee_url=ee_url,
         project=project,
+        service=service_identity(ee_adapter.current_base_url()),
     )
 
 

@@ -101,10 +101,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from engine.merge import MergeError
     from engine.quicklook import PreviewError
     from engine.scheduler import JobStopped
+    from engine.spec import SpecError
     from state import StateError
 
     return (
         EEUserError,
+        SpecError,
         GridError,
         JobError,
         MergeError,
@@ -884,8 +886,15 @@ def resume(
     """Resume the job saved in STATE, without the original script."""
 
     def action() -> None:
+        from dataclasses import replace
+
+        from engine import ee_adapter
+        from engine.service import service_identity
+
         spec = _load_spec(state)
         settings.connect(spec.ee_url, spec.project)
+        # The service reached now, which --ee-url may have changed: the job refuses another.
+        spec = replace(spec, service=service_identity(ee_adapter.current_base_url()))
         _run_spec(spec, state, overwrite, settings)
 
     _run_guarded(settings.debug, action)
@@ -1256,14 +1265,17 @@ def _split(text: str | None) -> list[str]:
 
 
 def _load_spec(state: str) -> Any:
-    from engine.spec import JobSpec
+    from engine.spec import JobSpec, SpecError
     from state import Store
 
     with Store.open(state, create=False) as store:
         job = store.job()
     if job is None:
         raise UserFacingError(f"{state} holds no job; start one with `eefetch download`")
-    return JobSpec.from_dict(job.spec)
+    try:
+        return JobSpec.from_dict(job.spec)
+    except SpecError as exc:
+        raise UserFacingError(f"state file {state}: {_one_line(exc)}") from exc
 
 
 def _read_text(path: str) -> str:

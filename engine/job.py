@@ -32,7 +32,7 @@ from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter
 from engine.paths import tiles_folder
 from engine.progress import Progress, SilentProgress
 from engine.scheduler import Fetch, RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
-from engine.spec import JobSpec
+from engine.spec import JobSpec, SpecError, identity_differences, resumed_spec
 from engine.tilestore import StoredTile, TileStore
 from engine.transport import Transport, TransportOptions
 from state import JobLock, NewTile, Store, TileDone, TileRecord, TileReset
@@ -91,8 +91,11 @@ def plan(spec: JobSpec) -> list[TilePlan]:
     )
 
 
-def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[str]]:
-    """Create the job in an empty state file, or check that the file holds this very job."""
+def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[str], JobSpec]:
+    """Create the job in an empty state file, or check that the file holds this very job.
+
+    Returns the spec to run: ``spec``, with the stored plan's settings when resuming.
+    """
     job = store.job()
     if job is None:
         tiles = [
@@ -107,16 +110,29 @@ def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[
             for t in plan(spec)
         ]
         store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
-        return True, [
+        planned = (
             f"planned {len(tiles)} tiles for a {spec.grid.width} x "
             f"{spec.grid.height} grid of {len(spec.band_ids)} bands"
-        ]
-    if job.fingerprint != spec.fingerprint():
-        raise JobError(
-            f"state file {state_path} holds another job (for {job.output_path}); give this "
-            "download its own --state, or delete that file to start over"
         )
-    return False, []
+        return True, [planned], spec
+    try:
+        stored = JobSpec.from_dict(job.spec)
+    except SpecError as exc:
+        raise JobError(f"state file {state_path}: {exc}") from exc
+    differs = identity_differences(stored, spec)
+    if differs:
+        raise JobError(
+            f"state file {state_path} holds another job (for {job.output_path}; it differs in "
+            f"{', '.join(differs)}); give this download its own --state, or delete that file "
+            "to start over"
+        )
+    leaves = sum(n for status, n in store.counts().items() if status != "split")
+    spec, notes = resumed_spec(stored, spec, leaves, partial(_largest_side, store))
+    return False, notes, spec
+
+
+def _largest_side(store: Store) -> int:
+    return max((max(t.height, t.width) for t in store.tiles() if t.status != "split"), default=0)
 
 
 def reconcile(store: Store, tiles: TileStore, spec: JobSpec) -> list[str]:
@@ -185,7 +201,7 @@ async def run_job(
         raise _output_exists(output)  # before a state file is made for a job that cannot run
     state_path.parent.mkdir(parents=True, exist_ok=True)
     with JobLock(state_path), Store.open(state_path) as store:
-        created, notes = open_job(store, spec, state_path)
+        created, notes, spec = open_job(store, spec, state_path)
         job = store.job()
         assert job is not None
         if job.status == "merged" and output.exists() and not options.overwrite:
