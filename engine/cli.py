@@ -90,6 +90,10 @@ Without --min/--max the stretch is the 2-98 % range of the data.
 class UserFacingError(click.ClickException):
     """One line, no traceback (unless --debug)."""
 
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
     def format_message(self) -> str:
         return self.message
 
@@ -132,7 +136,20 @@ def _run_guarded(debug: bool, action: Callable[[], T]) -> T:
     except _user_errors() as exc:
         if debug:
             raise
-        raise UserFacingError(_one_line(exc)) from exc
+        raise UserFacingError(_one_line(exc), _exit_code(exc)) from exc
+
+
+def _exit_code(exc: BaseException) -> int:
+    """2 for a command that describes an impossible download (as for any misuse), else 1.
+
+    Looked up among the modules already loaded: an error of a module never imported cannot
+    have been raised, and `status` must not pay for importing the engine to fail.
+    """
+    kinds = [
+        getattr(sys.modules.get(module), name, None)
+        for module, name in (("engine.api", "InvalidJob"), ("engine.grid", "GridError"))
+    ]
+    return 2 if any(kind is not None and isinstance(exc, kind) for kind in kinds) else 1
 
 
 def _one_line(exc: BaseException) -> str:
