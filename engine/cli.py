@@ -978,14 +978,21 @@ def list_jobs(folder: str, as_json: bool, debug: bool) -> None:
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
-    """Remove the tile folders of finished (merged) jobs under FOLDER; others are kept."""
+    """Remove the tile folders of finished (merged) jobs under FOLDER; others are kept.
+
+    What jobs whose state file was deleted left under FOLDER goes too: their tile folders and
+    the unfinished outputs their stopped runs kept.
+    """
 
     def action() -> None:
         from engine import inventory
         from engine.progress import format_bytes
 
         removed, skipped = inventory.clean(
-            inventory.find_state_files(folder), dry_run=dry_run, state_too=state_files
+            inventory.find_state_files(folder),
+            dry_run=dry_run,
+            state_too=state_files,
+            folder=Path(folder),
         )
         verb = "would remove" if dry_run else "removed"
         for item in removed:

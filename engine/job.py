@@ -35,7 +35,7 @@ from engine.scheduler import Fetch, RunSummary, Scheduler, SchedulerOptions, Upd
 from engine.spec import JobSpec, SpecError, identity_differences, resumed_spec
 from engine.tilestore import StoredTile, TileStore
 from engine.transport import Transport, TransportOptions
-from state import JobLock, NewTile, Store, TileDone, TileRecord, TileReset
+from state import JobLock, NewTile, StateError, Store, TileDone, TileRecord, TileReset
 
 MAX_VERIFY_ROUNDS = 3
 LOG = logging.getLogger(__name__)
@@ -338,6 +338,8 @@ async def _fetch_all(
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         progress.close()
+        with contextlib.suppress(StateError):  # URLs left behind are remade anyway
+            store.forget_urls()  # no tile is in flight now: no bearer URL need stay on disk
     return total
 
 

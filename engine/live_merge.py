@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from engine.fetch import tile_expectation, tile_name
+from engine.filemodes import open_private
 from engine.grid import TilePlan, Window
 from engine.merge import OutputBuilder, choose_interleave
 from engine.spec import JobSpec
@@ -229,7 +230,7 @@ class LiveMerge:
             "tiles": {str(k): v for k, v in self._written.items() if v is not None},
         }
         temp = self._checkpoint.with_name(self._checkpoint.name + ".tmp")
-        with temp.open("w") as handle:
+        with open(open_private(temp), "w") as handle:
             json.dump(record, handle)
             handle.flush()
             os.fsync(handle.fileno())
