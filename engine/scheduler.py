@@ -139,7 +139,11 @@ class Scheduler:
             self.options.max_probe_interval,
         )
         self.summary = RunSummary()
-        self.updates = updates or UpdateBuffer(store, clock, self.options.flush_batch)
+        # "is None", not "or": an empty buffer is falsy (len 0), and one passed in is shared
+        # with the fetcher, whose URL records would otherwise go to a buffer nobody flushes.
+        self.updates = (
+            updates if updates is not None else UpdateBuffer(store, clock, self.options.flush_batch)
+        )
         self._queue: list[TileRecord] = []
         self._in_flight = 0
         self._changed = asyncio.Event()

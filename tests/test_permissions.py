@@ -7,6 +7,7 @@ import asyncio
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,14 +112,15 @@ def test_download_urls_do_not_outlive_the_run(tmp_path: Path, failing: EmulatorT
 
     ee_adapter.initialize(ee_adapter.Connection(url=failing.url))
     output = tmp_path / "dem.tif"
-    spec = dem_job(failing.url, output, region=REGION, max_tile_bytes=50_000, concurrency=2)
+    # More than 64 tiles: eefetch before this fix did write URLs then (in batches of 64).
+    spec = dem_job(failing.url, output, region=REGION, max_tile_bytes=4_000, concurrency=4)
     options = RunOptions(
         concurrency=2,
         scheduler=SchedulerOptions(concurrency=2, max_attempts=1, backoff_base=0.01),
     )
     state = default_state_path(output)
     result = run_sync(run_job(spec, state, options))
-    assert not result.complete and result.counts["failed"] >= 4
+    assert not result.complete and result.counts["failed"] >= 70
     made = sum(failing.stats()["requests"]["thumbnails:create"].values())
     assert made >= result.counts["failed"]  # a URL was made for every tile
     with Store.open(state, create=False) as store:
@@ -126,3 +128,29 @@ def test_download_urls_do_not_outlive_the_run(tmp_path: Path, failing: EmulatorT
     on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("dem.tif.eefetch.db*"))
     assert b":getPixels" not in on_disk  # not even in free pages or the WAL
     assert not tiles_folder(state).exists() or mode(tiles_folder(state)) == 0o700
+
+
+def test_the_url_a_fetch_makes_reaches_the_state_file(tmp_path: Path) -> None:
+    """The fetcher records into the buffer it shares with the scheduler; an empty buffer
+    passed in (falsy: len 0) was once replaced, and those records were never written."""
+    from test_scheduler import FAST, always_up, make_store
+
+    from engine.retry import ErrorKind, FetchError
+    from engine.scheduler import Scheduler, UpdateBuffer
+    from state import TileRecord, TileUrl
+
+    store = make_store(tmp_path, 3)
+    updates = UpdateBuffer(store)
+
+    async def fetch(tile: TileRecord):  # type: ignore[no-untyped-def]
+        updates.record(TileUrl(tile.id, f"http://127.0.0.1:9/t{tile.id}:getPixels", 1.0))
+        raise FetchError(ErrorKind.HTTP, "HTTP 503", status=503)
+
+    options = replace(FAST, max_attempts=1)
+    scheduler = Scheduler(store, fetch, always_up, owner="o", itemsizes=[2], updates=updates,
+                          options=options)  # fmt: skip
+    asyncio.run(scheduler.run())
+    assert {t.id: t.url for t in store.tiles()} == {
+        i: f"http://127.0.0.1:9/t{i}:getPixels" for i in (1, 2, 3)
+    }
+    store.close()
