@@ -7,6 +7,7 @@ arguments (state location, concurrency, endpoint, proxy, ...) come after geemap'
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 import warnings
@@ -21,6 +22,7 @@ import rasterio
 from engine import ee_adapter
 from engine.ee_adapter import BandInfo, EEUserError
 from engine.grid import (
+    EE_MAX_REQUEST_BYTES,
     METRES_PER_DEGREE,
     Grid,
     GridError,
@@ -33,7 +35,8 @@ from engine.paths import default_state_path
 from engine.progress import Progress, choose_progress
 from engine.region_input import load_region
 from engine.scheduler import SchedulerOptions
-from engine.spec import COMPRESSIONS, Endpoint, JobSpec, default_nodata
+from engine.service import service_identity
+from engine.spec import COMPRESSIONS, Endpoint, JobSpec, SpecError, default_nodata, nodata_value
 from engine.transport import TransportOptions
 
 T = TypeVar("T")
@@ -83,22 +86,15 @@ def download_ee_image(
     raises :class:`DownloadIncomplete` when tiles failed (run again to retry them).
     """
     del kwargs  # geemap passes extra keywords through to geedim; none change the result
-    if ee_url is not None or not ee_adapter.is_initialized():
-        # Like geemap: with no emulator URL and no ee.Initialize() yet, use the user's own
-        # credentials and project.
-        ee_adapter.initialize(
-            ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
-        )
-    elif proxy or ca_bundle:
-        # The user initialised the client; the API calls must take the same route as tiles.
-        ee_adapter.use_network(proxy, ca_bundle)
+    connect(ee_url, project, proxy, ca_bundle)
     if resampling and resampling != "near":
         image = image.resample(resampling)
     if scale_offset:
-        raise EEUserError(
+        raise InvalidJob(
             "scale_offset is not supported yet; apply the scale and offset to "
             "the image in Earth Engine before downloading"
         )
+    budget = concurrency_budget(concurrency, num_threads)
     spec = build_spec(
         image,
         Path(filename),
@@ -112,18 +108,17 @@ def download_ee_image(
         nodata=unmask_value,
         endpoint=endpoint,
         max_tile_bytes=_max_tile_bytes(max_tile_bytes, max_tile_size),
-        concurrency=concurrency or num_threads or DEFAULT_CONCURRENCY,
+        concurrency=budget,
         compress=compress,
         cog=cog,
         keep_tiles=keep_tiles,
         ee_url=ee_url,
         project=project,
+        max_tile_dim=max_tile_dim,
     )
-    if max_tile_dim:
-        spec = _with_extra(spec, max_tile_dim=int(max_tile_dim))
     state_path = Path(state) if state else default_state_path(Path(spec.output))
     options = RunOptions(
-        concurrency=concurrency or num_threads or DEFAULT_CONCURRENCY,
+        concurrency=budget,
         transport=transport_options(proxy, ca_bundle, idle_timeout, first_byte_timeout),
         overwrite=overwrite,
     )
@@ -132,6 +127,33 @@ def download_ee_image(
     if not result.complete:
         raise DownloadIncomplete(result)
     return result
+
+
+def connect(
+    ee_url: str | None, project: str | None, proxy: str | None, ca_bundle: str | None
+) -> None:
+    """Get the client ready for a download, as geemap would, on the route the tiles take.
+
+    With no emulator URL and no ``ee.Initialize()`` yet, the user's own credentials and
+    project are used. If the user initialised the client, it is kept, but a ``proxy`` or
+    ``ca_bundle`` given to the download applies to its API calls too: the tiles take that
+    route, and behind a firewall that only lets the proxy out nothing else would work.
+    """
+    if ee_url is not None or not ee_adapter.is_initialized():
+        ee_adapter.initialize(
+            ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
+        )
+    elif proxy or ca_bundle:
+        ee_adapter.use_network(proxy, ca_bundle)
+
+
+def concurrency_budget(concurrency: int | None, num_threads: int | None) -> int:
+    """eefetch's ``concurrency``, else geemap's ``num_threads``, else the default; a 0 given
+    is kept (and refused by build_spec), not read as "not given"."""
+    for value in (concurrency, num_threads):
+        if value is not None:
+            return value
+    return DEFAULT_CONCURRENCY
 
 
 def transport_options(
@@ -144,13 +166,20 @@ def transport_options(
     defaults = TransportOptions()
     for name, value in (("idle_timeout", idle_timeout), ("first_byte_timeout", first_byte_timeout)):
         if value is not None and not value > 0:
-            raise EEUserError(f"{name} must be a positive number of seconds, got {value}")
+            raise InvalidJob(f"{name} must be a positive number of seconds, got {value}")
     return TransportOptions(
         proxy=proxy,
         ca_bundle=ca_bundle,
         idle_timeout=idle_timeout or defaults.idle_timeout,
         first_byte_timeout=first_byte_timeout or defaults.first_byte_timeout,
     )
+
+
+class InvalidJob(EEUserError):
+    """The arguments describe a download that cannot be done as asked; nothing was fetched.
+
+    The command line exits with status 2 for it, as for any other misuse.
+    """
 
 
 class DownloadIncomplete(Exception):
@@ -187,23 +216,46 @@ def build_spec(
     keep_tiles: bool,
     ee_url: str | None,
     project: str | None,
+    max_tile_dim: int | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> JobSpec:
     """Everything the job needs, checked before anything is fetched.
 
+    Every argument that cannot work (alone or with another) raises :class:`InvalidJob`, one
+    line, before the first tile request: a nodata value the output type cannot hold, a shape
+    without a transform, a sheared transform, a tile size below one pixel, and so on.
     ``warn`` hears about choices that are allowed but probably not meant (a ``dtype`` that
     cannot hold the bands); by default it issues a :class:`LossyCastWarning`.
     """
-    if compress not in COMPRESSIONS:
-        raise EEUserError(f"unknown compression {compress!r}; use one of {', '.join(COMPRESSIONS)}")
-    if endpoint not in ("urls", "compute"):
-        raise EEUserError(f"unknown endpoint {endpoint!r}; use 'urls' or 'compute'")
-    if dtype is not None and dtype not in ee_adapter.CASTS:
-        raise EEUserError(f"unknown dtype {dtype!r}; use one of {', '.join(ee_adapter.CASTS)}")
+    check_arguments(
+        output,
+        crs_transform=crs_transform,
+        scale=scale,
+        dtype=dtype,
+        shape=shape,
+        endpoint=endpoint,
+        max_tile_bytes=max_tile_bytes,
+        max_tile_dim=max_tile_dim,
+        concurrency=concurrency,
+        compress=compress,
+    )
     info = ee_adapter.band_info(image)
-    band_ids = ee_adapter.select_bands([b.id for b in info], bands)
+    try:
+        band_ids = ee_adapter.select_bands([b.id for b in info], bands)
+    except EEUserError as exc:
+        raise InvalidJob(str(exc)) from exc
     chosen = [b for b in info if b.id in band_ids]
     out_dtype = dtype or common_dtype([b.dtype for b in chosen])
+    fill = (
+        default_nodata(out_dtype) if nodata is None else _checked(nodata_value, nodata, out_dtype)
+    )
+    pixel = np.dtype(out_dtype).itemsize + 1  # bytes of one sample in a request
+    if max_tile_bytes < pixel:
+        raise InvalidJob(
+            f"max tile bytes {max_tile_bytes} is less than one {out_dtype} pixel of one band "
+            f"in a request ({pixel} bytes); raise it (Earth Engine allows up to "
+            f"{EE_MAX_REQUEST_BYTES})"
+        )
     lossy = lossy_cast_message(chosen, out_dtype)
     if lossy is not None:
         (warn or _warn_lossy)(lossy)
@@ -213,7 +265,7 @@ def build_spec(
         )
     try:
         # In a GDAL environment, PROJ's complaints about an unknown CRS go to logging (and
-        # become our one-line GridError) instead of being printed to stderr.
+        # become our one-line error) instead of being printed to stderr.
         with rasterio.Env():
             grid = resolve_grid(
                 chosen,
@@ -224,9 +276,9 @@ def build_spec(
                 shape,
             )
     except GridError as exc:
-        raise EEUserError(str(exc)) from exc
-    fill = default_nodata(out_dtype) if nodata is None else nodata
-    return JobSpec(
+        raise InvalidJob(str(exc)) from exc
+    return _checked(
+        JobSpec,
         expression=ee_adapter.serialize(image),
         grid=grid,
         band_ids=tuple(band_ids),
@@ -241,7 +293,82 @@ def build_spec(
         keep_tiles=keep_tiles,
         ee_url=ee_url,
         project=project,
+        extra={"max_tile_dim": int(max_tile_dim)} if max_tile_dim is not None else {},
+        service=service_identity(ee_adapter.current_base_url()),
     )
+
+
+def check_arguments(
+    output: Path,
+    *,
+    crs_transform: Sequence[float] | None,
+    scale: float | None,
+    dtype: str | None,
+    shape: Sequence[int] | None,
+    endpoint: str,
+    max_tile_bytes: int,
+    max_tile_dim: int | None,
+    concurrency: int,
+    compress: str,
+) -> None:
+    """The checks that need no answer from Earth Engine: they run before its first call."""
+    if compress not in COMPRESSIONS:
+        raise InvalidJob(f"unknown compression {compress!r}; use one of {', '.join(COMPRESSIONS)}")
+    if endpoint not in ("urls", "compute"):
+        raise InvalidJob(f"unknown endpoint {endpoint!r}; use 'urls' or 'compute'")
+    if dtype is not None and dtype not in ee_adapter.CASTS:
+        raise InvalidJob(f"unknown dtype {dtype!r}; use one of {', '.join(ee_adapter.CASTS)}")
+    if not _whole_at_least(concurrency, 1):
+        raise InvalidJob(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+    if not _whole_at_least(max_tile_bytes, 1) or max_tile_bytes > EE_MAX_REQUEST_BYTES:
+        raise InvalidJob(
+            f"max tile bytes must be between 1 and {EE_MAX_REQUEST_BYTES} (Earth Engine's "
+            f"limit), got {max_tile_bytes!r}"
+        )
+    if max_tile_dim is not None and not _whole_at_least(max_tile_dim, 1):
+        raise InvalidJob(
+            f"max_tile_dim must be a whole number of pixels >= 1, got {max_tile_dim!r}"
+        )
+    if scale is not None and (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float | np.number)
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
+        raise InvalidJob(f"scale must be a positive, finite number of metres, got {scale!r}")
+    if shape is not None:
+        if crs_transform is None:
+            raise InvalidJob(
+                "shape needs crs_transform (--crs-transform); without it the grid comes from "
+                "region and scale, so drop shape or give the transform"
+            )
+        if len(shape) != 2 or not all(_whole_at_least(n, 1) for n in shape):
+            raise InvalidJob(f"shape must be (height, width) in whole pixels >= 1, got {shape!r}")
+    if crs_transform is not None:
+        if shape is None:
+            raise InvalidJob("crs_transform needs shape=(height, width) (--shape H W)")
+        values = list(crs_transform)
+        if len(values) in (6, 9) and any(
+            isinstance(v, int | float | np.number) and v != 0 for v in (values[1], values[3])
+        ):
+            raise InvalidJob(
+                f"crs_transform {values!r} has a shear (shearX or shearY not 0), which eefetch "
+                "does not support; give a north-up transform: xScale,0,xOrigin,0,yScale,yOrigin"
+            )
+    if output.expanduser().is_dir():
+        raise InvalidJob(f"{output} is a folder; give the GeoTIFF file to write (-o FILE.tif)")
+
+
+def _whole_at_least(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= low
+
+
+def _checked(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``function(...)``, its SpecError as InvalidJob."""
+    try:
+        return function(*args, **kwargs)
+    except SpecError as exc:
+        raise InvalidJob(str(exc)) from exc
 
 
 def resolve_grid(
@@ -256,9 +383,7 @@ def resolve_grid(
     native = next(
         (b for b in bands if b.crs and b.transform and not _is_default_projection(b)), None
     )
-    if crs_transform is not None:
-        if shape is None:
-            raise GridError("crs_transform needs shape=(height, width) (--shape H W)")
+    if crs_transform is not None and shape is not None:
         target_crs = crs or (native.crs if native else None)
         if not target_crs:
             raise GridError("crs_transform needs crs (--crs) for an image without a projection")
@@ -397,29 +522,18 @@ def _is_default_projection(band: BandInfo) -> bool:
 
 
 def _max_tile_bytes(max_tile_bytes: int | None, max_tile_size_mb: float | None) -> int:
-    from engine.grid import EE_MAX_REQUEST_BYTES
-
+    """eefetch's byte cap, else geemap's ``max_tile_size`` in MB, else Earth Engine's limit;
+    build_spec checks the range."""
     if max_tile_bytes is not None:
-        value = int(max_tile_bytes)
-    elif max_tile_size_mb is not None:
-        value = int(max_tile_size_mb * 1024 * 1024)
-    else:
-        return EE_MAX_REQUEST_BYTES
-    if value <= 0 or value > EE_MAX_REQUEST_BYTES:
-        raise EEUserError(
-            f"max tile bytes must be between 1 and {EE_MAX_REQUEST_BYTES} (Earth Engine's limit)"
-        )
-    return value
-
-
-def _with_extra(spec: JobSpec, **extra: Any) -> JobSpec:
-    from dataclasses import replace
-
-    return replace(spec, extra={**spec.extra, **extra})
+        return max_tile_bytes
+    if max_tile_size_mb is not None:
+        return int(max_tile_size_mb * 1024 * 1024)
+    return EE_MAX_REQUEST_BYTES
 
 
 __all__ = [
     "DownloadIncomplete",
+    "InvalidJob",
     "LossyCastWarning",
     "SchedulerOptions",
     "build_spec",

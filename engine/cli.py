@@ -90,6 +90,10 @@ Without --min/--max the stretch is the 2-98 % range of the data.
 class UserFacingError(click.ClickException):
     """One line, no traceback (unless --debug)."""
 
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
     def format_message(self) -> str:
         return self.message
 
@@ -101,10 +105,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from engine.merge import MergeError
     from engine.quicklook import PreviewError
     from engine.scheduler import JobStopped
+    from engine.spec import SpecError
     from state import StateError
 
     return (
         EEUserError,
+        SpecError,
         GridError,
         JobError,
         MergeError,
@@ -130,7 +136,20 @@ def _run_guarded(debug: bool, action: Callable[[], T]) -> T:
     except _user_errors() as exc:
         if debug:
             raise
-        raise UserFacingError(_one_line(exc)) from exc
+        raise UserFacingError(_one_line(exc), _exit_code(exc)) from exc
+
+
+def _exit_code(exc: BaseException) -> int:
+    """2 for a command that describes an impossible download (as for any misuse), else 1.
+
+    Looked up among the modules already loaded: an error of a module never imported cannot
+    have been raised, and `status` must not pay for importing the engine to fail.
+    """
+    kinds = [
+        getattr(sys.modules.get(module), name, None)
+        for module, name in (("engine.api", "InvalidJob"), ("engine.grid", "GridError"))
+    ]
+    return 2 if any(kind is not None and isinstance(exc, kind) for kind in kinds) else 1
 
 
 def _one_line(exc: BaseException) -> str:
@@ -884,8 +903,15 @@ def resume(
     """Resume the job saved in STATE, without the original script."""
 
     def action() -> None:
+        from dataclasses import replace
+
+        from engine import ee_adapter
+        from engine.service import service_identity
+
         spec = _load_spec(state)
         settings.connect(spec.ee_url, spec.project)
+        # The service reached now, which --ee-url may have changed: the job refuses another.
+        spec = replace(spec, service=service_identity(ee_adapter.current_base_url()))
         _run_spec(spec, state, overwrite, settings)
 
     _run_guarded(settings.debug, action)
@@ -952,14 +978,21 @@ def list_jobs(folder: str, as_json: bool, debug: bool) -> None:
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
-    """Remove the tile folders of finished (merged) jobs under FOLDER; others are kept."""
+    """Remove the tile folders of finished (merged) jobs under FOLDER; others are kept.
+
+    What jobs whose state file was deleted left under FOLDER goes too: their tile folders and
+    the unfinished outputs their stopped runs kept.
+    """
 
     def action() -> None:
         from engine import inventory
         from engine.progress import format_bytes
 
         removed, skipped = inventory.clean(
-            inventory.find_state_files(folder), dry_run=dry_run, state_too=state_files
+            inventory.find_state_files(folder),
+            dry_run=dry_run,
+            state_too=state_files,
+            folder=Path(folder),
         )
         verb = "would remove" if dry_run else "removed"
         for item in removed:
@@ -1256,14 +1289,17 @@ def _split(text: str | None) -> list[str]:
 
 
 def _load_spec(state: str) -> Any:
-    from engine.spec import JobSpec
+    from engine.spec import JobSpec, SpecError
     from state import Store
 
     with Store.open(state, create=False) as store:
         job = store.job()
     if job is None:
         raise UserFacingError(f"{state} holds no job; start one with `eefetch download`")
-    return JobSpec.from_dict(job.spec)
+    try:
+        return JobSpec.from_dict(job.spec)
+    except SpecError as exc:
+        raise UserFacingError(f"state file {state}: {_one_line(exc)}") from exc
 
 
 def _read_text(path: str) -> str:

@@ -301,31 +301,30 @@ def download_ee_image_collection(
     :class:`CollectionIncomplete` when an image did not finish.
     """
     from engine.api import (
-        DEFAULT_CONCURRENCY,
+        InvalidJob,
         _max_tile_bytes,
         build_spec,
+        concurrency_budget,
+        connect,
         run_sync,
         transport_options,
     )
 
     del kwargs
     if scale_offset:
-        raise EEUserError(
+        raise InvalidJob(
             "scale_offset is not supported yet; apply the scale and offset in Earth Engine"
         )
-    if ee_url is not None or not ee_adapter.is_initialized():
-        ee_adapter.initialize(
-            ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
-        )
+    connect(ee_url, project, proxy, ca_bundle)
     if resampling and resampling != "near":
         collection = collection.map(lambda img: img.resample(resampling))
-    budget = concurrency or num_threads or DEFAULT_CONCURRENCY
+    budget = concurrency_budget(concurrency, num_threads)
     folder = Path(out_dir or os.getcwd()).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     tile_bytes = _max_tile_bytes(max_tile_bytes, max_tile_size)
 
     def build(image: ee.Image, output: Path) -> JobSpec:
-        spec = build_spec(
+        return build_spec(
             image,
             output,
             region=region,
@@ -344,10 +343,8 @@ def download_ee_image_collection(
             keep_tiles=keep_tiles,
             ee_url=ee_url,
             project=project,
+            max_tile_dim=max_tile_dim,
         )
-        if max_tile_dim:
-            spec = replace(spec, extra={**spec.extra, "max_tile_dim": int(max_tile_dim)})
-        return spec
 
     options = RunOptions(
         concurrency=budget,

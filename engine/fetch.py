@@ -17,6 +17,7 @@ import ee
 from engine import ee_adapter
 from engine.grid import Grid
 from engine.retry import ErrorKind, FetchError
+from engine.service import url_is_for
 from engine.spec import JobSpec
 from engine.tiles import tile_expectation, tile_grid, tile_name
 from engine.tilestore import StoredTile, TileStore, TileValidationError
@@ -60,6 +61,7 @@ class TileFetcher:
             url is None
             or tile.url_made_at is None
             or self.clock() - tile.url_made_at > URL_LIFETIME
+            or not url_is_for(url, ee_adapter.current_base_url())
         ):
             url = await self._in_thread(ee_adapter.download_url, image, grid)
             self.record(TileUrl(tile.id, url, self.clock()))

@@ -17,6 +17,8 @@ from typing import Any
 from engine.progress import format_bytes
 
 STATE_SUFFIX = ".eefetch.db"
+TILES_SUFFIX = ".eefetch-tiles"  # engine.paths.tiles_folder of a default state file
+MERGE_CHECKPOINT_SUFFIX = ".eefetch-merge.json"  # engine.live_merge.checkpoint_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,18 +173,33 @@ class Cleaned:
 
 
 def clean(
-    state_files: Iterable[Path], *, dry_run: bool = False, state_too: bool = False
+    state_files: Iterable[Path],
+    *,
+    dry_run: bool = False,
+    state_too: bool = False,
+    folder: Path | None = None,
 ) -> tuple[list[Cleaned], list[str]]:
     """Remove tile folders of merged jobs whose output exists; skip everything else.
 
     With ``state_too`` the state file goes as well (the output then no longer knows it is
-    finished: running the download again needs --overwrite).
+    finished: running the download again needs --overwrite). With ``folder``, what jobs
+    whose state file is gone left under it goes too (see ``orphans``).
     """
     from engine.paths import tiles_folder
-    from state import JobLock, JobLockedError, Store
+    from state import JobLock, JobLockedError, OutputLock, Store
 
+    state_files = list(state_files)
     removed: list[Cleaned] = []
     skipped: list[str] = []
+    if folder is not None:
+        for state, target in orphans(folder, state_files):
+            output = state.with_name(state.name.removesuffix(STATE_SUFFIX))
+            try:
+                # A job with another --state may be writing that output right now.
+                with OutputLock(output):
+                    removed.append(Cleaned(state, target, _remove(target, dry_run)))
+            except JobLockedError:
+                skipped.append(f"{target}: a job is writing {output}; kept")
     for path in state_files:
         with Store.open(path, create=False) as store:
             job = store.job()
@@ -201,18 +218,72 @@ def clean(
                 if state_too:
                     targets += [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
                 for target in targets:
-                    if not target.exists():
-                        continue
-                    size = _folder_bytes(target) if target.is_dir() else target.stat().st_size
-                    if not dry_run:
-                        if target.is_dir():
-                            shutil.rmtree(target)
-                        else:
-                            target.unlink()
-                    removed.append(Cleaned(path, target, size))
+                    if target.exists():
+                        removed.append(Cleaned(path, target, _remove(target, dry_run)))
         except JobLockedError:
             skipped.append(f"{path}: a process is working on it; kept")
     return removed, skipped
+
+
+def orphans(folder: Path, state_files: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """(missing state file, leftover) for what jobs whose state file was deleted left behind.
+
+    - An unfinished output a stopped run kept (``.OUT.eefetch-merge.tmp``) and its checkpoint
+      (``.OUT.eefetch-merge.json``), when no state file in ``state_files`` writes OUT. Only a
+      stopped run leaves the checkpoint (a running one deletes it when it starts), so a
+      temporary file without one, which may be a running job's, is never touched.
+    - A tile folder ``OUT.eefetch-tiles`` beside which ``OUT.eefetch.db`` no longer exists.
+    """
+    from engine.live_merge import checkpoint_path
+    from engine.merge import OutputBuilder
+    from engine.paths import default_state_path, tiles_folder
+
+    claimed = {_resolved(path.with_name(_name(path))) for path in state_files}
+    claimed |= {_resolved(Path(output)) for output in _outputs(state_files)}
+    found: list[tuple[Path, Path]] = []
+    for checkpoint in sorted(Path(folder).glob(f"**/.*{MERGE_CHECKPOINT_SUFFIX}")):
+        output = checkpoint.with_name(checkpoint.name[1 : -len(MERGE_CHECKPOINT_SUFFIX)])
+        if checkpoint_path(output) != checkpoint or _resolved(output) in claimed:
+            continue
+        temp = OutputBuilder.temp_for(output)
+        state = default_state_path(output)
+        found += [(state, item) for item in (temp, checkpoint) if item.is_file()]
+    for tiles in sorted(Path(folder).glob(f"**/*{TILES_SUFFIX}")):
+        state = tiles.with_name(tiles.name.removesuffix(TILES_SUFFIX) + STATE_SUFFIX)
+        if tiles.is_dir() and tiles_folder(state) == tiles and not state.exists():
+            found.append((state, tiles))
+    return found
+
+
+def _outputs(state_files: Iterable[Path]) -> list[str]:
+    """The outputs the readable state files write (one with its own --state included)."""
+    from state import StateError, Store
+
+    outputs = []
+    for path in state_files:
+        try:
+            with Store.open(path, create=False) as store:
+                job = store.job()
+        except StateError:
+            continue
+        if job is not None:
+            outputs.append(job.output_path)
+    return outputs
+
+
+def _remove(target: Path, dry_run: bool) -> int:
+    """Delete a file or folder (unless ``dry_run``); its size in bytes."""
+    size = _folder_bytes(target) if target.is_dir() else target.stat().st_size
+    if not dry_run:
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    return size
+
+
+def _resolved(path: Path) -> Path:
+    return path.expanduser().resolve()
 
 
 def _leaves(row: JobRow) -> int:

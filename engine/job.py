@@ -40,11 +40,11 @@ from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter
 from engine.paths import tiles_folder
 from engine.progress import Progress, SilentProgress
 from engine.scheduler import Fetch, RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
-from engine.spec import JobSpec
+from engine.spec import JobSpec, SpecError, identity_differences, resumed_spec
 from engine.tiles import is_tile_file, new_tile, tile_expectation, tile_name, tile_plan
 from engine.tilestore import StoredTile, TileStore
 from engine.transport import Transport, TransportOptions
-from state import JobLock, OutputLock, Store, TileDone, TileRecord, TileReset
+from state import JobLock, OutputLock, StateError, Store, TileDone, TileRecord, TileReset
 
 MAX_VERIFY_ROUNDS = 3
 LOG = logging.getLogger(__name__)
@@ -102,22 +102,38 @@ def plan(spec: JobSpec) -> list[TilePlan]:
     )
 
 
-def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[str]]:
-    """Create the job in an empty state file, or check that the file holds this very job."""
+def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[str], JobSpec]:
+    """Create the job in an empty state file, or check that the file holds this very job.
+
+    Returns the spec to run: ``spec``, with the stored plan's settings when resuming.
+    """
     job = store.job()
     if job is None:
         tiles = [new_tile(t) for t in plan(spec)]
         store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
-        return True, [
+        planned = (
             f"planned {len(tiles)} tiles for a {spec.grid.width} x "
             f"{spec.grid.height} grid of {len(spec.band_ids)} bands"
-        ]
-    if job.fingerprint != spec.fingerprint():
-        raise JobError(
-            f"state file {state_path} holds another job (for {job.output_path}); give this "
-            "download its own --state, or delete that file to start over"
         )
-    return False, []
+        return True, [planned], spec
+    try:
+        stored = JobSpec.from_dict(job.spec)
+    except SpecError as exc:
+        raise JobError(f"state file {state_path}: {exc}") from exc
+    differs = identity_differences(stored, spec)
+    if differs:
+        raise JobError(
+            f"state file {state_path} holds another job (for {job.output_path}; it differs in "
+            f"{', '.join(differs)}); give this download its own --state, or delete that file "
+            "to start over"
+        )
+    leaves = sum(n for status, n in store.counts().items() if status != "split")
+    spec, notes = resumed_spec(stored, spec, leaves, partial(_largest_side, store))
+    return False, notes, spec
+
+
+def _largest_side(store: Store) -> int:
+    return max((max(t.height, t.width) for t in store.tiles() if t.status != "split"), default=0)
 
 
 def clear_for_new_job(tiles: TileStore) -> list[str]:
@@ -231,7 +247,7 @@ async def _run_locked(
 ) -> JobResult:
     """``run_job`` once the job's lock is held and its state file open."""
     output = Path(spec.output)
-    created, notes = await state(open_job, store, spec, state_path)
+    created, notes, spec = await state(open_job, store, spec, state_path)
     job = await state(store.job)
     assert job is not None
     if job.status != "merged" and output.exists() and not options.overwrite:
@@ -393,7 +409,14 @@ async def _fetch_all(
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         progress.close()
+        # No tile is in flight now: no bearer URL need stay on disk.
+        await uninterrupted(_forget_urls, store, executor=state.executor)
     return total
+
+
+def _forget_urls(store: Store) -> None:
+    with contextlib.suppress(StateError):  # URLs left behind are remade anyway
+        store.forget_urls()
 
 
 async def _merge_to_the_end_or_not_at_all(

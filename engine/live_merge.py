@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from engine.filemodes import open_private
 from engine.merge import OutputBuilder, choose_interleave
 from engine.spec import JobSpec
 from engine.tiles import tile_expectation, tile_name, tile_plan
@@ -83,7 +84,7 @@ def published_by(output: Path, job_uid: str, fingerprint: str) -> bool:
 def _write_durably(path: Path, record: dict[str, object]) -> None:
     """Write JSON to a temporary name, fsync it, rename it, fsync the folder."""
     temp = path.with_name(path.name + ".tmp")
-    with temp.open("w") as handle:
+    with open(open_private(temp), "w") as handle:
         json.dump(record, handle)
         handle.flush()
         os.fsync(handle.fileno())

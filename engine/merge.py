@@ -29,6 +29,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
+from engine.filemodes import create_private, public_mode
 from engine.tilestore import block_extents
 
 if TYPE_CHECKING:
@@ -357,6 +358,7 @@ def _fsync(path: Path) -> None:
 def _publish(temp: Path, output: Path, overwrite: bool) -> None:
     """Give ``temp`` the output's name, durably; without overwrite never clobber a file that
     appeared meanwhile (a hard link fails if the name exists)."""
+    os.chmod(temp, public_mode())  # built private; published as any new file of the user
     _fsync(temp)
     if overwrite:
         os.replace(temp, output)
@@ -562,6 +564,7 @@ class OutputBuilder:
         else:
             for temp in self.temps:
                 temp.unlink(missing_ok=True)
+            create_private(self.plain)  # kept unfinished between runs: the owner's only
             self._dst = self._stack.enter_context(
                 rasterio.open(
                     self.plain,

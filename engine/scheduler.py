@@ -154,6 +154,8 @@ class Scheduler:
         )
         self.summary = RunSummary()
         self._own_state = updates is None
+        # "is None", not "or": an empty buffer is falsy (len 0), and one passed in is shared
+        # with the fetcher, whose URL records would otherwise go to a buffer nobody flushes.
         self.updates = updates if updates is not None else UpdateBuffer(store, StateThread(), clock)
         self.state = self.updates.state
         self._queue: list[TileRecord] = []

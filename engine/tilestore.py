@@ -286,7 +286,7 @@ class TileStore:
 
     def _ensure_root(self) -> None:
         if not self.root.is_dir():
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as the state
             _fsync_dir(self.root.parent)
 
     async def write_stream(

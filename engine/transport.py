@@ -12,6 +12,7 @@ import os
 import ssl
 import time
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from engine.ee_errors import error_message
 from engine.retry import ErrorKind, FetchError, parse_retry_after
 
 CHUNK_SIZE = 256 * 1024
+# A compressed body may not expand past this: no tile Earth Engine serves comes near it, and a
+# misbehaving server's "zip bomb" must not fill the disk.
+MAX_DECODED_BYTES = 1 << 30
+ERROR_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +155,13 @@ class Transport:
     ) -> AsyncIterator[Body]:
         """Open a request and yield its body once a 200 arrived; any failure is a FetchError."""
         assert self._session is not None, "use Transport as an async context manager"
+        # The session does not decompress (a tile's bytes are hashed as they arrive), so ask
+        # for none; Body still decodes a server that compresses anyway.
+        sent = {"Accept-Encoding": "identity", **(headers or {})}
         try:
             async with asyncio.timeout(self.options.first_byte_timeout):
                 response = await self._session.request(
-                    method, url, json=json, headers=headers, proxy=self.http_proxy
+                    method, url, json=json, headers=sent, proxy=self.http_proxy
                 )
         except TimeoutError as exc:
             raise FetchError(
@@ -180,14 +188,39 @@ class Transport:
 
 
 class Body:
-    """A response body read chunk by chunk, each read bounded by the idle timeout."""
+    """A response body read chunk by chunk, each read bounded by the idle timeout.
+
+    A gzip or deflate body is decoded on the way: ``chunks`` yields the decoded bytes, and
+    ``length`` (the decoded length the caller may check) is then unknown, while the
+    ``Content-Length`` of the compressed bytes is checked here.
+    """
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
         self.response = response
         self.idle_timeout = idle_timeout
-        self.length = response.content_length
+        self.encoding = content_encoding(response.headers.get("Content-Encoding"))
+        self.length = response.content_length if self.encoding is None else None
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        if self.encoding is None:
+            async for chunk in self._raw():
+                yield chunk
+            return
+        decoder = Decoder(self.encoding, MAX_DECODED_BYTES)
+        received = 0
+        async for chunk in self._raw():
+            received += len(chunk)
+            decoded = decoder.feed(chunk)
+            if decoded:
+                yield decoded
+        announced = self.response.content_length
+        if announced is not None and received != announced:
+            raise FetchError(
+                ErrorKind.BODY, f"short body: {received} of {announced} compressed bytes"
+            )
+        yield decoder.finish()
+
+    async def _raw(self) -> AsyncIterator[bytes]:
         received = 0
         while True:
             try:
@@ -208,14 +241,97 @@ class Body:
             yield chunk
 
 
+def content_encoding(header: str | None) -> str | None:
+    """The compression of a body from its Content-Encoding: None (plain), gzip, deflate, or
+    the unknown coding itself (which Decoder refuses)."""
+    coding = (header or "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    return "gzip" if coding == "x-gzip" else coding
+
+
+class Decoder:
+    """Incremental gzip/deflate decoding with a cap on the decoded size.
+
+    ``deflate`` is zlib-wrapped per HTTP, but some servers send it raw: the first bytes
+    decide. Every failure is a FetchError(BODY): a body that cannot be decoded is a bad body.
+    """
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        if encoding not in ("gzip", "deflate"):
+            raise FetchError(
+                ErrorKind.BODY,
+                f"the server compressed the body with {encoding!r}, which eefetch cannot decode",
+            )
+        self.encoding = encoding
+        self.limit = limit
+        self.decoded = 0
+        self._zlib: Any = None
+        self._head = b""
+
+    def _start(self, data: bytes) -> None:
+        if self.encoding == "gzip":
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            return
+        wrapped = len(data) >= 2 and (data[0] & 0x0F) == 8 and int.from_bytes(data[:2]) % 31 == 0
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> bytes:
+        if self._zlib is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            data, self._head = self._head, b""
+            self._start(data)
+        return self._decode(data)
+
+    def finish(self) -> bytes:
+        if self._zlib is None:
+            if not self._head:
+                return b""
+            self._start(self._head)
+            tail = self._decode(self._head)
+        else:
+            tail = b""
+        if not self._zlib.eof:
+            raise FetchError(ErrorKind.BODY, f"truncated {self.encoding} body")
+        return tail
+
+    def _decode(self, data: bytes) -> bytes:
+        try:
+            out = self._zlib.decompress(data, self.limit - self.decoded + 1)
+        except zlib.error as exc:
+            raise FetchError(ErrorKind.BODY, f"bad {self.encoding} body: {exc}") from exc
+        self.decoded += len(out)
+        if self.decoded > self.limit or self._zlib.unconsumed_tail:
+            raise FetchError(
+                ErrorKind.BODY, f"the {self.encoding} body expands past {self.limit} bytes"
+            )
+        return out
+
+
+def decode_error_body(raw: bytes, encoding: str | None) -> bytes:
+    """At most ERROR_BODY_BYTES of an error body, decoded if compressed (best effort: the
+    body only explains the status)."""
+    if encoding is None:
+        return raw
+    try:
+        decoder = Decoder(encoding, ERROR_BODY_BYTES)
+        return decoder.feed(raw)
+    except FetchError:
+        return b""
+
+
 async def _http_error(
     response: aiohttp.ClientResponse, during_download: bool, idle_timeout: float
 ) -> FetchError:
     try:
         async with asyncio.timeout(idle_timeout):
-            raw = await response.content.read(64 * 1024)
+            raw = await response.content.read(ERROR_BODY_BYTES)
     except (TimeoutError, aiohttp.ClientError, OSError):
         raw = b""
+    encoding = content_encoding(response.headers.get("Content-Encoding"))
+    raw = decode_error_body(raw, encoding)
     message = error_message(raw, response.status, response.reason)
     return FetchError(
         ErrorKind.HTTP,

@@ -101,7 +101,7 @@ class FileLock:
 
     def _open(self) -> int:
         try:
-            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StateError(
                 f"cannot create lock file {self.lock_path} ({exc.strerror}); check that its "

@@ -21,8 +21,10 @@ Durability choice: journal_mode=WAL with synchronous=NORMAL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import sqlite3
 import time
@@ -61,6 +63,7 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _WRITE = "eefetch_write"  # execution option: this connection's transaction must BEGIN IMMEDIATE
 _BUSY_TIMEOUT_S = 30.0
 _MAX_IN = 500  # ids per IN (...) list; old SQLite builds allow only 999 bound parameters
+_PRIVATE = 0o600  # state files hold download URLs: readable by their owner only
 
 
 class StateError(Exception):
@@ -409,6 +412,30 @@ def _probe(path: Path) -> str:
     return "sqlite"
 
 
+def _create_private(path: Path) -> None:
+    """Create the state file empty with mode 0600 before SQLite does (SQLite would use 0644
+    less the umask). It holds download URLs, which are bearer capabilities; SQLite gives the
+    -wal, -shm and -journal files it makes beside it the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE))
+    except FileExistsError:
+        pass  # another process created it meanwhile; _probe and _classify judge it
+    except OSError as exc:
+        raise StateError(
+            f"cannot create state file {path} ({exc.strerror}); check that its folder is "
+            "writable and has free space"
+        ) from exc
+
+
+def _make_private(path: Path) -> None:
+    """Make a state file of an older eefetch (0644) and its companions private; best effort
+    (a file of another user stays as it is)."""
+    for each in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(OSError):
+            if each.stat().st_mode & 0o077:
+                os.chmod(each, _PRIVATE)
+
+
 def _make_engine(path: Path) -> Engine:
     """An engine of its own for this Store, with eefetch's per-connection settings."""
     engine = create_engine(
@@ -526,6 +553,9 @@ class Store:
                     f"cannot create state file {path}: folder {path.parent} does not exist; "
                     "create it or choose another path"
                 )
+            _create_private(path)
+        if create:
+            _make_private(path)
         engine = _make_engine(path)
         try:
             cls._prepare(engine, path, create=create)
@@ -884,6 +914,24 @@ class Store:
             return conn.execute(
                 stmt.values(status="pending", updated_at=_now(now), **_NO_CLAIM)
             ).rowcount
+
+    def forget_urls(self) -> int:
+        """Clear the download URLs of tiles not in flight; returns how many.
+
+        A download URL is a bearer capability for the user's pixels: once a run is over, it
+        need not wait on disk (the next run makes new ones). secure_delete has SQLite zero the
+        bytes it frees, so the URLs do not linger in free space inside the file either.
+        """
+        with self._tx(write=True) as conn:
+            conn.exec_driver_sql("PRAGMA secure_delete=ON")
+            try:
+                return conn.execute(
+                    update(tile_t)
+                    .where(tile_t.c.url.is_not(None), tile_t.c.status != "in_flight")
+                    .values(url=None, url_made_at=None)
+                ).rowcount
+            finally:
+                conn.exec_driver_sql("PRAGMA secure_delete=OFF")
 
     def reset_failed(self, *, now: float | None = None) -> int:
         """Give failed tiles a fresh start (pending, no attempts, no 429s); returns how many."""

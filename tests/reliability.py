@@ -8,14 +8,18 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import ee
 import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
 from engine import ee_adapter
+from engine.api import build_spec
 from engine.emulator.server import EmulatorThread
 from engine.grid import Window
+from engine.pacing import DEFAULT_CONCURRENCY
 from engine.spec import JobSpec
 from state import Store, TileRecord
 
@@ -70,6 +74,31 @@ def dem_args(url: str, output: Path, *extra: str, region: str = SMALL_REGION) ->
         "200000",
         *extra,
     ]
+
+
+def dem_job(url: str, output: Path, image: ee.Image | None = None, **changes: Any) -> JobSpec:
+    """The spec ``eefetch download`` builds from ``dem_args(url, output)``, with ``changes``
+    (build_spec's arguments); the client must be initialised for ``url``."""
+    settings: dict[str, Any] = {
+        "region": SMALL_REGION,
+        "crs": "EPSG:32650",
+        "crs_transform": None,
+        "scale": 30,
+        "dtype": None,
+        "shape": None,
+        "bands": None,
+        "nodata": None,
+        "endpoint": "urls",
+        "max_tile_bytes": 200_000,
+        "concurrency": DEFAULT_CONCURRENCY,
+        "compress": "deflate",
+        "cog": False,
+        "keep_tiles": False,
+        "ee_url": url,
+        "project": None,
+    }
+    settings.update(changes)
+    return build_spec(image or ee.Image("USGS/SRTMGL1_003"), output, **settings)
 
 
 def state_of(output: Path) -> Path:

@@ -190,7 +190,7 @@ def test_a_crs_proj_does_not_know_prints_nothing_but_our_line(
         "--ee-url",
         emulator.url,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2  # a command describing an impossible download: misuse
     assert one_line_error(done.stderr) == (
         "Error: unknown crs 'EPSG:999999': give an EPSG code such as 'EPSG:32650' or a WKT string"
     )

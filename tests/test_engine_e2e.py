@@ -326,7 +326,9 @@ def test_failed_tiles_end_the_run_non_zero_and_the_next_run_retries_them(
             assert not result.complete
             raise DownloadIncomplete(result)
     assert not output.exists()
-    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=5)) as healthy:
+    # On the same port: an emulator elsewhere would be another service (docs/CONTRACTS.md).
+    port = int(emulator.url.rsplit(":", 1)[1])
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=5), port=port) as healthy:
         use(healthy)
         result = download_ee_image(
             image,

@@ -184,3 +184,33 @@ def test_use_network_routes_a_client_initialised_elsewhere(
     carried = routes(tinyproxy.requests(), emulator.url)
     assert carried["value:compute"] == 1
     assert carried["discovery"] >= 1  # the client's API objects were rebuilt on the session
+
+
+def test_a_collection_after_the_users_own_initialize_sends_api_calls_through_the_proxy(
+    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
+) -> None:
+    """As download_ee_image does: ee.Initialize() by the user, proxy= given to the call."""
+    from engine import download_ee_image_collection
+
+    ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))  # the user's own
+    scenes = (
+        ee.ImageCollection("COPERNICUS/S2_SR_HARMONIZED")
+        .filterDate("2022-03-01", "2022-04-01")
+        .filterBounds(ee.Geometry.Point(118.73, 32.02))
+        .select(["B4"])
+        .limit(2)
+    )
+    result = download_ee_image_collection(
+        scenes,
+        tmp_path / "scenes",
+        region=[118.70, 32.00, 118.74, 32.03],
+        crs="EPSG:4326",
+        scale=30,
+        proxy=tinyproxy.url,
+        quiet=True,
+    )
+    assert result.complete and len(result.outputs) >= 1
+    carried = routes(tinyproxy.requests(), emulator.url)
+    assert carried["value:compute"] == served(emulator, "value:compute") >= 2  # list, bands
+    assert carried["thumbnails:create"] == served(emulator, "thumbnails:create") >= 1
+    assert carried["getPixels"] == served(emulator, "getPixels")
