@@ -334,9 +334,7 @@ def equals_oracle(output: Path, state: Path, oracle: EmulatorThread) -> bool:
     assert job is not None
     spec = JobSpec.from_dict(job.spec)
     ee_adapter.initialize(ee_adapter.Connection(url=oracle.url))
-    image = ee_adapter.prepare_image(
-        ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
-    )
+    image = ee_adapter.prepared_image(spec)
     grid = spec.grid
     row_bytes = grid.width * len(spec.band_ids) * np.dtype(spec.dtype).itemsize
     with rasterio.open(output) as merged:

@@ -1,5 +1,6 @@
 """eefetch's persistent state: the job store (SQLite through SQLAlchemy) and the job lock."""
 
+from state.errors import EefetchError, IncompleteError, UserError
 from state.lock import JobLock, OutputLock
 from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES
 from state.store import (
@@ -23,6 +24,8 @@ __all__ = [
     "JOB_STATUSES",
     "SCHEMA_VERSION",
     "TILE_STATUSES",
+    "EefetchError",
+    "IncompleteError",
     "JobLock",
     "JobLockedError",
     "JobRecord",
@@ -39,4 +42,5 @@ __all__ = [
     "TileSplit",
     "TileUpdate",
     "TileUrl",
+    "UserError",
 ]

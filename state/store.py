@@ -53,6 +53,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, ProgrammingError
 
 from state import schema
+from state.errors import UserError
 from state.schema import APPLICATION, JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES
 
 job_t = schema.job
@@ -66,7 +67,7 @@ _MAX_IN = 500  # ids per IN (...) list; old SQLite builds allow only 999 bound p
 _PRIVATE = 0o600  # state files hold download URLs: readable by their owner only
 
 
-class StateError(Exception):
+class StateError(UserError):
     """A problem with a state file that the user must act on; str() is one line: what, then what
     to do."""
 

@@ -16,9 +16,9 @@ import ee
 import pytest
 
 from engine import download_ee_image, download_ee_image_collection, ee_adapter, plan, preview
-from engine.api import run_sync
 from engine.emulator import EmulatorConfig, EmulatorThread
 from engine.progress import BarProgress, SilentProgress, choose_progress
+from engine.runner import run_sync
 from state import Store
 
 REGION = "118.70,32.00,118.80,32.06"

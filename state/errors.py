@@ -1,0 +1,26 @@
+"""The roots of every error eefetch raises on purpose.
+
+They live here, in the lowest package, so that the state store's own errors belong to the same
+tree as the engine's (``engine/errors.py`` builds the rest of it on these): a program that
+calls eefetch catches :class:`EefetchError` and has everything, and the command line turns any
+of them into one line.
+"""
+
+from __future__ import annotations
+
+
+class EefetchError(Exception):
+    """Something eefetch cannot do; ``str()`` is one line: what is wrong, then what to do."""
+
+
+class UserError(EefetchError):
+    """The user has to act before this can go on: fix an argument, free disk space, stop the
+    other process, reach the network."""
+
+
+class IncompleteError(EefetchError):
+    """The job stopped with work left and everything done so far saved: running the same
+    command (or call) again carries on."""
+
+
+__all__ = ["EefetchError", "IncompleteError", "UserError"]
