@@ -28,12 +28,15 @@ from engine.recipes import Composite, composite_collection
 from engine.region_input import load_region
 
 REGION = "118.70,32.00,118.76,32.04"
-# The emulator's 2022 scenes over Nanjing (tile T50SPA) with less than 10 % cloud.
+START, END = "2022-07-01", "2022-09-01"
+# The emulator's generated scenes over this corner of Nanjing (tiles 50RPA and 50SPA, one
+# relative orbit every 5 days) from START to END with less than 10 % cloud.
 EXPECTED = [
-    "20220115T025101_20220115T025957_T50SPA",
-    "20220317T024541_20220317T025102_T50SPA",
-    "20220814T024549_20220814T025820_T50SPA",
-    "20221117T025011_20221117T025604_T50SPA",
+    "20220705T025157_20220705T025209_T50RPA",
+    "20220730T025150_20220730T025323_T50RPA",
+    "20220804T025149_20220804T025238_T50RPA",
+    "20220809T025158_20220809T025239_T50RPA",
+    "20220824T025202_20220824T025421_T50RPA",
 ]
 
 
@@ -82,8 +85,8 @@ def scenes(emulator: EmulatorThread) -> ee.ImageCollection:
     ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
     recipe = Composite(
         "COPERNICUS/S2_SR_HARMONIZED",
-        "2022-01-01",
-        "2022-12-31",
+        START,
+        END,
         load_region(REGION),
         max_cloud=10,
         bands=("B4", "B3", "B2"),
@@ -173,9 +176,9 @@ def test_collection_command_dry_run_and_download(tmp_path: Path, emulator: Emula
     base = [
         "collection",
         "--start",
-        "2022-01-01",
+        START,
         "--end",
-        "2022-12-31",
+        END,
         "--max-cloud",
         "10",
         "--bands",
@@ -221,7 +224,8 @@ def test_collection_from_a_script(tmp_path: Path, emulator: EmulatorThread) -> N
     script.write_text(
         "import ee\n"
         "collection = (ee.ImageCollection('COPERNICUS/S2_SR_HARMONIZED')\n"
-        "    .filterDate('2022-03-01', '2022-04-01')\n"
+        "    .filterDate('2022-07-30', '2022-07-31')\n"
+        "    .filter(ee.Filter.eq('MGRS_TILE', '50RPA'))\n"
         "    .filterBounds(ee.Geometry.Rectangle([118.70, 32.00, 118.76, 32.04])))\n"
     )
     result = CliRunner().invoke(
