@@ -285,7 +285,7 @@ def _source_compute(
         elif asset.kind == "srtm":
             data, ok = pixels.srtm_band(canvas, asset)
         elif asset.kind == "worldcover":
-            data, ok = pixels.land_cover(canvas)
+            data, ok = pixels.land_cover(canvas, asset)
         else:
             raise EvaluationError(f"No pixels for asset kind {asset.kind}.")
         return data, ok

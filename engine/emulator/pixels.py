@@ -99,7 +99,9 @@ Elevation (metres) is ``relief + 15 + 600 * L * L * (0.4 + relief / 2500) + (noi
 with the noise of band 0 (0 at sea): SRTM stores it as int16 (masked at sea and outside
 56 S - 60 N), Copernicus GLO-30 as float32 with its EDM/FLM/HEM/WBM bands. Land cover
 (uint8, ESA WorldCover codes): 80 water and sea, 50 built-up, 70 snow and ice, 60 bare where
-aridity > 0.6, 20 shrubland where aridity > 0.35, 100 moss and lichen above 62 degrees of
+aridity > 0.6, 20 shrubland where aridity > 0.35 (each broken by 125 m patches of the next
+wetter class, a quarter of them: ``H(fx, fy, seed ^ 0x2545F491) < 250`` or ``< 300``), 100 moss
+and lichen above 62 degrees of
 latitude, 90 wetland and (within 25 degrees of the equator, next to the sea) 95 mangroves
 where ``0.2 <= L < 0.23``, 10 trees where ``v > 0.6``, 40 cropland where ``v > 0.3``, 30
 grassland otherwise.
@@ -679,10 +681,11 @@ def glo30_band(canvas: Canvas, asset: Asset, band: str) -> np.ndarray:
     return np.full(canvas.shape, 2, dtype=np.uint8)  # FLM: not edited / not filled
 
 
-def land_cover(canvas: Canvas) -> tuple[np.ndarray, np.ndarray]:
+def land_cover(canvas: Canvas, asset: Asset) -> tuple[np.ndarray, np.ndarray]:
     """ESA WorldCover class codes (uint8) and where they are valid (60 S to 84 N)."""
     land = canvas.landscape
     geo = canvas.geo
+    patches = scene_of(canvas, asset).jitter  # 125 m patches of sparse cover in dry land
     out = np.full(canvas.shape, 30, dtype=np.uint8)
     out[land.veg > np.float32(0.3)] = 40
     out[land.veg > np.float32(0.6)] = 10
@@ -691,8 +694,8 @@ def land_cover(canvas: Canvas) -> tuple[np.ndarray, np.ndarray]:
     coast = (geo.land < np.float32(0.8)) & (np.abs(geo.lat) < np.float32(25))
     out[marsh & coast] = 95
     out[(np.abs(geo.lat) > np.float32(62)) & (land.veg < np.float32(0.5))] = 100
-    out[geo.arid > np.float32(0.35)] = 20
-    out[geo.arid > np.float32(0.6)] = 60
+    out[(geo.arid > np.float32(0.35)) & (patches >= 300)] = 20
+    out[(geo.arid > np.float32(0.6)) & (patches >= 250)] = 60
     out[land.built] = 50
     out[land.snow] = 70
     out[land.water] = 80

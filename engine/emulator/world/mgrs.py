@@ -112,7 +112,8 @@ def band_of(lat: float) -> str:
     """The MGRS latitude band letter of a latitude (80 S to 84 N)."""
     if lat < -80 or lat > 84:
         raise ValueError(f"latitude {lat} is outside MGRS's UTM bands (80 S to 84 N)")
-    return BANDS[min(int((lat + 80) // 8), len(BANDS) - 1)]
+    index = min(int((lat + 80) // 8), len(BANDS) - 1)
+    return BANDS[min(index, 9)] if lat < 0 else BANDS[index]  # -1e-300 is south (M), not N
 
 
 def band_range(band: str) -> tuple[float, float]:
