@@ -33,7 +33,7 @@ from engine.emulator.world import outlines
 class GlobalGrid:
     """A read-only lon/lat grid: row 0 is the northern edge (90 N), column 0 the western (180 W)."""
 
-    values: np.ndarray  # float32, (rows, cols)
+    values: np.ndarray  # float32 or uint8 (rows, cols); samples are float32
     step: float  # degrees per cell
 
     def sample(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -72,15 +72,17 @@ def _polygon(ring: outlines.Ring) -> Polygon:
     return Polygon(ring)
 
 
-def _rasterize(shapes: list[tuple[Polygon, float]], step: float, fill: float = 0.0) -> np.ndarray:
+def _rasterize(
+    shapes: list[tuple[Polygon, float]], step: float, dtype: str = "float32"
+) -> np.ndarray:
     rows, cols = round(180 / step), round(360 / step)
     transform = Affine(step, 0.0, -180.0, 0.0, -step, 90.0)
     return features.rasterize(
         [(mapping(shape), value) for shape, value in shapes],
         out_shape=(rows, cols),
         transform=transform,
-        fill=fill,
-        dtype="float32",
+        fill=0,
+        dtype=dtype,
     )
 
 
@@ -115,7 +117,7 @@ def land() -> GlobalGrid:
     ]
     shapes = [(_polygon(r), 1.0) for r in masses]
     shapes += [(_polygon(r), 0.0) for r in outlines.INLAND_WATERS]
-    return _frozen(_rasterize(shapes, 0.1), 0.1)
+    return _frozen(_rasterize(shapes, 0.1, "uint8"), 0.1)
 
 
 @functools.cache

@@ -5,8 +5,9 @@ UTM zone 50, latitude band S, 100 km column P and row A. The tile's upper-left c
 square's north-west corner snapped outwards to the 60 m grid (so ``x0`` is 99960, 199980,
 300000, 399960, 499980, 600000, 699960 or 799980 and ``y0`` lies 0, 20 or 40 m north of the
 square's northern edge); it then extends 109.8 km east and south, overlapping its neighbours
-by 9.8 km. A 100 km square that straddles a latitude band belongs to both bands' grid zones,
-so it has two tiles (``50RPA`` and ``50SPA`` cover the same ground).
+by 9.8 km. A 100 km square that straddles a latitude band gets one tile, in the band that
+holds the square's centre (``50SPA`` over Nanjing, never ``50RPA``; ``50TMK``, not ``50SMK``,
+over northern Beijing, as in the real Sentinel-2 grid).
 
 The lettering is MGRS's "AA" scheme for WGS 84: columns cycle through A-H, J-R, S-Z with the
 zone number modulo 3; rows through the 20 letters A-V (no I, O) every 2000 km of northing, the
@@ -279,15 +280,35 @@ def _squares_in_zone(zone: int, band: str, squares: list[tuple[int, int]]) -> li
         | (lat <= south).all(axis=1)
         | (lat >= north).all(axis=1)
     )
+    # A square across a band edge is named (and tiled) once, in the band of its centre.
+    _, centre_lat = from_utm((cols + 0.5) * SQUARE, (rows + 0.5) * SQUARE, zone, band < "N")
+    centred = ((centre_lat >= south) & (centre_lat < north)).ravel()
+    if band == "X":
+        centred |= centre_lat.ravel() >= north
+    if band == "C":
+        centred |= centre_lat.ravel() < south
     result = []
     zone_box = box(rng[0], south, rng[1], north)
     for i in range(len(squares)):
-        if inside[i] or outside[i]:
-            result.append(bool(inside[i]))
+        if not centred[i] or inside[i] or outside[i]:
+            result.append(bool(centred[i] and inside[i]))
             continue
         square = Polygon(zip(lon[i].tolist(), lat[i].tolist(), strict=True))
         result.append(square.intersection(zone_box).area > 1e-9)
     return result
+
+
+def tile_of(lon: float, lat: float) -> Tile:
+    """The Sentinel-2 tile whose 100 km square holds a point (80 S to 84 N)."""
+    zone = zone_of(lon, lat)
+    band = band_of(lat)
+    x, y = to_utm(np.array([lon]), np.array([lat]), zone, band < "N")
+    column, row = int(x[0] // SQUARE), int(y[0] // SQUARE)
+    i = BANDS.index(band)
+    for near in (band, *BANDS[i + 1 : i + 2], *BANDS[max(0, i - 1) : i]):
+        if (near < "N") == (band < "N") and _squares_in_zone(zone, near, [(column, row)])[0]:
+            return Tile(zone, near, column, row)
+    raise ValueError(f"no Sentinel-2 tile holds ({lon}, {lat})")
 
 
 def tiles_in(west: float, south: float, east: float, north: float) -> Iterator[Tile]:
