@@ -18,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.emulator import pixels
-from engine.emulator.evaluate import EvaluationError, Image, _sorted_planes, evaluate, to_info
+from engine.emulator.evaluate import (
+    EvaluationError,
+    Image,
+    _middle_values,
+    _sorted_planes,
+    evaluate,
+    to_info,
+)
 from engine.grid import grid_from_region
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
@@ -487,6 +494,25 @@ def test_sorting_networks_sort(n: int) -> None:
         bits = np.array(list(itertools.product([0, 1], repeat=n)), dtype=np.float32).T
         out = np.stack(_sorted_planes([b[np.newaxis, :].copy() for b in bits]))
         assert np.array_equal(out[:, 0, :], np.sort(bits, axis=0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_middle_values_are_numpys_median_of_the_valid_values(n: int, seed: int, dtype: str) -> None:
+    rng = np.random.default_rng(seed)
+    data = (rng.integers(-50, 50, size=(n, 5, 7)) / 8).astype(dtype)
+    valid = rng.random((n, 5, 7)) < 0.6
+    planes = list(zip(data, valid, strict=True))
+    count = valid.sum(axis=0).astype(np.uint8)
+    lo, hi = _middle_values(planes, count, np.dtype(dtype))
+    lo = lo + hi
+    median = lo / lo.dtype.type(2)
+    for y, x in zip(*np.nonzero(count), strict=True):
+        assert median[y, x] == np.median(data[valid[:, y, x], y, x]), (y, x)
 
 
 def test_mosaic_puts_later_images_on_top(ee: Any) -> None:

@@ -700,7 +700,13 @@ def _reaches(image: Image, req: RenderRequest) -> bool:
     """Whether an image can have valid pixels in the request (False only when certain)."""
     if image.extent is None:
         return True
-    return bool(_window_lonlat(req).intersects(image.extent.in_crs(DEFAULT_CRS)))
+    key = ("reaches", id(image.extent))
+    found = req.memo.get(key)
+    if found is None:
+        shape = image.extent.in_crs(DEFAULT_CRS)
+        found = (bool(_window_lonlat(req).intersects(shape)), image.extent)
+        req.memo[key] = found
+    return found[0]
 
 
 # --------------------------------------------------------------------------- images: arithmetic
@@ -1566,6 +1572,44 @@ def _pick(planes: list[np.ndarray], index: np.ndarray, top: int) -> np.ndarray:
     return out
 
 
+def _middle_values(
+    planes: list[Plane], count: np.ndarray, work: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the lower and upper middle of the valid values (in ``work`` precision).
+
+    Few planes go through a sorting network. Many are sorted per pixel as integer keys laid
+    out pixel by pixel: a float's bits, its lower bits flipped when it is negative, order as
+    signed integers exactly as the floats do, and integers sort faster. Masked values sort
+    last as +inf.
+    """
+    shape = count.shape
+    n = len(planes)
+    if n <= _NETWORK_MAX:
+        values = []
+        for d, v in planes:
+            arr = np.where(v, d.astype(work, copy=False), work.type(np.inf))
+            values.append(arr if arr.shape == shape else np.broadcast_to(arr, shape).copy())
+        ordered = _sorted_planes(values)
+        return _pick(ordered, (count - 1) // 2, (n - 1) // 2), _pick(ordered, count // 2, n // 2)
+    itype = np.dtype(np.int32 if work == np.float32 else np.int64)
+    sign = itype.itemsize * 8 - 1
+    low_bits = itype.type(np.iinfo(itype).max)
+    keys = np.empty((*shape, n), dtype=itype)
+    keys[...] = np.array(np.inf, dtype=work).view(itype)
+    for i, (d, v) in enumerate(planes):
+        key = np.broadcast_to(d, shape).astype(work).view(itype)
+        key ^= (key >> sign) & low_bits
+        np.copyto(keys[..., i], key, where=np.broadcast_to(v, shape))
+    keys.sort(axis=-1)
+    seen = count.astype(np.intp)
+    middles = []
+    for index in (np.maximum(seen - 1, 0) // 2, np.minimum(seen // 2, n - 1)):
+        key = np.take_along_axis(keys, index[..., np.newaxis], axis=-1)[..., 0]
+        key ^= (key >> sign) & low_bits
+        middles.append(key.view(work))
+    return middles[0], middles[1]
+
+
 def _reduce_planes(how: str, planes: list[Plane], shape: tuple[int, int], dtype: str) -> Plane:
     """Per-pixel reduction over the valid inputs; no valid input leaves the pixel masked.
 
@@ -1584,21 +1628,20 @@ def _reduce_planes(how: str, planes: list[Plane], shape: tuple[int, int], dtype:
         return out, ok
     work = np.dtype(dtype if dtype in ("float32", "float64") else "float64")
     count = np.zeros(shape, dtype=np.uint8 if len(planes) < 256 else np.int32)
-    fill = work.type({"median": np.inf, "min": np.inf, "max": -np.inf}.get(how, 0.0))
+    for _, v in planes:
+        count += v
+    ok = count > 0
+    if how == "median":
+        lo, hi = _middle_values(planes, count, work)
+        lo += hi
+        result = lo / work.type(2)
+        return np.where(ok, result, work.type(0)).astype(dtype, copy=False), ok
+    fill = work.type({"min": np.inf, "max": -np.inf}.get(how, 0.0))
     values = []
     for d, v in planes:
         arr = np.where(v, d.astype(work, copy=False), fill)
         values.append(arr if arr.shape == shape else np.broadcast_to(arr, shape).copy())
-        count += v
-    ok = count > 0
-    if how == "median":
-        ordered = _sorted_planes(values)
-        n = len(ordered)
-        lo = _pick(ordered, (count - 1) // 2, (n - 1) // 2)
-        hi = _pick(ordered, count // 2, n // 2)
-        lo += hi
-        result = lo / work.type(2)
-    elif how == "min":
+    if how == "min":
         result = np.minimum.reduce(values)
     elif how == "max":
         result = np.maximum.reduce(values)

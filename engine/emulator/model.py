@@ -222,7 +222,7 @@ class Geometry:
         shape = self.shape
         if self.proj.transform != IDENTITY:
             shape = shapely.transform(shape, lambda xy: _affine(xy, (a, b, c, d, e, f)))
-        if CRS.from_user_input(self.proj.crs) == CRS.from_user_input(crs):
+        if self.proj.crs == crs or CRS.from_user_input(self.proj.crs) == CRS.from_user_input(crs):
             return shape
         moved = transform_geom(self.proj.crs, crs, shapely.geometry.mapping(shape))
         return shapely.geometry.shape(moved)
