@@ -7,12 +7,16 @@ initialises the real client against a running emulator (no offline patches).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from engine.cli import main
 from engine.emulator import EmulatorConfig, EmulatorThread
 from engine.recipes import Composite, composite
 
@@ -28,15 +32,20 @@ PLACES = {
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=3)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(emulator: EmulatorThread) -> Iterator[Any]:
     import ee
 
-    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=3)) as emulator:
-        ee.deprecation._FetchDataCatalogStac = lambda: {}
-        ee.Initialize(credentials=None, project="p", url=emulator.url)
-        ee.data.setMaxRetries(0)
-        yield ee
-        ee.Reset()
+    ee.deprecation._FetchDataCatalogStac = lambda: {}
+    ee.Initialize(credentials=None, project="p", url=emulator.url)
+    ee.data.setMaxRetries(0)
+    yield ee
+    ee.Reset()
 
 
 def _landsat_median(ee: Any, box: list[float]) -> Any:
@@ -107,3 +116,21 @@ def test_every_continent_answers_through_the_official_client(client: Any, place:
         finite = np.isfinite(values)
         assert finite.mean() > 0.9, (place, name)
         assert all(np.unique(band[np.isfinite(band)]).size > 1 for band in values), (place, name)
+
+
+def test_the_tutorials_huainan_plan_is_the_size_geemap_reported(
+    emulator: EmulatorThread, tmp_path: Path
+) -> None:
+    """The tutorial: Huainan, 2022, 8 float32 bands at 10 m in EPSG:4326; geemap said 3.71 GB."""
+    region = Path(__file__).resolve().parents[1] / "engine" / "data" / "huainan.geojson"
+    url = emulator.url
+    args = ["composite", "--start", "2022-01-01", "--end", "2022-12-31", "--max-cloud", "10"]
+    args += ["--bands", "B[1-8]", "--region", str(region), "--scale", "10", "--crs", "EPSG:4326"]
+    args += ["-o", str(tmp_path / "huainan.tif"), "--dry-run", "--ee-url", url]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    grid = re.search(r"grid:\s+(\d+) x (\d+) pixels", result.stdout)
+    assert grid is not None, result.stdout
+    size = int(grid.group(1)) * int(grid.group(2)) * 8 * 4
+    assert abs(size - 3.71e9) / 3.71e9 < 0.02
+    assert "size:     3.7 GB" in result.stdout
