@@ -1597,14 +1597,18 @@ def _middle_values(
     keys = np.empty((*shape, n), dtype=itype)
     keys[...] = np.array(np.inf, dtype=work).view(itype)
     for i, (d, v) in enumerate(planes):
-        key = np.broadcast_to(d, shape).astype(work).view(itype)
-        key ^= (key >> sign) & low_bits
+        values = np.broadcast_to(d, shape).astype(work, copy=False)
+        key = values.view(itype)
+        if values.min(initial=0) < 0:  # only negative values need their bits turned
+            key = key ^ ((key >> sign) & low_bits)
         np.copyto(keys[..., i], key, where=np.broadcast_to(v, shape))
     keys.sort(axis=-1)
+    flat = keys.reshape(-1)
+    base = np.arange(0, flat.size, n, dtype=np.intp).reshape(shape)
     seen = count.astype(np.intp)
     middles = []
     for index in (np.maximum(seen - 1, 0) // 2, np.minimum(seen // 2, n - 1)):
-        key = np.take_along_axis(keys, index[..., np.newaxis], axis=-1)[..., 0]
+        key = flat[base + index]
         key ^= (key >> sign) & low_bits
         middles.append(key.view(work))
     return middles[0], middles[1]
