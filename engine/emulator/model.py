@@ -142,6 +142,12 @@ class RenderRequest:
         """Array shape (height, width)."""
         return (self.height, self.width)
 
+    def release(self) -> None:
+        """Drop everything this request computed."""
+        self.memo.clear()
+        self.planes.clear()
+        self.seen.clear()
+
     def declare(self, roots: list[Band]) -> None:
         """Count one more consumer for each root, and (once per band) for its inputs."""
         stack = list(roots)
@@ -381,6 +387,9 @@ class Image:
                 if ok.shape != (1, 1):
                     # Masked pixels read 0 whichever window computed them.
                     np.copyto(rows_out, 0, where=~ok_rows)
+            # The memo holds cycles (per-image values point back at the canvas); free the
+            # strip's planes now rather than whenever the garbage collector runs.
+            req.release()
         return Rendered(chosen, data, valid)
 
     def info(self) -> dict[str, Any]:
