@@ -22,7 +22,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from engine.emulator import catalog, model
-from engine.emulator.evaluate import EvaluationError, Image, evaluate
+from engine.emulator.evaluate import EvaluationError, Image, evaluate, to_info
 from engine.emulator.world import land, landsat, mgrs, sentinel2
 from engine.emulator.world.assets import millis
 
@@ -274,6 +274,17 @@ def test_the_client_path_pushes_filters_into_the_catalog(
     direct = search(query)
     assert evaluate(wire(january.size())) == len(direct.assets)
     assert seen == [direct.candidates] and 12 <= direct.candidates <= 14  # two orbits
+
+
+def test_a_filter_on_the_index_names_the_place(ee: Any) -> None:
+    s2 = "20220307T025152_20220307T025351_T50SPA"
+    one = ee.ImageCollection(S2).filter(ee.Filter.eq("system:index", s2))
+    assert [f["id"] for f in to_info(evaluate(wire(one)))["features"]] == [f"{S2}/{s2}"]
+    ids = ["LC08_044034_20140318", "LC08_123032_20220115"]
+    two = ee.ImageCollection(L8).filter(ee.Filter.inList("system:index", ids))
+    found = [f["properties"]["system:index"] for f in to_info(evaluate(wire(two)))["features"]]
+    assert sorted(found) == sorted(i for i in ids if catalog.find_image(f"{L8}/{i}"))
+    assert "LC08_044034_20140318" in found
 
 
 def test_a_query_with_no_place_says_what_to_add(ee: Any) -> None:

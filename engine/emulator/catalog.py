@@ -82,7 +82,22 @@ class Query:
         return replace(self, regions=(*self.regions, region))
 
     def placed(self, name: str, values: Iterable[object]) -> Query:
-        """The query limited to scenes whose place property takes one of ``values``."""
+        """The query limited to scenes whose place property takes one of ``values``.
+
+        A filter on ``system:index`` names the place too: a Sentinel-2 index ends with its
+        tile, a Landsat one holds its path and row.
+        """
+        values = list(values)
+        if name == "system:index" and self.collection == S2_COLLECTION:
+            return self.placed("MGRS_TILE", [str(v).rpartition("_T")[2] for v in values])
+        if name == "system:index" and self.collection in landsat.MISSIONS:
+            keys = [
+                landsat.parse_key(str(v).split("_")[1]) if "_" in str(v) else None for v in values
+            ]
+            if any(k is None for k in keys):
+                return self
+            query = self.placed("WRS_PATH", [k[0] for k in keys if k is not None])
+            return query.placed("WRS_ROW", [k[1] for k in keys if k is not None])
         if name not in PLACE_KEYS.get(self.collection, ()):
             return self
         return replace(self, places=(*self.places, (name, frozenset(values))))
