@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -179,7 +180,7 @@ class Tile:
         """Whether the zone is a southern-hemisphere one (false northing 10000 km)."""
         return self.band < "N"
 
-    @property
+    @cached_property
     def name(self) -> str:
         """The MGRS id, e.g. ``50SPA``."""
         letters = square_letters(self.zone, self.column * SQUARE, self.row * SQUARE)

@@ -27,6 +27,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from shapely.geometry import Polygon
@@ -113,11 +114,31 @@ class Pass:
     lon: float  # tile centre
     lat: float
 
+    @cached_property
+    def after_node_ms(self) -> float:
+        """How long after the node the satellite passes the tile centre."""
+        return ORBIT.offset(self.lat)[1] * 1000.0
+
     @property
     def first_ms(self) -> float:
         """A Sentinel-2A time over the tile centre (any cycle)."""
         node_ms, _ = node_of(self.orbit)
-        return node_ms + ORBIT.offset(self.lat)[1] * 1000.0
+        return node_ms + self.after_node_ms
+
+    @cached_property
+    def bands(self) -> tuple[BandSpec, ...]:
+        """The tile's bands (the same for every scene)."""
+        return band_specs(self.tile)
+
+    @cached_property
+    def geojson(self) -> dict[str, Any]:
+        """The footprint as a GeoJSON Polygon (shared by the pass's scenes; never mutated)."""
+        return ring_geojson(list(self.footprint))
+
+    @cached_property
+    def cloudiness(self) -> float:
+        """The mean cloud fraction of the tile's climate."""
+        return weather.mean_cloudiness(self.lon, self.lat)
 
 
 def tile_outline(tile: mgrs.Tile) -> Polygon:
@@ -239,7 +260,7 @@ def _stamp(when: datetime) -> str:
 
 def index_of(p: Pass, t_ms: float) -> tuple[str, datetime, datetime]:
     """(system:index, datatake start, datastrip start) of the scene at ``t_ms``."""
-    node_ms = t_ms - ORBIT.offset(p.lat)[1] * 1000.0
+    node_ms = t_ms - p.after_node_ms
     seg = next((s for s in reversed(_SEGMENT_STARTS) if s >= p.lat), _SEGMENT_STARTS[0])
     seg = min(seg, ORBIT.max_latitude - 1.0)
     datatake = utc(node_ms + ORBIT.offset(seg)[1] * 1000.0).replace(microsecond=0)
@@ -269,9 +290,10 @@ def asset(p: Pass, t_ms: float, slot: int) -> Asset:
     index, datatake, datastrip = index_of(p, t_ms)
     when = utc(t_ms)
     craft = spacecraft(slot, t_ms)
-    mean = weather.mean_cloudiness(p.lon, p.lat)
-    cloudy = weather.cloud_percentage(mean, p.tile.name, _stamp(datatake))
-    cirrus = weather.unit("cirrus", p.tile.name, _stamp(datatake)) * 0.35
+    mean = p.cloudiness
+    taken = _stamp(datatake)
+    cloudy = weather.cloud_percentage(mean, p.tile.name, taken)
+    cirrus = weather.unit("cirrus", p.tile.name, taken) * 0.35
     high = round(cloudy * (1 - cirrus) * 0.65, 6)
     thin = round(cloudy * cirrus, 6)
     medium = round(cloudy - high - thin, 6)
@@ -279,14 +301,14 @@ def asset(p: Pass, t_ms: float, slot: int) -> Asset:
     absolute = _absolute_orbit(p, t_ms, slot)
     baseline = _baseline(when)
     mission = {"Sentinel-2A": "S2A", "Sentinel-2B": "S2B", "Sentinel-2C": "S2C"}[craft]
-    footprint = ring_geojson(list(p.footprint))
+    footprint = p.geojson
     properties: dict[str, Any] = {
         "system:index": index,
         "system:time_start": round(t_ms),
         "system:time_end": round(t_ms),
         "system:footprint": {"type": "LinearRing", "coordinates": footprint["coordinates"][0]},
         "CLOUDY_PIXEL_PERCENTAGE": cloudy,
-        "CLOUD_COVERAGE_ASSESSMENT": weather.cloud_percentage(mean, p.orbit, _stamp(datatake)),
+        "CLOUD_COVERAGE_ASSESSMENT": weather.cloud_percentage(mean, p.orbit, taken),
         "HIGH_PROBA_CLOUDS_PERCENTAGE": high,
         "MEDIUM_PROBA_CLOUDS_PERCENTAGE": medium,
         "THIN_CIRRUS_PERCENTAGE": thin,
@@ -297,16 +319,16 @@ def asset(p: Pass, t_ms: float, slot: int) -> Asset:
         "SENSING_ORBIT_DIRECTION": "DESCENDING",
         "PROCESSING_BASELINE": baseline,
         "DATATAKE_TYPE": "INS-NOBS",
-        "DATATAKE_IDENTIFIER": f"G{mission}_{_stamp(datatake)}_{absolute:06d}_N{baseline}",
+        "DATATAKE_IDENTIFIER": f"G{mission}_{taken}_{absolute:06d}_N{baseline}",
         "GRANULE_ID": f"L2A_T{p.tile.name}_A{absolute:06d}_{_stamp(datastrip)}",
         "PRODUCT_ID": (
-            f"{mission}_MSIL2A_{_stamp(datatake)}_N{baseline.replace('.', '')}"
+            f"{mission}_MSIL2A_{taken}_N{baseline.replace('.', '')}"
             f"_R{p.orbit:03d}_T{p.tile.name}_{_stamp(generated)}"
         ),
         "GENERATION_TIME": millis(generated),
         "MEAN_SOLAR_ZENITH_ANGLE": round(solar_zenith(when, p.lon, p.lat), 6),
     }
-    return Asset(f"{COLLECTION}/{index}", "s2", band_specs(p.tile), properties, footprint)
+    return Asset(f"{COLLECTION}/{index}", "s2", p.bands, properties, footprint)
 
 
 def _absolute_orbit(p: Pass, t_ms: float, slot: int) -> int:
@@ -317,7 +339,7 @@ def _absolute_orbit(p: Pass, t_ms: float, slot: int) -> int:
     2A's rule, shifted back to its 2024 launch (inferred).
     """
     t41, _ = _node_anchor()
-    node_ms = t_ms - ORBIT.offset(p.lat)[1] * 1000.0
+    node_ms = t_ms - p.after_node_ms
     base, ref = (22178, t41 + REVISIT_MS) if slot == 1 else (31074, t41)
     absolute = base + round((node_ms - ref) / (ORBIT.period_s * 1000.0))
     if spacecraft(slot, t_ms) == "Sentinel-2C":
