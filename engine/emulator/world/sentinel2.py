@@ -347,12 +347,6 @@ def _absolute_orbit(p: Pass, t_ms: float, slot: int) -> int:
     return absolute
 
 
-def tile_passes(west: float, south: float, east: float, north: float) -> Iterator[Pass]:
-    """Passes of every tile that may meet a lon/lat box (callers test the footprints)."""
-    for tile in mgrs.tiles_in(west, south, east, north):
-        yield from passes(tile)
-
-
 def find(index: str) -> Asset | None:
     """The scene with this system:index, or None when the plan has no such scene."""
     parts = index.split("_")
