@@ -266,6 +266,9 @@ def test_the_client_path_pushes_filters_into_the_catalog(
     )
     size = evaluate(wire(collection.size()))
     assert 0 < size < 300
+    masked = collection.map(_mask_s2).select("B4")  # maps keep the count
+    assert evaluate(wire(masked.size())) == size
+    assert evaluate(wire(masked.map(lambda i: i.set("x", 1), True).size())) == size
     assert seen and max(seen) <= 6 * 2 * 73
     seen.clear()
     tile = ee.ImageCollection(S2).filter(ee.Filter.eq("MGRS_TILE", "50SMA"))

@@ -1466,7 +1466,14 @@ def _collection_first(fname: str, args: Args) -> Any:
 
 
 def _collection_size(fname: str, args: Args) -> int:
-    return len(_elements(_collection_arg(fname, args)))
+    collection = _collection_arg(fname, args)
+    if isinstance(collection, LazyCollection):
+        # A map keeps every element (unless it drops nulls): the trailing ones need not run.
+        steps = list(collection.steps)
+        while steps and steps[-1][0] == "map" and not steps[-1][2]:
+            steps.pop()
+        return len(LazyCollection(collection.query, tuple(steps)).elements())
+    return len(_elements(collection))
 
 
 def _collection_limit(fname: str, args: Args) -> Any:
