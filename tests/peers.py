@@ -287,7 +287,7 @@ def dem_download(url: str, output: Path, *extra: str) -> list[str]:
         "--ee-url",
         url,
         "--max-tile-bytes",
-        "60000",
+        "36000",  # 12000 pixels of the int16 DEM (3 request bytes each)
         "--quiet",
         *extra,
     ]
@@ -409,8 +409,10 @@ class OutageReport:
         ]
 
 
-def dem_spec(output: Path, url: str, concurrency: int, max_tile_bytes: int = 40_000) -> JobSpec:
-    """A job of about 18 tiles of an SRTM-like DEM in UTM (the client must be initialised)."""
+def dem_spec(output: Path, url: str, concurrency: int, max_tile_bytes: int = 24_000) -> JobSpec:
+    """A job of about 18 tiles of an SRTM-like DEM in UTM (the client must be initialised).
+
+    ``max_tile_bytes`` counts 3 request bytes per pixel of the int16 DEM."""
     return dem_job(
         url,
         output,
@@ -534,7 +536,7 @@ def run_under_faults(
     seed: int,
     scheduler: SchedulerOptions,
     transport: TransportOptions,
-    max_tile_bytes: int = 40_000,
+    max_tile_bytes: int = 24_000,
     budget_s: float = 600.0,
 ) -> FaultReport:
     """One job against an emulator injecting the hostile profile's faults at ``rate``."""

@@ -73,7 +73,7 @@ def dem_args(url: str, output: Path, *extra: str, region: str = SMALL_REGION) ->
         "--ee-url",
         url,
         "--max-tile-bytes",
-        "200000",
+        "120000",  # 40000 pixels of the int16 DEM (3 request bytes each)
         *extra,
     ]
 

@@ -30,12 +30,14 @@ from engine.request import DownloadRequest, build_job
 from engine.runner import run_sync
 
 REGION = "118.70,32.00,118.76,32.04"
-# The emulator's 2022 scenes over Nanjing (tile T50SPA) with less than 10 % cloud.
+START, END = "2022-01-01", "2022-12-31"
+# The emulator's generated 2022 scenes over this corner of Nanjing (tile 50SPA, relative orbit
+# 132, every 5 days) with less than 10 % cloud.
 EXPECTED = [
-    "20220115T025101_20220115T025957_T50SPA",
-    "20220317T024541_20220317T025102_T50SPA",
-    "20220814T024549_20220814T025820_T50SPA",
-    "20221117T025011_20221117T025604_T50SPA",
+    "20220312T025204_20220312T025325_T50SPA",
+    "20220327T025200_20220327T025345_T50SPA",
+    "20221107T025148_20221107T025256_T50SPA",
+    "20221227T025144_20221227T025207_T50SPA",
 ]
 
 
@@ -84,8 +86,8 @@ def scenes(emulator: EmulatorThread) -> ee.ImageCollection:
     ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
     recipe = Composite(
         "COPERNICUS/S2_SR_HARMONIZED",
-        "2022-01-01",
-        "2022-12-31",
+        START,
+        END,
         load_region(REGION),
         max_cloud=10,
         bands=("B4", "B3", "B2"),
@@ -162,9 +164,9 @@ def test_collection_command_dry_run_and_download(tmp_path: Path, emulator: Emula
     base = [
         "collection",
         "--start",
-        "2022-01-01",
+        START,
         "--end",
-        "2022-12-31",
+        END,
         "--max-cloud",
         "10",
         "--bands",
@@ -210,7 +212,7 @@ def test_collection_from_a_script(tmp_path: Path, emulator: EmulatorThread) -> N
     script.write_text(
         "import ee\n"
         "collection = (ee.ImageCollection('COPERNICUS/S2_SR_HARMONIZED')\n"
-        "    .filterDate('2022-03-01', '2022-04-01')\n"
+        "    .filterDate('2022-03-27', '2022-03-28')\n"
         "    .filterBounds(ee.Geometry.Rectangle([118.70, 32.00, 118.76, 32.04])))\n"
     )
     result = CliRunner().invoke(

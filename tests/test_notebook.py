@@ -75,7 +75,8 @@ def test_the_whole_api_works_inside_a_running_loop(
 def test_a_collection_inside_a_running_loop(tmp_path: Path, emulator: EmulatorThread) -> None:
     scenes = (
         ee.ImageCollection("COPERNICUS/S2_SR_HARMONIZED")
-        .filterDate("2022-08-01", "2022-09-01")
+        .filterDate("2022-08-01", "2022-08-06")  # one 5-day revisit
+        .filter(ee.Filter.eq("MGRS_TILE", "50SPA"))
         .filterBounds(ee.Geometry.Rectangle([118.70, 32.00, 118.72, 32.02]))
         .select(["B4"])
     )
