@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import ee_adapter
-from engine.defaults import DEFAULT_COMPRESSION, DEFAULT_CONCURRENCY, EE_MAX_REQUEST_BYTES
+from engine.defaults import (
+    DEFAULT_COMPRESSION,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_PARALLEL_IMAGES,
+    EE_MAX_REQUEST_BYTES,
+)
 from engine.ee_adapter import Connection
 from engine.errors import (
     CollectionIncomplete,
@@ -181,7 +186,7 @@ def download_ee_image_collection(
                 folder,
                 options,
                 progress or choose_progress(quiet),
-                parallel_images or images_of.DEFAULT_PARALLEL_IMAGES,
+                parallel_images or DEFAULT_PARALLEL_IMAGES,
             )
         )
     if not result.complete:

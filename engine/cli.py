@@ -11,7 +11,7 @@ import ctypes
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,9 @@ from engine import __version__
 from engine import cli_options as opt
 from engine.cli_command import Group, OneLineError
 from engine.cli_output import report_preview, show_job, show_jobs, status_json
+
+if TYPE_CHECKING:
+    from engine.recipes import Clip, Reducer
 from engine.defaults import (
     CLIPS,
     DEFAULT_PARALLEL_IMAGES,
@@ -185,8 +188,8 @@ def download(
 @opt.debug
 def composite(
     recipe: opt.RecipeArgs,
-    reducer: str,
-    clip: str,
+    reducer: Reducer,
+    clip: Clip,
     job: opt.RequestArgs,
     output: str | None,
     state: str | None,

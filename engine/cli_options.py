@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -38,6 +38,10 @@ from engine.defaults import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+    from engine.recipes import Clip, CloudMask, Reducer
+    from engine.spec import Endpoint
 
 # ------------------------------------------------------------------- single options
 
@@ -168,7 +172,7 @@ class RequestArgs:
     dtype: str | None
     nodata: float | None
     resampling: str | None
-    endpoint: str
+    endpoint: Endpoint  # click.Choice(ENDPOINTS)
     max_tile_bytes: int
     max_tile_dim: int | None
     compress: str
@@ -203,7 +207,7 @@ class RequestArgs:
             dtype=self.dtype,
             nodata=self.nodata,
             resampling=self.resampling,
-            endpoint=self.endpoint,  # type: ignore[arg-type]  # click.Choice(ENDPOINTS)
+            endpoint=self.endpoint,
             max_tile_bytes=self.max_tile_bytes,
             max_tile_dim=self.max_tile_dim,
             compress=self.compress,
@@ -413,11 +417,13 @@ class RecipeArgs:
     end: str
     max_cloud: float | None
     cloud_property: str
-    cloud_mask: str
+    cloud_mask: CloudMask  # click.Choice(CLOUD_MASKS)
     divide: float
     no_divide: bool
 
-    def recipe(self, region: dict[str, Any], bands: str | None, reducer: str, clip: str) -> Any:
+    def recipe(
+        self, region: dict[str, Any], bands: str | None, reducer: Reducer, clip: Clip
+    ) -> Any:
         from engine.recipes import Composite
 
         return Composite(
@@ -427,11 +433,11 @@ class RecipeArgs:
             region=region,
             max_cloud=self.max_cloud,
             cloud_property=self.cloud_property,
-            cloud_mask=self.cloud_mask,  # type: ignore[arg-type]  # click.Choice
+            cloud_mask=self.cloud_mask,
             divide=None if self.no_divide else self.divide,
             bands=tuple(_split(bands)),
-            reducer=reducer,  # type: ignore[arg-type]  # click.Choice
-            clip=clip,  # type: ignore[arg-type]  # click.Choice
+            reducer=reducer,
+            clip=clip,
         )
 
 

@@ -80,8 +80,10 @@ def image_names(
     """Names as geemap gives them (a list, a prefix, a property, else system:index), made
     safe and unique."""
     listed = isinstance(filenames, Sequence) and not isinstance(filenames, str)
-    if listed and len(filenames) != len(infos):  # type: ignore[arg-type]
-        raise InvalidJob(f"{len(filenames)} filenames for {len(infos)} images; give one per image")
+    if listed and len(filenames or ()) != len(infos):
+        raise InvalidJob(
+            f"{len(filenames or ())} filenames for {len(infos)} images; give one per image"
+        )
     images: list[CollectionImage] = []
     taken: set[str] = set()
     for position, info in enumerate(infos):
@@ -124,7 +126,8 @@ def list_images(
 
 def member(collection: ee.ImageCollection, index: str) -> ee.Image:
     """One image of a (filtered, mapped) collection by its system:index, with its mapping."""
-    return ee.Image(collection.filter(ee.Filter.eq("system:index", index)).first())
+    image: ee.Image = ee.Image(collection.filter(ee.Filter.eq("system:index", index)).first())
+    return image
 
 
 def collection_specs(

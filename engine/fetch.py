@@ -11,7 +11,7 @@ import errno
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from engine import ee_adapter
 from engine.errors import ErrorKind, FetchError
@@ -26,6 +26,7 @@ from state import TileRecord, TileUpdate, TileUrl
 if TYPE_CHECKING:
     import ee
 
+T = TypeVar("T")
 URL_LIFETIME = 3600.0  # reuse a stored download URL for an hour; EE keeps them a few hours
 
 
@@ -107,6 +108,6 @@ class TileFetcher:
                 ) from exc
             raise FetchError(ErrorKind.BODY, f"writing the tile failed: {exc}") from exc
 
-    async def _in_thread(self, function, *args):  # type: ignore[no-untyped-def]
+    async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, function, *args)

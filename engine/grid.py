@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
@@ -252,7 +253,7 @@ def _geometry_sequences(geom: object) -> Iterator[np.ndarray]:
         )
 
 
-def _member_crs(region: Mapping) -> str | None:
+def _member_crs(region: Mapping[str, Any]) -> str | None:
     """The CRS named by a GeoJSON (2008) ``crs`` member, as EE writes it for projected shapes."""
     member = region.get("crs")
     if member is None:
@@ -270,7 +271,7 @@ def _member_crs(region: Mapping) -> str | None:
 
 
 def _region_sequences(
-    region: Mapping, region_crs: str | None = None
+    region: Mapping[str, Any], region_crs: str | None = None
 ) -> tuple[list[np.ndarray], CRS]:
     """Validate a GeoJSON region; return its coordinate sequences and its CRS.
 
@@ -381,7 +382,7 @@ def _ceil_snapped(q: float) -> int:
 
 
 def grid_from_region(
-    region: Mapping, crs: str, scale: float, *, region_crs: str | None = None
+    region: Mapping[str, Any], crs: str, scale: float, *, region_crs: str | None = None
 ) -> Grid:
     """EE's grid for a download of ``region`` with ``crs`` and ``scale`` (metres).
 
@@ -464,13 +465,13 @@ def grid_from_transform(crs: str, transform: Sequence[float], height: int, width
         raise GridError(f"crs_transform must hold numbers, got {values!r}")
     if not all(math.isfinite(float(v)) for v in values):
         raise GridError(f"crs_transform must hold finite numbers, got {values!r}")
-    a, b, _, d, e, _ = (float(v) for v in values)
+    a, b, c, d, e, f = (float(v) for v in values)
     if a * e - b * d == 0:
         raise GridError(f"crs_transform {values!r} is singular: pixel size must not be 0")
     for name, n in (("height", height), ("width", width)):
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise GridError(f"{name} must be a whole number of pixels >= 1, got {n!r}")
-    return Grid(crs_text, tuple(float(v) for v in values), int(width), int(height))
+    return Grid(crs_text, (a, b, c, d, e, f), int(width), int(height))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +515,7 @@ def _choose_shape(
     widths = list(range(step, min(width, max_side) // step * step + 1, step))
     if width <= max_side and (not widths or widths[-1] != width):
         widths.append(width)
-    best_key: tuple | None = None
+    best_key: tuple[int, int, float, int] | None = None
     best: tuple[int, int] | None = None
     for tw in widths:
         th_cap = min(max_side, max_px // tw)
@@ -534,8 +535,8 @@ def _choose_shape(
         tw_even = min(_align_up(-(-width // ncols), step), width)
         count = rows * ncols
         aspect = max(th, tw_even) / min(th, tw_even)
-        key = (0, count) if count >= target else (1, -count)
-        key = (*key, aspect, -tw_even)
+        rank = (0, count) if count >= target else (1, -count)
+        key = (*rank, aspect, -tw_even)
         if best_key is None or key < best_key:
             best_key, best = key, (th, tw_even)
     return best

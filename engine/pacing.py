@@ -121,7 +121,7 @@ class OutageMonitor:
         return self._down
 
     def next_probe_delay(self) -> float:
-        delay = min(self.max_probe_interval, self.first_probe_interval * (2**self.probes))
+        delay = min(self.max_probe_interval, self.first_probe_interval * 2.0**self.probes)
         self.probes += 1
         return delay
 

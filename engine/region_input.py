@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.grid import GridError
+from engine.errors import GridError
 
 GEOMETRY_TYPES = {
     "Point",

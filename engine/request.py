@@ -27,13 +27,13 @@ from engine.defaults import (
     DEFAULT_COMPRESSION,
     DEFAULT_CONCURRENCY,
     DTYPES,
+    EE_MAX_REQUEST_BYTES,
     ENDPOINTS,
     RESAMPLINGS,
 )
 from engine.ee_adapter import BandInfo, Connection
 from engine.errors import GridError, InvalidJob, SpecError
 from engine.grid import (
-    EE_MAX_REQUEST_BYTES,
     METRES_PER_DEGREE,
     Grid,
     grid_from_region,
@@ -284,11 +284,13 @@ def _check_transform(crs_transform: Sequence[float] | None, shape: Sequence[int]
 
 
 def _whole_at_least(value: Any, low: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= low
+    return bool(
+        not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= low
+    )
 
 
 def _positive_number(value: Any) -> bool:
-    return (
+    return bool(
         not isinstance(value, bool)
         and isinstance(value, int | float | np.number)
         and math.isfinite(value)

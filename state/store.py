@@ -468,7 +468,9 @@ def _set_wal(engine: Engine) -> None:
     """Switch the file to WAL; outside any transaction, as SQLite requires."""
     raw = engine.raw_connection()
     try:
-        raw.driver_connection.execute("PRAGMA journal_mode=WAL").fetchall()
+        driver = raw.driver_connection
+        assert driver is not None  # a pooled SQLite connection always has its sqlite3 one
+        driver.execute("PRAGMA journal_mode=WAL").fetchall()
     finally:
         raw.close()
 
@@ -716,7 +718,7 @@ class Store:
                     f"state file {self._path} already holds a job (fingerprint "
                     f"{existing.fingerprint}); use another state file for another download"
                 )
-            job_id = conn.execute(
+            inserted = conn.execute(
                 insert(job_t).values(
                     fingerprint=fingerprint,
                     spec=spec_json,
@@ -727,8 +729,9 @@ class Store:
                     output_path=output_path,
                     uid=schema.new_job_uid(),
                 )
-            ).inserted_primary_key[0]
-            _insert_tiles(conn, job_id, None, tiles, now)
+            ).inserted_primary_key
+            assert inserted is not None
+            _insert_tiles(conn, int(inserted[0]), None, tiles, now)
             record = self._job(conn)
         assert record is not None
         return record

@@ -46,7 +46,9 @@ class EmulatorStats:
         in_flight = getattr(self, "in_flight", 0)
         self.in_flight: int = in_flight
         self.max_in_flight: int = in_flight
-        self.in_flight_by_project: Counter[str] = getattr(self, "in_flight_by_project", Counter())
+        self.in_flight_by_project: Counter[str] = (
+            getattr(self, "in_flight_by_project", None) or Counter()
+        )
 
     def record_request(self, endpoint: str, status: int) -> None:
         """Count one answer by endpoint and the status line it carried."""
