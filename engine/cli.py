@@ -243,7 +243,7 @@ def plan(
     source: opt.Source,
     job: opt.RequestArgs,
     output: str,
-    concurrency: int,
+    concurrency: int | None,
     as_json: bool,
     network: opt.ConnectionArgs,
     debug: bool,

@@ -672,6 +672,45 @@ def split_tile(
     return [TilePlan(p, tile.band_start, tile.band_stop) for p in parts]
 
 
+def split_for_slots(
+    tiles: Sequence[TilePlan],
+    itemsizes: Sequence[int],
+    slots: int,
+    *,
+    min_part_bytes: int,
+    block: int = 512,
+) -> list[list[TilePlan]]:
+    """Cut the last tiles of a job so that ``slots`` connections have one part each.
+
+    At a job's end a few large tiles would keep a few connections busy while the others idle.
+    The largest part is halved (on a multiple of ``block``, so parts stay block-aligned in the
+    output) until there are ``slots`` parts, or no part is larger than two of
+    ``min_part_bytes`` (below that a request's latency costs more than it saves), or no part
+    has a side longer than two blocks. Bands are never cut. Returns each tile's parts, in the
+    order given (a tile left whole is a list of itself).
+    """
+    parts = [[tile] for tile in tiles]
+    count = len(tiles)
+
+    def size(plan: TilePlan) -> int:
+        bytes_per_pixel = sum(itemsizes[plan.band_start : plan.band_stop])
+        return plan.window.height * plan.window.width * bytes_per_pixel
+
+    while count < slots:
+        candidates = [
+            (size(p), i, j)
+            for i, group in enumerate(parts)
+            for j, p in enumerate(group)
+            if size(p) >= 2 * min_part_bytes and max(p.window.height, p.window.width) > 2 * block
+        ]
+        if not candidates:
+            break
+        _, i, j = max(candidates)
+        parts[i][j : j + 1] = split_tile(parts[i][j], itemsizes, block)
+        count += 1
+    return parts
+
+
 def _split_bands(tile: TilePlan, itemsizes: Sequence[int] | None) -> list[TilePlan]:
     lo, hi = tile.band_start, tile.band_stop
     mid = lo + (hi - lo + 1) // 2

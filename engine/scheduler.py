@@ -17,9 +17,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.clocks import ClockWatch
-from engine.defaults import BACKOFF_BASE_S, DEFAULT_CONCURRENCY, MAX_ATTEMPTS, MAX_BACKOFF_S
+from engine.defaults import (
+    BACKOFF_BASE_S,
+    DEFAULT_CONCURRENCY,
+    MAX_ATTEMPTS,
+    MAX_BACKOFF_S,
+    OUTPUT_BLOCK,
+    TAIL_PART_BYTES,
+)
 from engine.errors import ErrorKind, FetchError, JobStopped
-from engine.grid import split_tile
+from engine.grid import split_for_slots, split_tile
 from engine.offload import StateThread, uninterrupted
 from engine.pacing import AdaptiveLimiter, OutageMonitor
 from engine.progress import Progress, SilentProgress
@@ -55,6 +62,7 @@ class SchedulerOptions:
     backoff_base: float = BACKOFF_BASE_S
     backoff_cap: float = MAX_BACKOFF_S
     outage_threshold: int = 3
+    split_tail: bool = True  # cut the last tiles when connections would idle
     first_probe_interval: float = 2.0
     max_probe_interval: float = 300.0
     min_split_side: int = 1
@@ -66,6 +74,7 @@ class RunSummary:
     fetched_bytes: int = 0
     retries: int = 0
     splits: int = 0
+    tail_splits: int = 0
     failed: int = 0
     outages: int = 0
     stopped_by: str | None = None
@@ -227,15 +236,48 @@ class Scheduler:
         if not self._queue:
             await self.flush()
             await self._follow_clock_steps()
-            self._queue = await self.state(
-                self.store.claim,
-                self.owner,
-                self.clock(),
-                self.options.lease_seconds,
-                max(1, self.limiter.limit * 2),
-            )
+            claimed = await self._claim()
+            idle = self.limiter.limit - self._in_flight
+            if claimed and len(claimed) < idle and self.options.split_tail:
+                claimed = await self._split_for_idle_slots(claimed, idle)
+            self._queue = claimed
             self._queue.reverse()
         return self._queue.pop() if self._queue else None
+
+    async def _claim(self) -> list[TileRecord]:
+        return await self.state(
+            self.store.claim,
+            self.owner,
+            self.clock(),
+            self.options.lease_seconds,
+            max(1, self.limiter.limit * 2),
+        )
+
+    async def _split_for_idle_slots(self, claimed: list[TileRecord], idle: int) -> list[TileRecord]:
+        """The job's last tiles, cut so that the idle connections get a part each (the cut is
+        recorded in the state, as a split Earth Engine asked for would be)."""
+        parts = split_for_slots(
+            [tile_plan(t) for t in claimed],
+            self.itemsizes,
+            idle,
+            min_part_bytes=TAIL_PART_BYTES,
+            block=OUTPUT_BLOCK,
+        )
+        cut = [(tile, group) for tile, group in zip(claimed, parts, strict=True) if len(group) > 1]
+        if not cut:
+            return claimed
+        for tile, group in cut:
+            reason = "cut to keep idle connections busy at the job's end"
+            self.record(TileSplit(tile.id, [new_tile(p, tile.id) for p in group], reason))
+            self.progress.tiles_added(len(group) - 1)
+        await self.flush()
+        self.summary.tail_splits += len(cut)
+        self.progress.note(
+            f"{len(cut)} of the last tiles cut into {sum(len(g) for _, g in cut)} parts "
+            "to keep idle connections busy"
+        )
+        whole = [tile for tile, group in zip(claimed, parts, strict=True) if len(group) == 1]
+        return whole + await self._claim()
 
     async def _follow_clock_steps(self) -> None:
         """After a suspend or a clock step, move stored retry times and this run's leases by
@@ -366,11 +408,13 @@ class Scheduler:
             self.progress.note("network is back; carrying on")
 
     async def _housekeeping(self) -> None:
-        """Flush batched updates and renew leases while the run lasts."""
+        """Flush batched updates, let the limiter's probe look, renew leases, while the run
+        lasts."""
         renew_every = max(1.0, self.options.lease_seconds / 3)
         last_renew = self.monotonic()
         while True:
             await asyncio.sleep(self.options.flush_every)
+            self.limiter.tick()
             await self.flush()
             await self._follow_clock_steps()
             if self.monotonic() - last_renew >= renew_every:
