@@ -922,6 +922,7 @@ Examples:
   eefetch status nanjing.tif.eefetch.db      # one job: tiles, bytes, last errors
   eefetch status scenes/                     # every job under a folder, one row each
   eefetch status scenes/ --json | jq '.[] | select(.tiles.failed > 0)'
+  eefetch status nanjing.tif.eefetch.db --map status.png   # and a picture of the tiles
 
 \b
 STATE: done, fetching (a process is on it), merging, stopped (run the same command again),
@@ -932,16 +933,26 @@ failed tiles (run again to retry them), fetched, not merged (`eefetch merge`).
 @main.command(epilog=EPILOG_STATUS)
 @click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--map",
+    "map_png",
+    type=click.Path(dir_okay=False),
+    help="Also draw the job's tiles, coloured by state, into this PNG.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def status(path: str, as_json: bool, debug: bool) -> None:
+def status(path: str, as_json: bool, map_png: str | None, debug: bool) -> None:
     """Show a job (tiles done / pending / failed, bytes, last errors), or every job in a folder."""
 
     def action() -> None:
         from engine import inventory
 
         if Path(path).is_dir():
+            if map_png:
+                raise click.UsageError("--map draws one job: give its state file, not a folder")
             _show_jobs(inventory.find_state_files(path), path, as_json, totals=True)
             return
+        if map_png:
+            _write_map(path, map_png)
         row = inventory.read_job(path)
         if row.status == "empty":
             raise UserFacingError(f"{path} holds no job yet; start one with `eefetch download`")
@@ -1085,8 +1096,9 @@ def _spec(
     settings: Settings,
 ) -> Any:
     from engine import api
+    from engine.spec import with_region
 
-    return api.build_spec(
+    spec = api.build_spec(
         image,
         Path(output),
         region=grid.region,
@@ -1107,6 +1119,17 @@ def _spec(
         project=settings.project,
         warn=lambda message: click.echo(f"eefetch: warning: {message}", err=True),
     )
+    return with_region(spec, _region_outline(grid.region))
+
+
+def _region_outline(region: str | None) -> dict[str, Any] | None:
+    """The region's outline for pictures of the job (``status --map``, ``serve``)."""
+    if not region:
+        return None
+    from engine.jobmap import region_for_spec
+    from engine.region_input import load_region
+
+    return region_for_spec(load_region(region))
 
 
 def _download_image(
@@ -1228,6 +1251,18 @@ def _show_one(row: Any) -> None:
     hint = _next_step(row)
     if hint:
         click.echo(f"next:    {hint}")
+
+
+def _write_map(state: str, picture: str) -> None:
+    from engine.jobmap import write_map
+
+    if not Path(picture).parent.is_dir():
+        raise UserFacingError(
+            f"--map {picture}: folder {Path(picture).parent} does not exist; create it or "
+            "choose another path"
+        )
+    result = write_map(state, picture)
+    click.echo(f"eefetch: wrote {picture} ({result.width} x {result.height})", err=True)
 
 
 def _next_step(row: Any) -> str:
