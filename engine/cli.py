@@ -106,9 +106,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from engine.quicklook import PreviewError
     from engine.scheduler import JobStopped
     from engine.spec import SpecError
+    from engine.webview import ServeError
     from state import StateError
 
     return (
+        ServeError,
         EEUserError,
         SpecError,
         GridError,
@@ -929,6 +931,16 @@ STATE: done, fetching (a process is on it), merging, stopped (run the same comma
 failed tiles (run again to retry them), fetched, not merged (`eefetch merge`).
 """
 
+EPILOG_SERVE = """\b
+Examples:
+  eefetch serve nanjing.tif.eefetch.db       # one job; open the URL it prints
+  eefetch serve scenes/ --port 0             # every job under a folder, on a free port
+
+\b
+The page refreshes itself every few seconds while jobs run. It only reads state files (never
+their lock) and shows no download URL; it listens on 127.0.0.1 unless --host says otherwise.
+"""
+
 
 @main.command(epilog=EPILOG_STATUS)
 @click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
@@ -1012,6 +1024,30 @@ def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
             click.echo(f"skipped {line}", err=True)
         total = sum(item.bytes for item in removed)
         click.echo(f"{verb} {len(removed)} item(s), {format_bytes(total)}", err=True)
+
+    _run_guarded(debug, action)
+
+
+@main.command(epilog=EPILOG_SERVE)
+@click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
+@click.option("--port", default=8765, type=int, show_default=True, help="0 picks a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def serve(path: str, port: int, host: str, debug: bool) -> None:
+    """A live, read-only web page of a job or of the jobs in a folder (Ctrl-C stops it)."""
+
+    def action() -> None:
+        from engine.webview import serve_forever
+
+        def ready(url: str) -> None:
+            click.echo(f"eefetch: serving {url} (read-only; Ctrl-C to stop)", err=True)
+            click.echo(url)
+            sys.stdout.flush()
+
+        try:
+            run_until_signalled(serve_forever(Path(path), host, port, ready))
+        except KeyboardInterrupt:
+            click.echo("eefetch: stopped serving", err=True)
 
     _run_guarded(debug, action)
 
