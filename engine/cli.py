@@ -458,6 +458,7 @@ Examples:
   eefetch status nanjing.tif.eefetch.db      # one job: tiles, bytes, last errors
   eefetch status scenes/                     # every job under a folder, one row each
   eefetch status scenes/ --json | jq '.[] | select(.tiles.failed > 0)'
+  eefetch status nanjing.tif.eefetch.db --map status.png   # and a picture of the tiles
 
 \b
 STATE: done, fetching (a process is on it), merging, stopped (run the same command again),
@@ -465,20 +466,41 @@ failed tiles (run again to retry them), fetched, not merged (`eefetch merge`).
 """
 
 
+EPILOG_SERVE = """\b
+Examples:
+  eefetch serve nanjing.tif.eefetch.db       # one job; open the URL it prints
+  eefetch serve scenes/ --port 0             # every job under a folder, on a free port
+
+\b
+The page refreshes itself every few seconds while jobs run. It only reads state files (never
+their lock) and shows no download URL; it listens on 127.0.0.1 unless --host says otherwise.
+"""
+
+
 @main.command(epilog=EPILOG_STATUS)
 @click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
 @opt.as_json
+@click.option(
+    "--map",
+    "map_png",
+    type=click.Path(dir_okay=False),
+    help="Also draw the job's tiles, coloured by state, into this PNG.",
+)
 @opt.debug
-def status(path: str, as_json: bool, debug: bool) -> None:
+def status(path: str, as_json: bool, map_png: str | None, debug: bool) -> None:
     """Show a job (tiles done / pending / failed, bytes, last errors), or every job in a folder."""
     from engine import inventory
 
     if Path(path).is_dir():
+        if map_png:
+            raise click.UsageError("--map draws one job: give its state file, not a folder")
         show_jobs(inventory.find_state_files(path), path, as_json, totals=True)
         return
     row = inventory.read_job(path)
     if row.status == "empty":
         raise OneLineError(f"{path} holds no job yet; start one with `eefetch download`")
+    if map_png:
+        _write_map(path, map_png)
     if as_json:
         click.echo(json.dumps(status_json(row), indent=2))
         return
@@ -527,6 +549,27 @@ def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
         click.echo(f"skipped {line}", err=True)
     total = sum(item.bytes for item in removed)
     click.echo(f"{verb} {len(removed)} item(s), {format_bytes(total)}", err=True)
+
+
+@main.command(epilog=EPILOG_SERVE)
+@click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
+@click.option("--port", default=8765, type=int, show_default=True, help="0 picks a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@opt.debug
+def serve(path: str, port: int, host: str, debug: bool) -> None:
+    """A live, read-only web page of a job or of the jobs in a folder (Ctrl-C stops it)."""
+    from engine.runner import run_until_signalled
+    from engine.webview import serve_forever
+
+    def ready(url: str) -> None:
+        click.echo(f"eefetch: serving {url} (read-only; Ctrl-C to stop)", err=True)
+        click.echo(url)
+        sys.stdout.flush()
+
+    try:
+        run_until_signalled(serve_forever(Path(path), host, port, ready))
+    except KeyboardInterrupt:
+        click.echo("eefetch: stopped serving", err=True)
 
 
 @main.command()
@@ -692,6 +735,18 @@ def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:
             "bands, a coarser --scale or a smaller --region would shrink it",
             err=True,
         )
+
+
+def _write_map(state: str, picture: str) -> None:
+    from engine.jobmap import write_map
+
+    if not Path(picture).parent.is_dir():
+        raise OneLineError(
+            f"--map {picture}: folder {Path(picture).parent} does not exist; create it or "
+            "choose another path"
+        )
+    result = write_map(state, picture)
+    click.echo(f"eefetch: wrote {picture} ({result.width} x {result.height})", err=True)
 
 
 def _stored_spec(state: str) -> Any:

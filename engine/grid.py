@@ -399,18 +399,9 @@ def grid_from_region(
     crs_text = _crs_text(crs, "crs")
     dst = _parse_crs(crs_text, "crs")
     pixel = _pixel_size(dst, size)
-    sequences, src = _region_sequences(region, region_crs)
-
-    if src != dst:
-        if src.is_geographic:
-            sequences = [_unwrap_longitudes(s) for s in sequences]
-        extent = np.vstack(sequences)
-        span = float(np.ptp(extent, axis=0).max())
-        sequences = [_densify(s, span / _DENSIFY_PARTS) for s in sequences]
-        sequences = [_project(src, dst, s) for s in sequences]
+    sequences = _sequences_in(region, dst, region_crs)
 
     if dst.is_geographic:
-        sequences = [_unwrap_longitudes(s) for s in sequences]
         minx, maxx = _longitude_range(sequences)
     else:
         minx = min(float(s[:, 0].min()) for s in sequences)
@@ -423,6 +414,29 @@ def grid_from_region(
     width, height = max(col1 - col0, 1), max(row1 - row0, 1)
     top = max(row1, row0 + 1)
     return Grid(crs_text, (pixel, 0.0, col0 * pixel, 0.0, -pixel, top * pixel), width, height)
+
+
+def region_outline(region: Mapping[str, Any], crs: str) -> list[np.ndarray]:
+    """The region's outline (exterior rings, lines, points) as (N, 2) arrays in ``crs``.
+
+    The coordinates ``grid_from_region`` measures: edges densified before projecting, and
+    longitudes in a geographic ``crs`` unwrapped the short way round.
+    """
+    return _sequences_in(region, _parse_crs(_crs_text(crs, "crs"), "crs"), None)
+
+
+def _sequences_in(region: Mapping[str, Any], dst: CRS, region_crs: str | None) -> list[np.ndarray]:
+    sequences, src = _region_sequences(region, region_crs)
+    if src != dst:
+        if src.is_geographic:
+            sequences = [_unwrap_longitudes(s) for s in sequences]
+        extent = np.vstack(sequences)
+        span = float(np.ptp(extent, axis=0).max())
+        sequences = [_densify(s, span / _DENSIFY_PARTS) for s in sequences]
+        sequences = [_project(src, dst, s) for s in sequences]
+    if dst.is_geographic:
+        sequences = [_unwrap_longitudes(s) for s in sequences]
+    return sequences
 
 
 def _project(src: CRS, dst: CRS, seq: np.ndarray) -> np.ndarray:

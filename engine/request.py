@@ -40,10 +40,10 @@ from engine.grid import (
     grid_from_transform,
 )
 from engine.job import RunOptions
-from engine.region_input import load_region
+from engine.region_input import load_region, simplified_outline
 from engine.scheduler import SchedulerOptions
 from engine.service import service_identity
-from engine.spec import Endpoint, JobSpec, default_nodata, nodata_value
+from engine.spec import REGION_EXTRA, Endpoint, JobSpec, default_nodata, nodata_value
 from engine.transport import TransportOptions
 
 if TYPE_CHECKING:
@@ -195,16 +195,22 @@ def build_job(
         (warn or _warn_lossy)(lossy)
     # In a GDAL environment, PROJ's complaints about an unknown CRS go to logging (and become
     # our one-line error) instead of being printed to stderr.
+    geometry = region_geojson(request.region)
     with rasterio.Env():
         grid = resolve_grid(
             chosen,
-            region_geojson(request.region),
+            geometry,
             request.crs,
             request.crs_transform,
             request.scale,
             request.shape,
         )
-    extra = {} if request.max_tile_dim is None else {"max_tile_dim": int(request.max_tile_dim)}
+    extra: dict[str, Any] = {}
+    if request.max_tile_dim is not None:
+        extra["max_tile_dim"] = int(request.max_tile_dim)
+    outline = simplified_outline(geometry)
+    if outline is not None:  # for pictures of the job (status --map, serve); not an identity
+        extra[REGION_EXTRA] = outline
     return _invalid_job_on_spec_error(
         JobSpec,
         expression=ee_adapter.serialize(image),

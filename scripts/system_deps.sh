@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Programs the tests start as real network peers: an HTTP proxy (tinyproxy) and a SOCKS5
-# proxy (microsocks), both from Debian's packages. Idempotent: when both are on PATH it only
-# says so. Otherwise it installs the missing ones with apt-get when run as root (as on a fresh
-# CI machine), or prints the command to run and fails.
+# Programs the tests start as real peers, all from Debian's packages: an HTTP proxy
+# (tinyproxy), a SOCKS5 proxy (microsocks) and a headless browser (chromium) that loads
+# `eefetch serve`'s page. Idempotent: when all are on PATH it only says so. Otherwise it
+# installs the missing ones with apt-get when run as root (as on a fresh CI machine), waiting
+# up to 10 minutes for another apt to finish, or prints the command to run and fails.
 set -euo pipefail
-programs=(tinyproxy microsocks)
+programs=(tinyproxy microsocks chromium)
 missing=()
 for program in "${programs[@]}"; do
   if ! command -v "$program" >/dev/null 2>&1; then
@@ -26,10 +27,10 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 echo "system_deps: apt-get update" >&2
-apt-get update -qq
+apt-get -o DPkg::Lock::Timeout=600 update -qq
 echo "system_deps: apt-get install ${missing[*]}" >&2
 # The packages' services are not wanted: the tests start their own proxies on free ports.
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for program in "${missing[@]}"; do
   if ! command -v "$program" >/dev/null 2>&1; then
     echo "system_deps: $program is still missing after apt-get install" >&2
