@@ -272,6 +272,7 @@ async def _run_locked(
                 notes.append(f"trying {retried} failed tile(s) again")
             await state(store.release_all_claims)
             notes.extend(await uninterrupted(reconcile, store, tiles, spec, job.uid))
+        await uninterrupted(tiles.reserve)
         for note in notes:
             progress.note(note)
         overwrite = options.overwrite or job.status == "merged"
@@ -291,7 +292,9 @@ async def _run_locked(
         finally:
             if live is not None:
                 await uninterrupted(live.close)
-        if not spec.keep_tiles:
+        if spec.keep_tiles:
+            await uninterrupted(tiles.free_reserve)
+        else:
             await uninterrupted(tiles.remove_all)
         return JobResult(merged, state_path, await state(store.counts), summary, True, notes)
 
@@ -395,6 +398,7 @@ async def _fetch_all(
                     rng=rng,
                     clock=options.clock,
                     limiter=limiter,
+                    free_space=tiles.free_reserve,
                 )
                 summary = await scheduler.run()
                 _add(total, summary)

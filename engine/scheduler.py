@@ -135,12 +135,14 @@ class Scheduler:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limiter: AdaptiveLimiter | None = None,
+        free_space: Callable[[], None] | None = None,
     ) -> None:
         """``limiter`` shares one concurrency budget between jobs (a collection's images);
         by default the scheduler has its own of ``options.concurrency`` slots. ``clock`` is
         the wall clock of the times stored in the state; ``monotonic`` measures intervals and
         notices when the wall clock steps. ``updates`` (and its state thread) may be shared
-        with the fetcher; by default the scheduler has its own for the run."""
+        with the fetcher; by default the scheduler has its own for the run. ``free_space``
+        gives back disk space kept in reserve, when the run ends on an error."""
         self.store = store
         self.fetch = fetch
         self.probe = probe
@@ -153,6 +155,7 @@ class Scheduler:
         self.monotonic = monotonic
         self.clock_watch = ClockWatch(clock, monotonic)
         self.sleep = sleep
+        self.free_space = free_space
         self.limiter = limiter or AdaptiveLimiter(self.options.concurrency)
         self.outage = OutageMonitor(
             self.options.outage_threshold,
@@ -178,16 +181,20 @@ class Scheduler:
 
     async def run(self) -> RunSummary:
         """Fetch every claimable tile; return when none is left or the job must stop."""
+        ended_well = False
         try:
             async with asyncio.TaskGroup() as group:
                 housekeeping = group.create_task(self._housekeeping())
                 await self._dispatch(group)
                 housekeeping.cancel()
+            ended_well = self._fatal is None
         except BaseExceptionGroup as errors:
             # A task's own error (a state write on a full disk, say) is what the caller must
             # see, not a group of one: the command line turns it into one line.
             raise _first_error(errors) from None
         finally:
+            if not ended_well and self.free_space is not None:
+                self.free_space()  # a full disk must not keep the state from being settled
             for tile in self._queue:
                 self.updates.record(TileReleased(tile.id))
             self._queue.clear()
@@ -204,9 +211,13 @@ class Scheduler:
         """At the end of a run (in the state thread): write every queued update and give back
         the claims still held, whatever stopped the run."""
         pending = self.updates.take()
-        if pending:
-            self.store.apply(pending, self.clock())
-        self.store.release_claims(self.owner)
+        try:
+            if pending:
+                self.store.apply(pending, self.clock())
+        finally:
+            # Even when the updates cannot be written (a full disk): no claim may outlive the
+            # run, and giving them back is one small statement that may still get through.
+            self.store.release_claims(self.owner)
 
     async def _dispatch(self, group: asyncio.TaskGroup) -> None:
         while self._fatal is None:
