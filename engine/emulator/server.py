@@ -26,9 +26,8 @@ import struct
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +39,9 @@ from engine import imaging
 from engine.emulator import encode
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.faults import Fault, FaultModel, digest
+from engine.emulator.render import PixelGrid, TileJob, as_pixel_grid, picture_levels
 from engine.emulator.stats import EmulatorStats, tile_key
+from engine.emulator.workers import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ EXTENSIONS = {
 }
 # API calls that count against the per-project concurrency quota.
 QUOTA_ROUTES = frozenset({"value:compute", "thumbnails:create", "getPixels", "computePixels"})
+# Evaluated images kept per server by expression digest: a tile's expression is evaluated
+# once however often it is asked for (evaluation is pure; images are immutable).
+EVALUATED_KEPT = 2048
 # Set on a request whose connection was dropped before any status line (stats status "0").
 NO_RESPONSE = web.RequestKey("eefetch_emulator_no_response", bool)
 
@@ -127,31 +131,12 @@ def default_evaluator() -> Evaluator:
     return Evaluator(module.evaluate, module.to_info, module.EvaluationError)
 
 
-@dataclass(frozen=True)
-class PixelGrid:
-    """A request's pixel grid; the model's own `Grid` type is read by attribute only."""
-
-    crs: str
-    transform: tuple[float, ...]
-    width: int
-    height: int
-
-
-def as_pixel_grid(grid: Any) -> PixelGrid:
-    """Copy any grid-like object into plain values (hashable, JSON-able for identities)."""
-    return PixelGrid(
-        str(grid.crs),
-        tuple(float(v) for v in grid.transform),
-        int(grid.width),
-        int(grid.height),
-    )
-
-
 @dataclass
 class Download:
     """A download id: what `thumbnails.create` stored for a later `getPixels`."""
 
     name: str
+    expression: dict[str, Any]
     image: Any
     grid: PixelGrid
     file_format: str
@@ -191,10 +176,11 @@ class EmulatorState:
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
     clock: Callable[[], float] = time.monotonic
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    executor: ThreadPoolExecutor | None = None
+    renderer: Renderer | None = None
     total_pacer: Pacer | None = None
     discovery: dict[str, Any] | None = None
     algorithms: bytes | None = None
+    evaluated: OrderedDict[str, Any] = field(default_factory=OrderedDict)
 
     @property
     def evaluator(self) -> Evaluator:
@@ -221,7 +207,22 @@ def _state(request: web.Request) -> EmulatorState:
 
 async def _run(state: EmulatorState, func: Callable[..., Any], *args: Any) -> Any:
     """Run blocking model work off the loop so concurrency and stalls stay real."""
-    return await asyncio.get_running_loop().run_in_executor(state.executor, func, *args)
+    assert state.renderer is not None, "the app has not started"
+    return await state.renderer.run(func, *args)
+
+
+async def _evaluate(state: EmulatorState, expression: dict[str, Any]) -> Any:
+    """The model's value of an image expression, evaluated once per digest (LRU-bounded)."""
+    key = digest(expression)
+    image = state.evaluated.get(key)
+    if image is not None:
+        state.evaluated.move_to_end(key)
+        return image
+    image = await _run(state, state.evaluator.evaluate, expression)
+    state.evaluated[key] = image
+    while len(state.evaluated) > EVALUATED_KEPT:
+        state.evaluated.popitem(last=False)
+    return image
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -496,7 +497,7 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     await _api_fault(state, "thumbnails:create", digest(body))
     started = state.clock()
     try:
-        image = await _run(state, state.evaluator.evaluate, expression)
+        image = await _evaluate(state, expression)
         raw_grid = image.bounded_grid()
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
@@ -512,6 +513,7 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     identity = digest([expression, file_format, band_ids, grid])
     state.downloads[name] = Download(
         name=name,
+        expression=expression,
         image=image,
         grid=grid,
         file_format=file_format,
@@ -559,68 +561,19 @@ def check_picture(
         raise ApiError(400, f"Invalid visualizationOptions: {exc}.") from None
 
 
-def picture_levels(
-    data: Sequence[np.ndarray], visualization: dict[str, Any] | None
-) -> list[np.ndarray]:
-    """Bands as 0..255 levels: stretched by ``visualizationOptions`` when given (REST shape)."""
-    if visualization is None:
-        return [np.asarray(d, dtype=np.uint8) for d in data]
-    ranges = visualization.get("ranges") or [{"min": 0.0, "max": 1.0}]
-    lows = imaging.per_band([float(r.get("min", 0.0)) for r in ranges], len(data), 0.0)
-    highs = imaging.per_band([float(r.get("max", 1.0)) for r in ranges], len(data), 1.0)
-    gamma = (visualization.get("gamma") or {}).get("value")
-    levels = [
-        imaging.stretch(d, lo, hi, float(gamma) if gamma is not None else None)
-        for d, lo, hi in zip(data, lows, highs, strict=True)
-    ]
-    palette = visualization.get("paletteColors")
-    if palette and len(levels) == 1:
-        levels = imaging.apply_palette(levels[0], palette)
-    return levels
-
-
-def _render(
-    state: EmulatorState,
-    image: Any,
-    grid: PixelGrid,
-    band_ids: list[str],
-    file_format: str,
-    prefix: str,
-    visualization: dict[str, Any] | None = None,
-) -> bytes:
-    rendered = image.render(grid.crs, grid.transform, grid.width, grid.height, band_ids)
-    if file_format in imaging.PICTURE_FORMATS:
-        valid = np.logical_and.reduce([np.asarray(v, dtype=bool) for v in rendered.valid])
-        levels = picture_levels(list(rendered.data), visualization)
-        return imaging.encode_picture(levels, valid, file_format)
-    return encode.encode(
-        file_format,
-        grid.crs,
-        grid.transform,
-        list(rendered.band_ids),
-        list(rendered.data),
-        list(rendered.valid),
-        prefix=prefix,
-        compress=state.config.tiff_compress,
-    )
-
-
 async def _serve_pixels(
     request: web.Request,
     state: EmulatorState,
     endpoint: str,
     identity: str,
     image: Any,
-    grid: PixelGrid,
-    band_ids: list[str],
-    file_format: str,
-    prefix: str,
+    job: TileJob,
     *,
     on_expired: Callable[[], None] | None = None,
     headers: dict[str, str] | None = None,
-    visualization: dict[str, Any] | None = None,
 ) -> web.StreamResponse:
-    """Fault decision, memory check, render, latency, then the streamed body."""
+    """Fault decision, memory check, render (off the loop), latency, then the streamed body."""
+    grid = job.grid
     started = state.clock()
     attempt = state.next_attempt(endpoint, identity)
     fault = FaultModel(state.config).decide(endpoint, identity, attempt, tile=True)
@@ -644,18 +597,17 @@ async def _serve_pixels(
             return web.Response(body=CAPTIVE_PORTAL_HTML, content_type="text/html")
     try:
         check_memory(state.config, image, grid.width, grid.height)
-        body = await _run(
-            state, _render, state, image, grid, band_ids, file_format, prefix, visualization
-        )
+        assert state.renderer is not None, "the app has not started"
+        body = await state.renderer.tile(image, job)
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
     await _shape_latency(state, started, grid)
-    key = tile_key(grid.crs, grid.transform, grid.width, grid.height, band_ids)
+    key = tile_key(grid.crs, grid.transform, grid.width, grid.height, list(job.band_ids))
     return await send_tile(
         request,
         state,
         body,
-        CONTENT_TYPES[file_format],
+        CONTENT_TYPES[job.file_format],
         fault=fault,
         key=key,
         headers=headers,
@@ -679,19 +631,24 @@ async def get_pixels(request: web.Request) -> web.StreamResponse:
         download.expired = True
 
     extension = EXTENSIONS.get(download.file_format, "tif")
+    job = TileJob(
+        download.expression,
+        download.grid,
+        tuple(download.band_ids),
+        download.file_format,
+        download.prefix,
+        download.visualization,
+        state.config.tiff_compress,
+    )
     return await _serve_pixels(
         request,
         state,
         "getPixels",
         download.identity,
         download.image,
-        download.grid,
-        download.band_ids,
-        download.file_format,
-        download.prefix,
+        job,
         on_expired=expire,
         headers={"Content-Disposition": f"attachment; filename={download.prefix}.{extension}"},
-        visualization=download.visualization,
     )
 
 
@@ -725,7 +682,7 @@ async def compute_pixels(request: web.Request) -> web.StreamResponse:
     if file_format not in encode.FORMATS_COMPUTE:
         raise ApiError(400, f"Unsupported fileFormat for this emulator: {file_format}.")
     try:
-        image = await _run(state, state.evaluator.evaluate, expression)
+        image = await _evaluate(state, expression)
         raw_grid = _grid_from_body(body["grid"]) if "grid" in body else image.bounded_grid()
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
@@ -735,9 +692,10 @@ async def compute_pixels(request: web.Request) -> web.StreamResponse:
     band_ids, dtypes = select_bands(image, body.get("bandIds") or None)
     check_size(state.config, grid.width, grid.height, dtypes, state.config.max_compute_side)
     identity = digest([expression, file_format, band_ids, grid])
-    return await _serve_pixels(
-        request, state, "computePixels", identity, image, grid, band_ids, file_format, "download"
+    job = TileJob(
+        expression, grid, tuple(band_ids), file_format, compress=state.config.tiff_compress
     )
+    return await _serve_pixels(request, state, "computePixels", identity, image, job)
 
 
 async def stats_route(request: web.Request) -> web.Response:
@@ -767,11 +725,8 @@ async def envelope_middleware(
     counted = route in QUOTA_ROUTES
     try:
         quota = state.config.max_concurrent if state.config.limits_on else None
-        if counted and quota is not None and state.stats.in_flight_by_project[project] >= quota:
-            state.stats.quota_rejections += 1
+        if counted and not state.stats.admit(project, quota):
             raise ApiError(429, QUOTA_MESSAGE)
-        if counted:
-            state.stats.enter(project)
         try:
             response = await handler(request)
         finally:
@@ -790,6 +745,14 @@ async def envelope_middleware(
     if not route.startswith("_emulator"):
         state.stats.record_request(route, 0 if request.get(NO_RESPONSE, False) else response.status)
     return response
+
+
+async def watch_loop_lag(state: EmulatorState, period: float = 0.02) -> None:
+    """Measure how late the loop wakes a short timer, for as long as the server runs."""
+    while not state.closing.is_set():
+        before = state.clock()
+        await asyncio.sleep(period)
+        state.stats.record_loop_lag(max(0.0, state.clock() - before - period))
 
 
 def create_app(
@@ -812,14 +775,18 @@ def create_app(
     app.router.add_get("/_emulator/stats", stats_route, name="_emulator_stats")
     app.router.add_post("/_emulator/reset", reset_route, name="_emulator_reset")
 
+    renderer = Renderer(config, state.stats, bundled_model=evaluator is None)
+    watchers: list[asyncio.Task[None]] = []
+
     async def on_startup(app: web.Application) -> None:
-        state.executor = ThreadPoolExecutor(
-            max_workers=max(1, config.render_workers), thread_name_prefix="ee-emulator"
-        )
+        renderer.start()
+        state.renderer = renderer
+        watchers.append(asyncio.create_task(watch_loop_lag(state)))
 
     async def on_cleanup(app: web.Application) -> None:
-        if state.executor is not None:
-            state.executor.shutdown(wait=False, cancel_futures=True)
+        for task in watchers:
+            task.cancel()
+        renderer.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
