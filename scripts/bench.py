@@ -1400,7 +1400,8 @@ def sweep_report(results: dict[str, Any]) -> str:
         "",
         "Bare-loop grid (fetch MB/s, one run each; from the most tiles in flight down, a tile "
         "size stops at the first step that is not 5 % faster, unless `--sweep-full`; the "
-        "model's quota is one of the steps):",
+        "model's quota is one of the steps; · = not run). Tiles are square-ish windows of all "
+        "bands within that many MiB of EE request bytes, evened out over the grid:",
         "",
     ]
     tiles = sweep["tiles_mib"]
