@@ -4,7 +4,9 @@ The official `earthengine-api` client talks to it unchanged through
 `ee.Initialize(credentials=None, project=P, url=EMULATOR_URL)`. The server answers with EE's
 shapes, limits and error texts, shapes latency and bandwidth, and injects seeded faults, so the
 engine can be tested against everything the real service does to it. Pixels and expressions
-come from the model half (`engine.emulator.evaluate`), reached only through `Evaluator`.
+come from the model half (`engine.emulator.evaluate`), reached only through `Evaluator`;
+tile bodies are rendered and encoded off the event loop (`engine.emulator.workers`), so the
+loop only paces answers and the server model, not the emulator's CPU, limits a client.
 
 Where limits apply: size, band and side limits are checked when a download id is created (as
 real EE does in `getDownloadURL`) and at `computePixels`; the memory budget is checked when
