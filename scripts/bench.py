@@ -1393,7 +1393,7 @@ def sweep_report(results: dict[str, Any]) -> str:
         "",
         "| model | tool | MB/s (median) | wall s median (runs) | CPU s per GB | peak RSS MB | "
         "vs best bare | vs geedim | 429s for concurrency | tiles rendered (cache misses) | "
-        "emulator loop lag max ms |",
+        "emulator loop lag ms (median of each run's max) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     grids = [
@@ -1432,7 +1432,7 @@ def sweep_report(results: dict[str, Any]) -> str:
                 for r in runs
             )
             misses = sum((r.get("tile_cache") or {}).get("misses", 0) for r in runs)
-            lag = max(((r.get("loop_lag") or {}).get("max_s", 0) for r in runs), default=0)
+            lag = med([(r.get("loop_lag") or {}).get("max_s") for r in runs])
             label = f"bare {best[0]:g} MiB x {best[1]}" if tool == "bare" else tool
             walls = ", ".join(f"{r['wall_s']:.1f}" + ("" if r["complete"] else "!") for r in runs)
             details.append(

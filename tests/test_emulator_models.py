@@ -25,7 +25,7 @@ from engine.emulator import config as config_module
 from engine.emulator import evaluate as model
 from engine.emulator.config import PROFILES, SERVER_MODELS, EmulatorConfig
 from engine.emulator.encode import ZIP_DATE
-from engine.emulator.render import PixelGrid, TileJob, render_body
+from engine.emulator.render import PixelGrid, TileJob, expression_text, render_body
 from engine.emulator.server import EmulatorThread, Evaluator, create_app
 from engine.emulator.stats import EmulatorStats
 from engine.emulator.workers import Renderer
@@ -219,13 +219,16 @@ DEM = {
         }
     },
 }
+DEM_TEXT = expression_text(DEM)
 GRID = PixelGrid("EPSG:4326", (0.001, 0.0, 118.7, 0.0, -0.001, 32.1), 48, 40)
 JOBS = [
-    TileJob(DEM, GRID, ("elevation",), "GEO_TIFF"),
-    TileJob(DEM, GRID, ("elevation",), "GEO_TIFF", compress="deflate"),
-    TileJob(DEM, GRID, ("elevation",), "NPY"),
-    TileJob(DEM, GRID, ("elevation",), "ZIPPED_GEO_TIFF_PER_BAND", prefix="tile"),
-    TileJob(DEM, GRID, ("elevation",), "PNG", visualization={"ranges": [{"min": 0, "max": 99}]}),
+    TileJob(DEM_TEXT, GRID, ("elevation",), "GEO_TIFF"),
+    TileJob(DEM_TEXT, GRID, ("elevation",), "GEO_TIFF", compress="deflate"),
+    TileJob(DEM_TEXT, GRID, ("elevation",), "NPY"),
+    TileJob(DEM_TEXT, GRID, ("elevation",), "ZIPPED_GEO_TIFF_PER_BAND", prefix="tile"),
+    TileJob(
+        DEM_TEXT, GRID, ("elevation",), "PNG", visualization={"ranges": [{"min": 0, "max": 99}]}
+    ),
 ]
 
 
@@ -233,10 +236,10 @@ def rendered_by(config: EmulatorConfig, jobs: list[TileJob]) -> tuple[list[bytes
     """The bodies a `Renderer` of `config` makes for `jobs`, and its cache counters."""
 
     async def main() -> list[bytes]:
-        renderer = Renderer(config, stats, bundled_model=True)
+        renderer = Renderer(config, stats, model.evaluate, bundled_model=True)
         renderer.start()
         try:
-            return [await renderer.tile(model.evaluate(job.expression), job) for job in jobs]
+            return [await renderer.tile(job) for job in jobs]
         finally:
             renderer.close()
 
@@ -246,7 +249,7 @@ def rendered_by(config: EmulatorConfig, jobs: list[TileJob]) -> tuple[list[bytes
 
 
 def test_off_loop_rendering_gives_the_in_loop_bytes(tmp_path: Path) -> None:
-    direct = [render_body(model.evaluate(job.expression), job) for job in JOBS]
+    direct = [render_body(model.evaluate(DEM), job) for job in JOBS]
     assert len({*direct}) == len(JOBS) and direct[0][:2] in (b"II", b"MM")
     threads, _ = rendered_by(EmulatorConfig(), JOBS)
     processes, _ = rendered_by(EmulatorConfig(render_processes=1), JOBS)
@@ -262,18 +265,45 @@ def test_off_loop_rendering_gives_the_in_loop_bytes(tmp_path: Path) -> None:
     assert stored == sorted(f"{job.key()}.bin" for job in JOBS)  # no temporary left behind
 
 
+def test_image_facts_are_cached_beside_the_tiles(tmp_path: Path) -> None:
+    config = EmulatorConfig(tile_cache_dir=str(tmp_path))
+    evaluated: list[str] = []
+
+    def counting(expression: dict[str, Any]) -> Any:
+        evaluated.append(expression["result"])
+        return model.evaluate(expression)
+
+    async def describe(evaluate: Callable[[dict[str, Any]], Any]) -> list[Any]:
+        renderer = Renderer(config, EmulatorStats(), evaluate, bundled_model=True)
+        renderer.start()
+        try:
+            return [await renderer.describe(DEM_TEXT, grid) for grid in (GRID, None)]
+        finally:
+            renderer.close()
+
+    first = asyncio.run(describe(counting))
+    again = asyncio.run(describe(counting))  # another server on the same folder
+    assert first == again and len(evaluated) == 2  # evaluated once per (expression, grid)
+    on_grid, unbounded = first
+    assert on_grid.grid == GRID and on_grid.bands == (("elevation", "float32"),)
+    assert on_grid.work == model.evaluate(DEM).work(GRID.width, GRID.height)
+    assert unbounded.grid is None and unbounded.work is None
+
+
 def test_cache_keys_change_with_every_input() -> None:
     base = JOBS[0]
+    other_grid = PixelGrid("EPSG:4326", GRID.transform, 48, 41)
     variants = [
-        TileJob(DEM, PixelGrid("EPSG:4326", GRID.transform, 48, 41), base.band_ids, "GEO_TIFF"),
-        TileJob(DEM, GRID, base.band_ids, "NPY"),
-        TileJob(DEM, GRID, base.band_ids, "GEO_TIFF", prefix="other"),
-        TileJob(DEM, GRID, base.band_ids, "GEO_TIFF", compress="deflate"),
-        TileJob({**DEM, "result": "1"}, GRID, base.band_ids, "GEO_TIFF"),
+        TileJob(DEM_TEXT, other_grid, base.band_ids, "GEO_TIFF"),
+        TileJob(DEM_TEXT, GRID, base.band_ids, "NPY"),
+        TileJob(DEM_TEXT, GRID, base.band_ids, "GEO_TIFF", prefix="other"),
+        TileJob(DEM_TEXT, GRID, base.band_ids, "GEO_TIFF", compress="deflate"),
+        TileJob(expression_text({**DEM, "result": "1"}), GRID, base.band_ids, "GEO_TIFF"),
     ]
     keys = {base.key(), *(v.key() for v in variants)}
     assert len(keys) == 1 + len(variants)
-    assert TileJob(json.loads(json.dumps(DEM)), GRID, ("elevation",), "GEO_TIFF").key() == (
+    shuffled = dict(reversed(list(DEM.items())))
+    assert TileJob(expression_text(shuffled), GRID, ("elevation",), "GEO_TIFF").key() == (
         base.key()
     )
 
@@ -302,26 +332,27 @@ def test_a_dead_worker_fails_one_render_and_the_pool_is_renewed() -> None:
     job = JOBS[0]
 
     async def main() -> tuple[str, bytes]:
-        renderer = Renderer(EmulatorConfig(render_processes=1), EmulatorStats(), bundled_model=True)
+        config = EmulatorConfig(render_processes=1)
+        renderer = Renderer(config, EmulatorStats(), model.evaluate, bundled_model=True)
         renderer.start()
         try:
-            await renderer.tile(None, job)
+            await renderer.tile(job)
             pool = renderer._processes
             assert pool is not None
             for process in list(pool._processes.values()):
                 process.kill()
             try:
-                await renderer.tile(None, job)
+                await renderer.tile(job)
                 failure = "no error"
             except Exception as exc:
                 failure = type(exc).__name__
-            return failure, await renderer.tile(None, job)
+            return failure, await renderer.tile(job)
         finally:
             renderer.close()
 
     failure, body = asyncio.run(main())
     assert failure == "RenderWorkerDied"
-    assert body == render_body(model.evaluate(job.expression), job)
+    assert body == render_body(model.evaluate(DEM), job)
 
 
 def test_processes_need_the_bundled_model() -> None:

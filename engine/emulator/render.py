@@ -1,8 +1,11 @@
-"""One tile body from a model image: render the pixels on the request grid, then encode them.
+"""One tile body from an image expression: evaluate it, render the pixels on the request grid,
+then encode them; and the few facts about an image the server keeps instead of the image.
 
-The server calls `render_body` in a thread of its own process; a worker process calls
-`render_job`, which evaluates the job's JSON expression with the bundled model first (model
-images hold closures and cannot cross processes, expressions can). Both end in the same
+Everything starts from the expression's JSON text: model images hold closures (they cannot
+cross processes) and large object graphs (kept by the thousand, their garbage collection
+would stall the server's event loop), expressions are one string. A thread of the server
+calls `render_with` / `describe` with the server's evaluator; a worker process calls
+`render_job` / `describe_job`, which use the bundled model. Both end in the same
 `render_body`, so a tile's bytes do not depend on where it was rendered.
 """
 
@@ -10,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +45,35 @@ def as_pixel_grid(grid: Any) -> PixelGrid:
     )
 
 
-@dataclass(frozen=True, eq=False)
+def expression_text(expression: dict[str, Any]) -> str:
+    """An expression as canonical JSON text (key order does not matter)."""
+    return json.dumps(expression, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the server keeps of an evaluated image: its grid, bands and cost on that grid."""
+
+    grid: PixelGrid | None  # the request's grid, else the bounded one (clipToBoundsAndScale)
+    bands: tuple[tuple[str, str], ...]  # (band id, numpy dtype name), in order
+    work: int | None  # the model's cost estimate on `grid` (its memory limit applies to it)
+
+
+def image_facts(image: Any, grid: PixelGrid | None = None) -> ImageFacts:
+    """The facts of a model image on `grid` (default: the grid the image is bounded to)."""
+    if grid is None:
+        bounded = image.bounded_grid()
+        grid = as_pixel_grid(bounded) if bounded is not None else None
+    bands = tuple((str(b.id), np.dtype(b.dtype).name) for b in image.bands)
+    work = int(image.work(grid.width, grid.height)) if grid is not None else None
+    return ImageFacts(grid, bands, work)
+
+
+@dataclass(frozen=True)
 class TileJob:
     """Everything that decides a tile body, as plain values a worker process can receive."""
 
-    expression: dict[str, Any]
+    expression: str  # canonical JSON text, see `expression_text`
     grid: PixelGrid
     band_ids: tuple[str, ...]
     file_format: str
@@ -55,7 +83,7 @@ class TileJob:
 
     def key(self) -> str:
         """A digest of every input of the body: equal keys, equal bytes (for one model)."""
-        return digest({**dataclasses.asdict(self), "band_ids": list(self.band_ids)})
+        return digest(dataclasses.astuple(self))
 
 
 def picture_levels(
@@ -98,7 +126,27 @@ def render_body(image: Any, job: TileJob) -> bytes:
     )
 
 
+def render_with(evaluate: Callable[[dict[str, Any]], Any], job: TileJob) -> bytes:
+    """The body of `job`, its expression evaluated by `evaluate`."""
+    return render_body(evaluate(json.loads(job.expression)), job)
+
+
+def describe(
+    evaluate: Callable[[dict[str, Any]], Any], expression: str, grid: PixelGrid | None
+) -> ImageFacts:
+    """The facts of an expression's image, evaluated by `evaluate` (then dropped)."""
+    return image_facts(evaluate(json.loads(expression)), grid)
+
+
+def _bundled() -> Callable[[dict[str, Any]], Any]:
+    return importlib.import_module("engine.emulator.evaluate").evaluate
+
+
 def render_job(job: TileJob) -> bytes:
-    """The body of `job` in a worker process: evaluate its expression with the bundled model."""
-    model = importlib.import_module("engine.emulator.evaluate")
-    return render_body(model.evaluate(job.expression), job)
+    """`render_with` the bundled model: what a worker process runs."""
+    return render_with(_bundled(), job)
+
+
+def describe_job(expression: str, grid: PixelGrid | None) -> ImageFacts:
+    """`describe` with the bundled model: what a worker process runs."""
+    return describe(_bundled(), expression, grid)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import hashlib
 import importlib
 import importlib.resources
 import json
@@ -41,7 +43,13 @@ from engine import imaging
 from engine.emulator import encode
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.faults import Fault, FaultModel, digest
-from engine.emulator.render import PixelGrid, TileJob, as_pixel_grid, picture_levels
+from engine.emulator.render import (
+    ImageFacts,
+    PixelGrid,
+    TileJob,
+    expression_text,
+    picture_levels,
+)
 from engine.emulator.stats import EmulatorStats, tile_key
 from engine.emulator.workers import Renderer
 
@@ -91,9 +99,9 @@ EXTENSIONS = {
 }
 # API calls that count against the per-project concurrency quota.
 QUOTA_ROUTES = frozenset({"value:compute", "thumbnails:create", "getPixels", "computePixels"})
-# Evaluated images kept per server by expression digest: a tile's expression is evaluated
-# once however often it is asked for (evaluation is pure; images are immutable).
-EVALUATED_KEPT = 2048
+# Facts of evaluated images kept per server (never the images: see engine.emulator.render),
+# so a tile asked for again is not evaluated again. Small values, bounded in number.
+FACTS_KEPT = 16384
 # Set on a request whose connection was dropped before any status line (stats status "0").
 NO_RESPONSE = web.RequestKey("eefetch_emulator_no_response", bool)
 
@@ -138,8 +146,8 @@ class Download:
     """A download id: what `thumbnails.create` stored for a later `getPixels`."""
 
     name: str
-    expression: dict[str, Any]
-    image: Any
+    expression: str
+    work: int | None
     grid: PixelGrid
     file_format: str
     band_ids: list[str]
@@ -182,7 +190,9 @@ class EmulatorState:
     total_pacer: Pacer | None = None
     discovery: dict[str, Any] | None = None
     algorithms: bytes | None = None
-    evaluated: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    facts: OrderedDict[tuple[str, PixelGrid | None], ImageFacts] = field(
+        default_factory=OrderedDict
+    )
 
     @property
     def evaluator(self) -> Evaluator:
@@ -213,18 +223,19 @@ async def _run(state: EmulatorState, func: Callable[..., Any], *args: Any) -> An
     return await state.renderer.run(func, *args)
 
 
-async def _evaluate(state: EmulatorState, expression: dict[str, Any]) -> Any:
-    """The model's value of an image expression, evaluated once per digest (LRU-bounded)."""
-    key = digest(expression)
-    image = state.evaluated.get(key)
-    if image is not None:
-        state.evaluated.move_to_end(key)
-        return image
-    image = await _run(state, state.evaluator.evaluate, expression)
-    state.evaluated[key] = image
-    while len(state.evaluated) > EVALUATED_KEPT:
-        state.evaluated.popitem(last=False)
-    return image
+async def _describe(state: EmulatorState, expression: str, grid: PixelGrid | None) -> ImageFacts:
+    """The facts of an expression's image on `grid`, evaluated once per (text, grid)."""
+    key = (hashlib.sha256(expression.encode()).hexdigest(), grid)
+    facts = state.facts.get(key)
+    if facts is not None:
+        state.facts.move_to_end(key)
+        return facts
+    assert state.renderer is not None, "the app has not started"
+    facts = await state.renderer.describe(expression, grid)
+    state.facts[key] = facts
+    while len(state.facts) > FACTS_KEPT:
+        state.facts.popitem(last=False)
+    return facts
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -268,16 +279,18 @@ def check_size(
         )
 
 
-def check_memory(config: EmulatorConfig, image: Any, width: int, height: int) -> None:
+def check_memory(config: EmulatorConfig, work: int | None) -> None:
     """EE's memory error for a computation too heavy for the configured budget."""
     budget = config.memory_budget
-    if config.limits_on and budget is not None and image.work(width, height) > budget:
+    if config.limits_on and budget is not None and work is not None and work > budget:
         raise ApiError(400, MEMORY_MESSAGE)
 
 
-def select_bands(image: Any, band_ids: Sequence[str] | None) -> tuple[list[str], list[np.dtype]]:
+def select_bands(
+    facts: ImageFacts, band_ids: Sequence[str] | None
+) -> tuple[list[str], list[np.dtype]]:
     """The requested bands (all when none are named) and their types."""
-    bands = {b.id: np.dtype(b.dtype) for b in image.bands}
+    bands = {band_id: np.dtype(dtype) for band_id, dtype in facts.bands}
     if not band_ids:
         return list(bands), list(bands.values())
     for band_id in band_ids:
@@ -431,16 +444,17 @@ async def send_tile(
 # ----------------------------------------------------------------------------- routes
 
 
+def _client_file(name: str) -> bytes:
+    """A file the earthengine-api package ships (importing `ee` takes a while: off the loop)."""
+    return importlib.resources.files("ee").joinpath("tests", name).read_bytes()
+
+
 async def discovery(request: web.Request) -> web.Response:
     """The client's discovery document, pointed back at this server."""
     state = _state(request)
     if state.discovery is None:
-        text = (
-            importlib.resources.files("ee")
-            .joinpath("tests", "cloud_api_discovery_document.json")
-            .read_text(encoding="utf-8")
-        )
-        state.discovery = json.loads(text.replace("v1alpha", "v1"))
+        raw = await _run(state, _client_file, "cloud_api_discovery_document.json")
+        state.discovery = json.loads(raw.decode("utf-8").replace("v1alpha", "v1"))
     root = f"{request.scheme}://{request.host}/"
     document = {**state.discovery, "rootUrl": root, "baseUrl": root, "servicePath": ""}
     document.pop("mtlsRootUrl", None)
@@ -451,9 +465,7 @@ async def algorithms(request: web.Request) -> web.Response:
     """The algorithm list the client generates its Image/Collection methods from."""
     state = _state(request)
     if state.algorithms is None:
-        state.algorithms = (
-            importlib.resources.files("ee").joinpath("tests", "algorithms.json").read_bytes()
-        )
+        state.algorithms = await _run(state, _client_file, "algorithms.json")
     return web.Response(body=state.algorithms, content_type="application/json")
 
 
@@ -498,15 +510,15 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     requested = body.get("bandIds") or None
     await _api_fault(state, "thumbnails:create", digest(body))
     started = state.clock()
+    text = expression_text(expression)
     try:
-        image = await _evaluate(state, expression)
-        raw_grid = image.bounded_grid()
+        facts = await _describe(state, text, None)
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
-    if raw_grid is None:
+    grid = facts.grid
+    if grid is None:
         raise ApiError(400, UNBOUNDED_MESSAGE)
-    grid = as_pixel_grid(raw_grid)
-    band_ids, dtypes = select_bands(image, requested)
+    band_ids, dtypes = select_bands(facts, requested)
     if file_format in imaging.PICTURE_FORMATS:
         check_picture(band_ids, dtypes, visualization)
     check_size(state.config, grid.width, grid.height, dtypes, state.config.max_download_side)
@@ -515,8 +527,8 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     identity = digest([expression, file_format, band_ids, grid])
     state.downloads[name] = Download(
         name=name,
-        expression=expression,
-        image=image,
+        expression=text,
+        work=facts.work,
         grid=grid,
         file_format=file_format,
         band_ids=band_ids,
@@ -568,8 +580,8 @@ async def _serve_pixels(
     state: EmulatorState,
     endpoint: str,
     identity: str,
-    image: Any,
     job: TileJob,
+    work: int | None,
     *,
     on_expired: Callable[[], None] | None = None,
     headers: dict[str, str] | None = None,
@@ -598,9 +610,9 @@ async def _serve_pixels(
             await _shape_latency(state, started, grid)
             return web.Response(body=CAPTIVE_PORTAL_HTML, content_type="text/html")
     try:
-        check_memory(state.config, image, grid.width, grid.height)
+        check_memory(state.config, work)
         assert state.renderer is not None, "the app has not started"
-        body = await state.renderer.tile(image, job)
+        body = await state.renderer.tile(job)
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
     await _shape_latency(state, started, grid)
@@ -647,8 +659,8 @@ async def get_pixels(request: web.Request) -> web.StreamResponse:
         state,
         "getPixels",
         download.identity,
-        download.image,
         job,
+        download.work,
         on_expired=expire,
         headers={"Content-Disposition": f"attachment; filename={download.prefix}.{extension}"},
     )
@@ -683,21 +695,20 @@ async def compute_pixels(request: web.Request) -> web.StreamResponse:
     file_format = str(body.get("fileFormat") or "GEO_TIFF")
     if file_format not in encode.FORMATS_COMPUTE:
         raise ApiError(400, f"Unsupported fileFormat for this emulator: {file_format}.")
+    given = _grid_from_body(body["grid"]) if "grid" in body else None
+    text = expression_text(expression)
     try:
-        image = await _evaluate(state, expression)
-        raw_grid = _grid_from_body(body["grid"]) if "grid" in body else image.bounded_grid()
+        facts = await _describe(state, text, given)
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
-    if raw_grid is None:
+    grid = facts.grid
+    if grid is None:
         raise ApiError(400, UNBOUNDED_MESSAGE)
-    grid = as_pixel_grid(raw_grid)
-    band_ids, dtypes = select_bands(image, body.get("bandIds") or None)
+    band_ids, dtypes = select_bands(facts, body.get("bandIds") or None)
     check_size(state.config, grid.width, grid.height, dtypes, state.config.max_compute_side)
     identity = digest([expression, file_format, band_ids, grid])
-    job = TileJob(
-        expression, grid, tuple(band_ids), file_format, compress=state.config.tiff_compress
-    )
-    return await _serve_pixels(request, state, "computePixels", identity, image, job)
+    job = TileJob(text, grid, tuple(band_ids), file_format, compress=state.config.tiff_compress)
+    return await _serve_pixels(request, state, "computePixels", identity, job, facts.work)
 
 
 async def stats_route(request: web.Request) -> web.Response:
@@ -777,7 +788,12 @@ def create_app(
     app.router.add_get("/_emulator/stats", stats_route, name="_emulator_stats")
     app.router.add_post("/_emulator/reset", reset_route, name="_emulator_reset")
 
-    renderer = Renderer(config, state.stats, bundled_model=evaluator is None)
+    renderer = Renderer(
+        config,
+        state.stats,
+        lambda expression: state.evaluator.evaluate(expression),
+        bundled_model=evaluator is None,
+    )
     watchers: list[asyncio.Task[None]] = []
 
     async def on_startup(app: web.Application) -> None:
@@ -954,6 +970,16 @@ class EmulatorThread:
         self.stop()
 
 
+def settle_heap(state: EmulatorState) -> None:
+    """In a process that only serves: load the model now, then freeze every object alive (the
+    modules, the catalog) out of the garbage collector's reach. A full collection stops the
+    event loop for as long as it walks the heap; these objects live for good anyway."""
+    if state.given_evaluator is None:
+        state.given_evaluator = default_evaluator()
+    gc.collect()
+    gc.freeze()
+
+
 def serve_forever(
     config: EmulatorConfig | None = None,
     host: str = "127.0.0.1",
@@ -965,6 +991,7 @@ def serve_forever(
 
     async def main() -> None:
         running = await start_emulator(config, host, port, ssl_context=ssl_context)
+        settle_heap(running.state)
         print(running.url, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,11 +1,12 @@
 """Where the emulator's blocking work runs: never on its event loop.
 
 The loop only paces latency and bandwidth, so the server model, not the emulator's CPU,
-limits what a client gets. Tile bodies are rendered by a thread pool of the server process,
-or, with `render_processes`, by worker processes that evaluate the request's JSON
-expression themselves (numpy and GDAL hold the GIL for part of a render; processes also keep
-a render from delaying the loop's pacing). An optional `TileCache` serves a tile rendered
-before without rendering it again.
+limits what a client gets. Expressions are evaluated and tiles rendered by a thread pool of
+the server process, or, with `render_processes`, by worker processes that evaluate the JSON
+expression themselves (evaluation is pure Python and a render holds the GIL for part of its
+time: in processes neither competes with the loop's thread). Model images are never kept:
+only `ImageFacts`. An optional `TileCache` serves a tile rendered before without rendering
+it again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from engine.emulator.config import EmulatorConfig
-from engine.emulator.render import TileJob, render_body, render_job
+from engine.emulator.faults import digest
+from engine.emulator.render import (
+    ImageFacts,
+    PixelGrid,
+    TileJob,
+    describe,
+    describe_job,
+    render_job,
+    render_with,
+)
 from engine.emulator.stats import EmulatorStats
 from engine.emulator.tilecache import TileCache, model_fingerprint
 
@@ -42,7 +52,15 @@ def _ready() -> bool:
 class Renderer:
     """The emulator's executors and tile cache; `start` on the server's loop, then `close`."""
 
-    def __init__(self, config: EmulatorConfig, stats: EmulatorStats, *, bundled_model: bool):
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        stats: EmulatorStats,
+        evaluate: Callable[[dict[str, Any]], Any],
+        *,
+        bundled_model: bool,
+    ) -> None:
+        """`evaluate` is the server's model (threads); worker processes use the bundled one."""
         if config.render_processes and not bundled_model:
             raise ValueError(
                 "render_processes needs the bundled model: a custom evaluator's images cannot "
@@ -50,6 +68,7 @@ class Renderer:
             )
         self._config = config
         self._stats = stats
+        self._evaluate = evaluate
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPoolExecutor | None = None
         self._cache: TileCache | None = None
@@ -86,7 +105,23 @@ class Renderer:
         """Run blocking work (evaluation, encoding, file I/O) in the thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, func, *args)
 
-    async def tile(self, image: Any, job: TileJob) -> bytes:
+    async def describe(self, expression: str, grid: PixelGrid | None) -> ImageFacts:
+        """The facts of an expression's image on `grid`: from the cache, else evaluated (in a
+        process or a thread)."""
+        key = digest([expression, grid]) if self._cache is not None else ""
+        if self._cache is not None:
+            cached = await self.run(self._cache.get_facts, key)
+            if cached is not None:
+                return cached
+        if self._processes is not None:
+            facts = await self._in_process(describe_job, expression, grid)
+        else:
+            facts = await self.run(describe, self._evaluate, expression, grid)
+        if self._cache is not None:
+            await self.run(self._cache.put_facts, key, facts)
+        return facts
+
+    async def tile(self, job: TileJob) -> bytes:
         """The body of `job`: from the cache, else rendered (in a process or a thread)."""
         key = job.key() if self._cache is not None else ""
         if self._cache is not None:
@@ -95,18 +130,18 @@ class Renderer:
             if cached is not None:
                 return cached
         if self._processes is not None:
-            body = await self._in_process(job)
+            body = await self._in_process(render_job, job)
         else:
-            body = await self.run(render_body, image, job)
+            body = await self.run(render_with, self._evaluate, job)
         if self._cache is not None:
             await self.run(self._cache.put, key, body)
         return body
 
-    async def _in_process(self, job: TileJob) -> bytes:
+    async def _in_process(self, func: Callable[..., Any], *args: Any) -> Any:
         pool = self._processes
         assert pool is not None
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, render_job, job)
+            return await asyncio.get_running_loop().run_in_executor(pool, func, *args)
         except BrokenProcessPool:
             if self._processes is pool:
                 pool.shutdown(wait=False, cancel_futures=True)
