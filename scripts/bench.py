@@ -99,6 +99,16 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a live process and of its live descendants."""
+    total = _proc_cpu(pid)
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            for child in children.read_text().split():
+                total += _tree_cpu(int(child))
+    return total
+
+
 def loadavg() -> float:
     return os.getloadavg()[0]
 
@@ -135,7 +145,8 @@ class Emulator:
         self.profile = profile
 
     def cpu(self) -> float:
-        return _proc_cpu(self.process.pid)
+        """CPU seconds of the emulator and of its live worker processes."""
+        return _tree_cpu(self.process.pid)
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_emulator/stats", timeout=30) as answer:
@@ -1224,6 +1235,26 @@ class Bench:
             write_sweep_section(REPO / "BENCHMARKS.md", sweep_report(self.results))
             self.log("sweep: table written to BENCHMARKS.md")
 
+    def scenario_render(self) -> None:
+        """The emulator's render in threads or in 2 worker processes: cold tiles (no tile
+        cache), clean profile, the bare loop at 8 MiB x 8 on the sweep's job, alternating."""
+        region = write_region(self.work / "sweep-region.geojson", sweep_box(self.args.sweep_mb))
+        runs: dict[str, list[dict[str, Any]]] = {"threads": [], "processes": []}
+        for rep in range(self.args.reps):
+            for mode in list(runs) if rep % 2 == 0 else list(runs)[::-1]:
+                overrides = {
+                    **self.overrides(),
+                    "render_processes": 2 if mode == "processes" else 0,
+                }
+                with Emulator("clean", 1, overrides, self.emulator_cpus) as emulator:
+                    time.sleep(3)  # both modes start serving with their workers ready
+                    result = self.sweep_run("bare", emulator, region, (8, 8))
+                result["mode"] = mode
+                runs[mode].append(result)
+                self.log(f"render {mode}: {fetch_mbps(result):.1f} MB/s")
+        self.results["scenarios"]["render"] = {"runs": runs}
+        self.save()
+
     def profile(self) -> None:
         """One eefetch run (clean profile) under py-spy: on-CPU samples of all threads."""
         spy = shutil.which("py-spy") or str(BENCH_VENV / "bin" / "py-spy")
@@ -1676,6 +1707,18 @@ def report(results: dict[str, Any]) -> str:
             f"{made.get('tile_bytes', 0) / 1e9:.2f} GB of tile files)\n"
         )
         lines += merge_table(big)
+    if "render" in scenarios:
+        lines.append("\n### The emulator's render: threads or 2 worker processes (cold)\n")
+        lines.append("| mode | fetch MB/s median (runs) | emulator CPU s | loop lag max ms |")
+        lines.append("|---|---|---|---|")
+        for mode, runs in scenarios["render"]["runs"].items():
+            speeds = [fetch_mbps(r) for r in runs]
+            lines.append(
+                f"| {mode} | {med(speeds):.1f} ({', '.join(f'{v:.1f}' for v in speeds)}) | "
+                f"{listed(runs, 'emulator_cpu_s', 1)} | "
+                + ", ".join(f"{(r.get('loop_lag') or {}).get('max_s', 0) * 1000:.0f}" for r in runs)
+                + " |"
+            )
     if "sweep" in scenarios and scenarios["sweep"].get("models"):
         lines.append("\n### Server-model sweep\n")
         lines.append(sweep_report(results))
@@ -1754,7 +1797,8 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="1,2,4,3,merge,5,profile",
-        help="comma-separated, run in this order: 1,2,4,3,merge,5,profile (also: rss, sweep)",
+        help="comma-separated, run in this order: 1,2,4,3,merge,5,profile "
+        "(also: rss, sweep, render)",
     )
     parser.add_argument("--workdir", default=str(REPO / ".bench-work"))
     parser.add_argument(
@@ -1816,6 +1860,7 @@ def main() -> None:
         "rss": bench.scenario_rss,
         "profile": bench.profile,
         "sweep": bench.scenario_sweep,
+        "render": bench.scenario_render,
     }
     for key in wanted:
         try:
