@@ -19,6 +19,7 @@ from engine import __version__
 from engine import cli_options as opt
 from engine.cli_command import Group, OneLineError
 from engine.cli_output import report_preview, show_job, show_jobs, status_json
+from engine.emulator.config import PROFILES as EMULATOR_PROFILES
 
 if TYPE_CHECKING:
     from engine.recipes import Clip, Reducer
@@ -590,10 +591,22 @@ def merge(state: str, overwrite: bool, debug: bool) -> None:
     "--profile",
     default="realistic",
     show_default=True,
-    type=click.Choice(["clean", "realistic", "flaky", "hostile"]),
+    type=click.Choice(sorted(EMULATOR_PROFILES)),
+    help="A server model (README, 'The emulator'); realistic is the default.",
 )
 @click.option("--seed", default=0, type=int, show_default=True, help="Seed of the fault model.")
 @click.option("--no-limits", is_flag=True, help="No size limits, quota or faults: an oracle.")
+@click.option(
+    "--no-shaping", is_flag=True, help="No latency or bandwidth shaping (limits are kept)."
+)
+@click.option("--tile-cache", type=click.Path(file_okay=False), help="Keep rendered tiles here.")
+@click.option(
+    "--render-processes",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Render in N worker processes (0: threads).",
+)
 @click.option(
     "--certfile",
     type=click.Path(exists=True, dir_okay=False),
@@ -610,6 +623,9 @@ def emulator(
     profile: str,
     seed: int,
     no_limits: bool,
+    no_shaping: bool,
+    tile_cache: str | None,
+    render_processes: int,
     certfile: str | None,
     keyfile: str | None,
 ) -> None:
@@ -631,7 +647,14 @@ def emulator(
                 f"cannot use {certfile} as the emulator's certificate: {exc}; give a PEM "
                 "certificate and its key (--keyfile)"
             ) from exc
-    config = EmulatorConfig.from_profile(profile, seed=seed, no_limits=no_limits)
+    config = EmulatorConfig.from_profile(
+        profile,
+        seed=seed,
+        no_limits=no_limits,
+        shaping=not no_shaping,
+        tile_cache_dir=tile_cache,
+        render_processes=render_processes,
+    )
     serve_forever(config, host, port, ssl_context=context)
 
 
