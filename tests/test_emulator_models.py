@@ -285,7 +285,7 @@ def test_image_facts_are_cached_beside_the_tiles(tmp_path: Path) -> None:
     again = asyncio.run(describe(counting))  # another server on the same folder
     assert first == again and len(evaluated) == 2  # evaluated once per (expression, grid)
     on_grid, unbounded = first
-    assert on_grid.grid == GRID and on_grid.bands == (("elevation", "float32"),)
+    assert on_grid.grid == GRID and on_grid.bands == (("elevation", "int16"),)
     assert on_grid.work == model.evaluate(DEM).work(GRID.width, GRID.height)
     assert unbounded.grid is None and unbounded.work is None
 
