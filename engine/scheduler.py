@@ -170,6 +170,8 @@ class Scheduler:
         self.state = self.updates.state
         self._queue: list[TileRecord] = []
         self._in_flight = 0
+        self._store_drained = False  # the last claim got every tile the store could give
+        self._tail_cut = False
         self._changed = asyncio.Event()
         self._fatal: str | None = None
 
@@ -247,30 +249,43 @@ class Scheduler:
         if not self._queue:
             await self.flush()
             await self._follow_clock_steps()
-            claimed = await self._claim()
-            idle = self.limiter.limit - self._in_flight
-            if claimed and len(claimed) < idle and self.options.split_tail:
-                claimed = await self._split_for_idle_slots(claimed, idle)
-            self._queue = claimed
+            self._queue = await self._claim()
             self._queue.reverse()
+        slots = self.limiter.limit
+        if self._at_last_wave(slots):
+            # Every tile left is queued here and fewer than the connections: cut them once so
+            # that the last wave has a part per connection, not a few tiles and idle slots.
+            self._tail_cut = True
+            self._queue = (await self._cut_last_wave(self._queue[::-1], slots))[::-1]
         return self._queue.pop() if self._queue else None
 
+    def _at_last_wave(self, slots: int) -> bool:
+        return (
+            self.options.split_tail
+            and not self._tail_cut
+            and self._store_drained
+            and 0 < len(self._queue) < slots
+        )
+
     async def _claim(self) -> list[TileRecord]:
-        return await self.state(
+        wanted = max(1, self.limiter.limit * 2)
+        claimed = await self.state(
             self.store.claim,
             self.owner,
             self.clock(),
             self.options.lease_seconds,
-            max(1, self.limiter.limit * 2),
+            wanted,
         )
+        self._store_drained = len(claimed) < wanted
+        return claimed
 
-    async def _split_for_idle_slots(self, claimed: list[TileRecord], idle: int) -> list[TileRecord]:
-        """The job's last tiles, cut so that the idle connections get a part each (the cut is
+    async def _cut_last_wave(self, claimed: list[TileRecord], slots: int) -> list[TileRecord]:
+        """The job's last tiles, cut so that ``slots`` connections get a part each (the cut is
         recorded in the state, as a split Earth Engine asked for would be)."""
         parts = split_for_slots(
             [tile_plan(t) for t in claimed],
             self.itemsizes,
-            idle,
+            slots,
             min_part_bytes=TAIL_PART_BYTES,
             block=OUTPUT_BLOCK,
         )
