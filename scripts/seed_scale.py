@@ -646,7 +646,13 @@ class Campaign:
             },
             "emulator": {
                 key: info.get("emulator", {}).get(key)
-                for key in ("bytes_served", "max_in_flight", "quota_rejections", "requests")
+                for key in (
+                    "bytes_served",
+                    "max_in_flight",
+                    "quota_rejections",
+                    "client_aborts",
+                    "requests",
+                )
             },
             "served_twice": info.get("served_twice"),
             "refetched_done": info.get("refetched_done"),
@@ -765,11 +771,13 @@ def markdown(report: dict[str, Any], invocation: str) -> str:
         f"| output GeoTIFF | {format_bytes(output)} (deflate) for "
         f"{format_bytes(tiles['bytes'])} of tiles | | |",
         "",
-        f"- Tiles: {tiles['done']} done ({tiles['counts']}), largest "
-        f"{format_bytes(tiles['largest'])}; failed attempts recorded {tiles['attempts']}; the emulator "
+        f"- Tiles: {tiles['done']} done, {tiles['counts'].get('split', 0)} split, "
+        f"{tiles['counts'].get('failed', 0)} failed; largest {format_bytes(tiles['largest'])}; "
+        f"failed attempts recorded {tiles['attempts']}; the emulator "
         f"served {format_bytes(served)}, {report['served_twice']} tiles in full more than once "
         f"(in flight at a stop), most in flight at once {report['emulator']['max_in_flight']}, "
-        f"429s for concurrency {report['emulator']['quota_rejections']}.",
+        f"429s for concurrency {report['emulator']['quota_rejections']}; requests whose client "
+        f"had hung up {report['emulator']['client_aborts']}.",
         f"- Done tiles fetched again after a kill: {report['refetched_done']}.",
         f"- Oracle: {oracle.get('windows')} windows of up to {oracle.get('side')} x "
         f"{oracle.get('side')} px (the grid's corners and windows across tile corners), "
