@@ -83,3 +83,33 @@ def ee_emulator():  # type: ignore[no-untyped-def]
     yield start
     for emulator in started:
         emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """One throwaway PostgreSQL server for the session (tests/pg.py), or a skip saying why
+    there can be none here."""
+    from tests.pg import PostgresCluster, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return pg_cluster.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_target(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+    """A function giving a new, empty state target: an SQLite path, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        count = iter(range(1_000_000))
+        return lambda: tmp_path / f"state-{next(count)}.eefetch"
+    cluster = request.getfixturevalue("pg_cluster")
+    return cluster.create_database
