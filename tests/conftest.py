@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -105,11 +107,23 @@ def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
     return pg_cluster.create_database()
 
 
+class StateTargets:
+    """Calling it gives a new, empty state target of one kind: an SQLite path in the test's
+    folder, or the URL of a new database on the session's PostgreSQL server."""
+
+    def __init__(self, kind: str, make: Callable[[], Path | str]) -> None:
+        self.kind = kind
+        self._make = make
+
+    def __call__(self) -> Path | str:
+        return self._make()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def state_target(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
-    """A function giving a new, empty state target: an SQLite path, or a PostgreSQL URL."""
+def state_target(request: pytest.FixtureRequest, tmp_path: Path) -> StateTargets:
+    """New state targets, on SQLite and then on PostgreSQL (the test runs once for each)."""
     if request.param == "sqlite":
         count = iter(range(1_000_000))
-        return lambda: tmp_path / f"state-{next(count)}.eefetch"
+        return StateTargets("sqlite", lambda: tmp_path / f"state-{next(count)}.eefetch")
     cluster = request.getfixturevalue("pg_cluster")
-    return cluster.create_database
+    return StateTargets("postgresql", cluster.create_database)

@@ -134,7 +134,7 @@ def test_many_processes_never_exceed_the_limit(target: Path | str) -> None:
         q.configure("p", 5)
     procs = [
         subprocess.Popen(
-            [sys.executable, PROCS, "quota-hammer", str(target), "p", f"w{k}", "4", "12"],
+            [sys.executable, PROCS, "quota-hammer", str(target), "p", f"w{k}", "4", "8"],
             cwd=REPO,
             stdout=subprocess.PIPE,
             text=True,
@@ -149,7 +149,7 @@ def test_many_processes_never_exceed_the_limit(target: Path | str) -> None:
         result = json.loads(out.splitlines()[-1])
         intervals += [tuple(i) for i in result["intervals"]]  # type: ignore[misc]
         refused += result["refused"]
-    assert len(intervals) == 3 * 4 * 12
+    assert len(intervals) == 3 * 4 * 8
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
     held = peak = 0
     for _, change in events:

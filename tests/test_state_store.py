@@ -761,10 +761,11 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 def test_store_machine(state_target: Target) -> None:
+    on_server = getattr(state_target, "kind", "") == "postgresql"  # a database per example
     run_state_machine_as_test(
         lambda: StoreMachine(state_target()),
         settings=settings(
-            max_examples=20,
+            max_examples=10 if on_server else 20,
             stateful_step_count=20,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
