@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time these load on first use
+    from engine.api import (
+        download_ee_image,
+        download_ee_image_collection,
+        plan,
+    )
+    from engine.errors import (
+        CollectionIncomplete,
+        DownloadIncomplete,
+        EefetchError,
+        IncompleteError,
+        UserError,
+    )
+    from engine.quicklook import preview
 
 __version__ = "0.1.0"
 __all__ = [
     "CollectionIncomplete",
     "DownloadIncomplete",
+    "EefetchError",
+    "IncompleteError",
+    "UserError",
     "__version__",
     "download_ee_image",
     "download_ee_image_collection",
@@ -16,11 +35,14 @@ __all__ = [
 ]
 _LAZY = {
     "download_ee_image": "engine.api",
-    "DownloadIncomplete": "engine.api",
-    "download_ee_image_collection": "engine.collection",
-    "CollectionIncomplete": "engine.collection",
-    "plan": "engine.estimate",
+    "download_ee_image_collection": "engine.api",
+    "plan": "engine.api",
     "preview": "engine.quicklook",
+    "CollectionIncomplete": "engine.errors",
+    "DownloadIncomplete": "engine.errors",
+    "EefetchError": "engine.errors",
+    "IncompleteError": "engine.errors",
+    "UserError": "engine.errors",
 }
 
 
@@ -29,7 +51,5 @@ def __getattr__(name: str) -> Any:
     # earthengine-api client.
     module = _LAZY.get(name)
     if module is not None:
-        import importlib
-
         return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -11,7 +11,6 @@ Earth Engine's per-project quota requires. Running the same call again skips fin
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -23,15 +22,15 @@ from typing import Any
 import ee
 
 from engine import ee_adapter
-from engine.ee_adapter import EEUserError
+from engine.defaults import DEFAULT_PARALLEL_IMAGES
+from engine.errors import EarthEngineError, EefetchError, InvalidJob
 from engine.job import JobResult, RunOptions, run_job
 from engine.pacing import AdaptiveLimiter
 from engine.paths import default_state_path
-from engine.progress import Progress, SilentProgress, choose_progress
+from engine.progress import Progress, SilentProgress
 from engine.spec import JobSpec
 
 MAX_NAME_CHARS = 120
-DEFAULT_PARALLEL_IMAGES = 4
 UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -61,21 +60,6 @@ class CollectionResult:
         return [r.output for r in self.results.values() if r.output is not None]
 
 
-class CollectionIncomplete(Exception):
-    """Some images did not finish; the same call again resumes them."""
-
-    def __init__(self, result: CollectionResult) -> None:
-        unfinished = [n for n, r in result.results.items() if not r.complete]
-        failed = {**{n: "tiles failed" for n in unfinished}, **result.errors}
-        first = next(iter(failed.items()))
-        super().__init__(
-            f"{len(failed)} of {len(result.results) + len(result.errors)} image(s) did not "
-            f"finish (first: {first[0]}: {first[1]}); run the same command again to resume, "
-            f"or see `eefetch status {result.out_dir}`"
-        )
-        self.result = result
-
-
 def safe_name(text: str) -> str:
     """A file name from an image id or property: no separators, no '..', no hidden files.
 
@@ -97,7 +81,7 @@ def image_names(
     safe and unique."""
     listed = isinstance(filenames, Sequence) and not isinstance(filenames, str)
     if listed and len(filenames) != len(infos):  # type: ignore[arg-type]
-        raise EEUserError(f"{len(filenames)} filenames for {len(infos)} images; give one per image")
+        raise InvalidJob(f"{len(filenames)} filenames for {len(infos)} images; give one per image")
     images: list[CollectionImage] = []
     taken: set[str] = set()
     for position, info in enumerate(infos):
@@ -107,7 +91,7 @@ def image_names(
             raw = str(filenames[position])
         elif column is not None:
             if column not in properties:
-                raise EEUserError(
+                raise InvalidJob(
                     f"image {index} has no property {column!r}; choose another --name-property"
                 )
             raw = str(properties[column])
@@ -130,13 +114,9 @@ def list_images(
     column: str | None = None,
 ) -> list[CollectionImage]:
     """The collection's images (one getInfo call)."""
-    try:
-        info = collection.getInfo()
-    except ee.EEException as exc:
-        raise EEUserError(f"Earth Engine could not list the collection: {exc}") from exc
-    features = (info or {}).get("features") or []
+    features = ee_adapter.collection_features(collection)
     if not features:
-        raise EEUserError(
+        raise EarthEngineError(
             "the collection is empty; check the dates, the cloud limit and the region"
         )
     return image_names(features, filenames, column)
@@ -160,7 +140,7 @@ def collection_specs(
     def one(image: CollectionImage) -> tuple[CollectionImage, JobSpec]:
         output = out_dir / f"{image.name}.tif"
         if output.parent != out_dir:
-            raise EEUserError(f"image name {image.name!r} would leave {out_dir}")
+            raise InvalidJob(f"image name {image.name!r} would leave {out_dir}")
         return image, build(member(collection, image.index), output)
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(images)))) as pool:
@@ -175,11 +155,6 @@ async def run_collection(
     parallel_images: int = DEFAULT_PARALLEL_IMAGES,
 ) -> CollectionResult:
     """Run every image's job, ``parallel_images`` at once, under one shared limiter."""
-    from engine.job import JobError
-    from engine.merge import MergeError
-    from engine.scheduler import JobStopped
-    from state import StateError
-
     progress = progress or SilentProgress()
     shared = replace(options, limiter=options.limiter or AdaptiveLimiter(options.concurrency))
     gate = asyncio.Semaphore(max(1, parallel_images))
@@ -191,7 +166,7 @@ async def run_collection(
             state_path = default_state_path(Path(spec.output))
             try:
                 job = await run_job(spec, state_path, shared, overall.child(image.name))
-            except (JobError, JobStopped, MergeError, StateError, EEUserError, OSError) as exc:
+            except (EefetchError, OSError) as exc:
                 result.errors[image.name] = " ".join(str(exc).split())
                 progress.note(f"{image.name}: {result.errors[image.name]}")
             else:
@@ -253,112 +228,3 @@ class _ChildProgress:
 
     def close(self) -> None:
         pass
-
-
-def download_ee_image_collection(
-    collection: ee.ImageCollection,
-    out_dir: str | os.PathLike[str] | None = None,
-    filenames: Sequence[str] | str | None = None,
-    region: Any = None,
-    crs: str | None = None,
-    crs_transform: Sequence[float] | None = None,
-    scale: float | None = None,
-    resampling: str | None = None,
-    dtype: str | None = None,
-    overwrite: bool = False,
-    num_threads: int | None = None,
-    max_tile_size: float | None = None,
-    max_tile_dim: int | None = None,
-    shape: Sequence[int] | None = None,
-    scale_offset: bool = False,
-    unmask_value: float | None = None,
-    column: str | None = None,
-    *,
-    bands: Sequence[str] | None = None,
-    parallel_images: int = DEFAULT_PARALLEL_IMAGES,
-    concurrency: int | None = None,
-    endpoint: str = "urls",
-    proxy: str | None = None,
-    ca_bundle: str | None = None,
-    max_tile_bytes: int | None = None,
-    compress: str = "deflate",
-    cog: bool = False,
-    keep_tiles: bool = False,
-    ee_url: str | None = None,
-    project: str | None = None,
-    idle_timeout: float | None = None,
-    first_byte_timeout: float | None = None,
-    quiet: bool = False,
-    progress: Progress | None = None,
-    **kwargs: Any,
-) -> CollectionResult:
-    """Download every image of ``collection`` into ``out_dir``, one GeoTIFF each; call again
-    to resume.
-
-    geemap's arguments keep their meaning: ``filenames`` is a list (one per image) or a
-    prefix, ``column`` names files by an image property (default: ``system:index``).
-    ``concurrency`` (or ``num_threads``) is the budget for the whole collection. Raises
-    :class:`CollectionIncomplete` when an image did not finish.
-    """
-    from engine.api import (
-        InvalidJob,
-        _max_tile_bytes,
-        build_spec,
-        concurrency_budget,
-        connect,
-        run_sync,
-        transport_options,
-    )
-
-    del kwargs
-    if scale_offset:
-        raise InvalidJob(
-            "scale_offset is not supported yet; apply the scale and offset in Earth Engine"
-        )
-    connect(ee_url, project, proxy, ca_bundle)
-    if resampling and resampling != "near":
-        collection = collection.map(lambda img: img.resample(resampling))
-    budget = concurrency_budget(concurrency, num_threads)
-    folder = Path(out_dir or os.getcwd()).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    tile_bytes = _max_tile_bytes(max_tile_bytes, max_tile_size)
-
-    def build(image: ee.Image, output: Path) -> JobSpec:
-        return build_spec(
-            image,
-            output,
-            region=region,
-            crs=crs,
-            crs_transform=crs_transform,
-            scale=scale,
-            dtype=dtype,
-            shape=shape,
-            bands=bands,
-            nodata=unmask_value,
-            endpoint=endpoint,  # type: ignore[arg-type]
-            max_tile_bytes=tile_bytes,
-            concurrency=budget,
-            compress=compress,
-            cog=cog,
-            keep_tiles=keep_tiles,
-            ee_url=ee_url,
-            project=project,
-            max_tile_dim=max_tile_dim,
-        )
-
-    options = RunOptions(
-        concurrency=budget,
-        transport=transport_options(proxy, ca_bundle, idle_timeout, first_byte_timeout),
-        overwrite=overwrite,
-    )
-    with ee_adapter.client_settings():
-        images = list_images(collection, filenames, column)
-        jobs = collection_specs(collection, folder, images, build)
-        result = run_sync(
-            run_collection(
-                jobs, folder, options, progress or choose_progress(quiet), parallel_images
-            )
-        )
-    if not result.complete:
-        raise CollectionIncomplete(result)
-    return result

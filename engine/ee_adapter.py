@@ -1,4 +1,8 @@
-"""Everything that touches earthengine-api. No other module imports ``ee``.
+"""Everything that calls earthengine-api: initialising it, describing images, making URLs.
+
+Other modules that import ``ee`` only build expressions (``engine.recipes``, the collection
+helpers) or take ``ee`` objects as arguments (the Python API); every call that goes to the
+service is made here.
 
 The client is synchronous; the scheduler calls the blocking functions here from worker
 threads. The client's own retries are turned off (``setMaxRetries(0)``): eefetch's retry
@@ -22,8 +26,19 @@ import ee
 import numpy as np
 import requests
 
+from engine.errors import (
+    EarthEngineError,
+    EarthEngineUnreachable,
+    ErrorKind,
+    FetchError,
+    InvalidJob,
+    PreviewError,
+    SourceError,
+    UserError,
+)
 from engine.grid import Grid
-from engine.retry import Action, ErrorKind, FetchError, classify, retry_delay
+from engine.retry import Action, classify, retry_delay
+from engine.spec import JobSpec
 from engine.transport import ca_bundle_from_env, resolve_proxy
 
 HIGH_VOLUME_URL = "https://earthengine-highvolume.googleapis.com"
@@ -39,10 +54,6 @@ CASTS = {
     "float32": "toFloat",
     "float64": "toDouble",
 }
-
-
-class EEUserError(Exception):
-    """A problem the user must fix (credentials, project, the image itself); one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,16 +164,40 @@ def initialize(connection: Connection) -> None:
             url = HIGH_VOLUME_URL if connection.high_volume else None
             ee.Initialize(project=connection.project, url=url)
     except ee.EEException as exc:
-        raise EEUserError(
+        raise EarthEngineError(
             f"could not initialise Earth Engine: {exc}. Run `earthengine authenticate` and "
             "pass --project (or set EE_PROJECT), or point --ee-url at an emulator"
         ) from exc
     except (OSError, ConnectionError) as exc:
-        raise EEUserError(
+        raise EarthEngineUnreachable(
             f"could not reach Earth Engine at {connection.base_url}: {exc}. Check the network, "
             "the proxy (--proxy or HTTPS_PROXY) and --ee-url"
         ) from exc
     configure_client(connection.deadline_seconds)
+
+
+def connect(connection: Connection) -> None:
+    """Get the client ready for a download, as geemap would, on the route the tiles take.
+
+    With no emulator URL and no ``ee.Initialize()`` yet, the user's own credentials and
+    project are used. If the user initialised the client, it is kept, but a proxy or CA
+    bundle given to the download applies to its API calls too: the tiles take that route, and
+    behind a firewall that only lets the proxy out nothing else would work.
+    """
+    if connection.url is not None or not is_initialized():
+        initialize(connection)
+    elif connection.proxy or connection.ca_bundle:
+        use_network(connection.proxy, connection.ca_bundle)
+
+
+def geometry_geojson(region: Any) -> dict[str, Any] | None:
+    """The GeoJSON of an ``ee.Geometry``, ``ee.Feature`` or ``ee.FeatureCollection`` (one
+    ``getInfo`` call); None for anything else."""
+    if isinstance(region, ee.Geometry):
+        return dict(region.getInfo())
+    if isinstance(region, ee.Feature | ee.FeatureCollection):
+        return dict(region.geometry().getInfo())
+    return None
 
 
 def configure_client(deadline_seconds: float = 180.0) -> None:
@@ -207,40 +242,53 @@ def image_from_expression(text: str) -> ee.Image:
     try:
         parsed = json.loads(text)
     except ValueError as exc:
-        raise EEUserError(
+        raise SourceError(
             f"the expression is not JSON ({exc}); give the output of image.serialize()"
         ) from exc
     if not isinstance(parsed, dict):
-        raise EEUserError(
+        raise SourceError(
             "the expression is JSON but not an object; give the output of image.serialize()"
         )
     try:
         return ee.Image(ee.deserializer.fromJSON(text))
     except Exception as exc:
-        raise EEUserError(
+        raise SourceError(
             f"the expression could not be read as an Earth Engine image: {exc}"
         ) from exc
 
 
 def image_from_script(path: Path) -> ee.Image:
     """Run a user's Python file and take the ``image`` it defines."""
+    image: ee.Image = _from_script(path, "image", ee.Image, "ee.Image")
+    return image
+
+
+def collection_from_script(path: Path) -> ee.ImageCollection:
+    """Run a user's Python file and take the ``collection`` it defines."""
+    collection: ee.ImageCollection = _from_script(
+        path, "collection", ee.ImageCollection, "ee.ImageCollection"
+    )
+    return collection
+
+
+def _from_script(path: Path, name: str, kind: type, kind_name: str) -> Any:
     try:
         namespace = runpy.run_path(str(path), run_name="__eefetch_script__")
     except FileNotFoundError as exc:
-        raise EEUserError(f"script {path} does not exist") from exc
+        raise SourceError(f"script {path} does not exist") from exc
     except Exception as exc:
-        raise EEUserError(
+        raise SourceError(
             f"script {path} raised {type(exc).__name__}: {exc}; fix the script and run again"
         ) from exc
-    image = namespace.get("image")
-    if image is None:
-        raise EEUserError(
-            f"script {path} defines no variable named `image`; assign the "
-            "ee.Image to download to `image`"
+    found = namespace.get(name)
+    if found is None:
+        raise SourceError(
+            f"script {path} defines no variable named `{name}`; assign the "
+            f"{kind_name} to download to `{name}`"
         )
-    if not isinstance(image, ee.Image):
-        raise EEUserError(f"`image` in {path} is a {type(image).__name__}, not an ee.Image")
-    return image
+    if not isinstance(found, kind):
+        raise SourceError(f"`{name}` in {path} is a {type(found).__name__}, not an {kind_name}")
+    return found
 
 
 def serialize(image: ee.Image) -> str:
@@ -274,7 +322,7 @@ def band_info(
     """The bands of an image (one getInfo round trip)."""
     info = _describe(image, attempts, sleep)
     if not isinstance(info, dict) or info.get("type") != "Image":
-        raise EEUserError("the object given is not an Earth Engine image")
+        raise SourceError("the object given is not an Earth Engine image")
     bands = []
     for band in info.get("bands", []):
         dims = band.get("dimensions")
@@ -289,7 +337,7 @@ def band_info(
             )
         )
     if not bands:
-        raise EEUserError("the image has no bands; check the collection filters and selectors")
+        raise EarthEngineError("the image has no bands; check the collection filters and selectors")
     return bands
 
 
@@ -306,17 +354,19 @@ def _describe(image: ee.Image, attempts: int, sleep: Callable[[float], None]) ->
         except ee.EEException as exc:
             cause: Exception = exc
             error = FetchError(ErrorKind.EE, str(exc), status=_status_of(exc))
-            problem = f"Earth Engine could not describe the image: {exc}"
+            problem: UserError = EarthEngineError(
+                f"Earth Engine could not describe the image: {exc}"
+            )
         except (ConnectionError, OSError) as exc:
             cause = exc
             error = FetchError(ErrorKind.CONNECT, str(exc))
-            problem = (
+            problem = EarthEngineUnreachable(
                 f"could not reach Earth Engine to describe the image: {exc}. Check the "
                 "network and the proxy (--proxy or HTTPS_PROXY)"
             )
         verdict = classify(error)
         if verdict.action is not Action.RETRY or attempt + 1 >= attempts:
-            raise EEUserError(problem) from cause
+            raise problem from cause
         sleep(retry_delay(verdict, attempt, rng, base=1.0, cap=16.0))
     raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -337,7 +387,7 @@ def select_bands(available: Sequence[str], wanted: Sequence[str] | None) -> list
             else:
                 matches = [name for name in available if pattern.fullmatch(name)]
         if not matches:
-            raise EEUserError(
+            raise InvalidJob(
                 f"band {selector!r} is not in the image; it has {', '.join(available)}"
             )
         chosen.extend(name for name in matches if name not in chosen)
@@ -355,6 +405,11 @@ def prepare_image(
     selected = image.select(list(band_ids))
     filled = selected.unmask(nodata, False)
     return getattr(filled, CASTS[dtype])()
+
+
+def prepared_image(spec: JobSpec) -> ee.Image:
+    """The image a job's tiles are cut from, read back from its stored expression."""
+    return prepare_image(deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata)
 
 
 def download_url(image: ee.Image, grid: Grid) -> str:
@@ -375,14 +430,43 @@ def download_url(image: ee.Image, grid: Grid) -> str:
         raise FetchError(ErrorKind.CONNECT, f"Earth Engine API unreachable: {exc}") from exc
 
 
+def collection_features(collection: ee.ImageCollection) -> list[dict[str, Any]]:
+    """The images of a collection as EE describes them (one getInfo call)."""
+    try:
+        info = collection.getInfo()
+    except ee.EEException as exc:
+        raise EarthEngineError(f"Earth Engine could not list the collection: {exc}") from exc
+    except (ConnectionError, OSError) as exc:
+        raise EarthEngineUnreachable(
+            f"could not reach Earth Engine to list the collection: {exc}. Check the network "
+            "and the proxy (--proxy or HTTPS_PROXY)"
+        ) from exc
+    return list((info or {}).get("features") or [])
+
+
+def sample_url(image: ee.Image, params: dict[str, Any]) -> str:
+    """A download URL for a small sample of an image (a preview's stretch), blocking."""
+    try:
+        return str(image.getDownloadURL(params))
+    except ee.EEException as exc:
+        raise PreviewError(
+            f"Earth Engine could not sample the image for the stretch: {exc}; pass --min and --max"
+        ) from exc
+    except (ConnectionError, OSError) as exc:
+        raise EarthEngineUnreachable(
+            f"could not reach Earth Engine for the preview: {exc}. Check the network and "
+            "the proxy (--proxy or HTTPS_PROXY)"
+        ) from exc
+
+
 def thumbnail_url(image: ee.Image, params: dict[str, Any]) -> str:
     """A PNG/JPEG thumbnail URL (``getThumbURL``: thumbnails create, blocking)."""
     try:
         return image.getThumbURL(params)
     except ee.EEException as exc:
-        raise EEUserError(f"Earth Engine could not make the preview: {exc}") from exc
+        raise PreviewError(f"Earth Engine could not make the preview: {exc}") from exc
     except (ConnectionError, OSError) as exc:
-        raise EEUserError(
+        raise EarthEngineUnreachable(
             f"could not reach Earth Engine for the preview: {exc}. Check the network and "
             "the proxy (--proxy or HTTPS_PROXY)"
         ) from exc

@@ -7,7 +7,6 @@ much (fewer bands, a coarser scale, a smaller type, a smaller region).
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -86,53 +85,6 @@ class PlanReport:
         lines.extend(f"warning:  {w}" for w in self.warnings)
         lines.extend(f"shrink:   {a}" for a in self.advice)
         return "\n".join(lines)
-
-
-def plan(
-    image: Any,
-    filename: str | os.PathLike[str] = "download.tif",
-    region: Any = None,
-    crs: str | None = None,
-    crs_transform: Sequence[float] | None = None,
-    scale: float | None = None,
-    dtype: str | None = None,
-    shape: Sequence[int] | None = None,
-    *,
-    bands: Sequence[str] | None = None,
-    endpoint: str = "urls",
-    max_tile_bytes: int | None = None,
-    concurrency: int | None = None,
-) -> PlanReport:
-    """What ``download_ee_image`` with the same arguments would fetch; nothing is downloaded.
-
-    One ``getInfo`` call (the image's bands); the tiles are planned locally.
-    """
-    from engine import ee_adapter
-    from engine.api import DEFAULT_CONCURRENCY, _max_tile_bytes, build_spec
-
-    if not ee_adapter.is_initialized():
-        ee_adapter.initialize(ee_adapter.Connection())
-    spec = build_spec(
-        image,
-        Path(filename),
-        region=region,
-        crs=crs,
-        crs_transform=crs_transform,
-        scale=scale,
-        dtype=dtype,
-        shape=shape,
-        bands=bands,
-        nodata=None,
-        endpoint=endpoint,  # type: ignore[arg-type]
-        max_tile_bytes=_max_tile_bytes(max_tile_bytes, None),
-        concurrency=concurrency or DEFAULT_CONCURRENCY,
-        compress="deflate",
-        cog=False,
-        keep_tiles=False,
-        ee_url=None,
-        project=None,
-    )
-    return plan_spec(spec)
 
 
 def plan_spec(spec: JobSpec) -> PlanReport:

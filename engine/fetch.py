@@ -11,18 +11,20 @@ import errno
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-
-import ee
+from typing import TYPE_CHECKING
 
 from engine import ee_adapter
+from engine.errors import ErrorKind, FetchError
 from engine.grid import Grid
-from engine.retry import ErrorKind, FetchError
 from engine.service import url_is_for
 from engine.spec import JobSpec
 from engine.tiles import tile_expectation, tile_grid, tile_name
 from engine.tilestore import StoredTile, TileStore, TileValidationError
 from engine.transport import Body, Transport
 from state import TileRecord, TileUpdate, TileUrl
+
+if TYPE_CHECKING:
+    import ee
 
 URL_LIFETIME = 3600.0  # reuse a stored download URL for an hour; EE keeps them a few hours
 

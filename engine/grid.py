@@ -31,12 +31,13 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.warp import transform as _warp_transform
 
+from engine.defaults import EE_MAX_REQUEST_BYTES, EE_MAX_SIDE_URLS
+from engine.errors import GridError
+
 Transform = tuple[float, float, float, float, float, float]
 
 METRES_PER_DEGREE = 2 * math.pi * 6378137 / 360
-EE_MAX_REQUEST_BYTES = 50331648
-EE_MAX_SIDE_URLS = 10000
-EE_MAX_SIDE_COMPUTE = 32768
+
 EE_MAX_BANDS = 1024
 
 # More tiles than this means the job is almost certainly a mistake (e.g. scale in the wrong
@@ -48,10 +49,6 @@ MAX_TILES = 2_000_000
 _DENSIFY_PARTS = 100
 
 _AUTHORITY_CODE = re.compile(r"^[A-Za-z]+:\d+$")
-
-
-class GridError(ValueError):
-    """A grid, region or tiling request that cannot be satisfied; the message says what to do."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from engine import __version__, ee_adapter
+from engine.defaults import DEFAULT_CONCURRENCY, EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS
+from engine.errors import JobError, SpecError
 from engine.fetch import TileFetcher
-from engine.grid import EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS, TilePlan, plan_tiles
+from engine.grid import TilePlan, plan_tiles
 from engine.live_merge import (
     LiveMerge,
     MergeStopped,
@@ -35,12 +36,12 @@ from engine.live_merge import (
     published_by,
 )
 from engine.merge import merge_tiles
-from engine.offload import StateThread, uninterrupted
-from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter
+from engine.offload import StateThread, started_pool, uninterrupted
+from engine.pacing import AdaptiveLimiter
 from engine.paths import tiles_folder
 from engine.progress import Progress, SilentProgress
 from engine.scheduler import Fetch, RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
-from engine.spec import JobSpec, SpecError, identity_differences, resumed_spec
+from engine.spec import JobSpec, identity_differences, resumed_spec
 from engine.tiles import is_tile_file, new_tile, tile_expectation, tile_name, tile_plan
 from engine.tilestore import StoredTile, TileStore
 from engine.transport import Transport, TransportOptions
@@ -48,10 +49,6 @@ from state import JobLock, OutputLock, StateError, Store, TileDone, TileRecord, 
 
 MAX_VERIFY_ROUNDS = 3
 LOG = logging.getLogger(__name__)
-
-
-class JobError(Exception):
-    """A job cannot go on; the message says why and what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +222,7 @@ async def run_job(
     if output.exists() and not options.overwrite and not state_path.exists():
         raise _output_exists(output)  # before a state file is made for a job that cannot run
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    state = StateThread()
+    state = await asyncio.to_thread(StateThread)
     try:
         with JobLock(state_path):
             store = await state(Store.open, state_path)
@@ -355,16 +352,13 @@ async def _fetch_all(
     counts = await state(store.counts)
     leaves = counts["pending"] + counts["in_flight"] + counts["done"] + counts["failed"]
     progress.start(leaves, counts["done"], await state(store.bytes_done))
-    image = ee_adapter.prepare_image(
-        ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
-    )
+    # Reading a large expression back takes the client a while: not on the event loop.
+    image = await asyncio.to_thread(ee_adapter.prepared_image, spec)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     scheduler_options = options.scheduler or SchedulerOptions(concurrency=options.concurrency)
     rng = random.Random(options.seed)
     base_url = ee_adapter.current_base_url()
-    executor = ThreadPoolExecutor(
-        max_workers=scheduler_options.concurrency, thread_name_prefix="eefetch-ee"
-    )
+    executor = await asyncio.to_thread(started_pool, scheduler_options.concurrency, "eefetch-ee")
     try:
         async with Transport(options.transport, base_url) as transport:
             updates = UpdateBuffer(store, state, options.clock)

@@ -29,6 +29,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
+from engine.errors import MergeError, OutputExistsError
 from engine.filemodes import create_private, public_mode
 from engine.tilestore import block_extents
 
@@ -59,14 +60,6 @@ _GDAL_TYPES = {
 }
 
 Progress = Callable[[int, int], None]
-
-
-class MergeError(Exception):
-    """The tiles cannot be merged into the requested output; the message says why."""
-
-
-class OutputExistsError(MergeError, FileExistsError):
-    """The output exists and the caller did not ask to replace it."""
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-DEFAULT_CONCURRENCY = 16
-"""Tiles in flight at once: 8 left a realistic link half used (BENCHMARKS.md); EE allows 40."""
-
 
 class AdaptiveLimiter:
     """A semaphore whose size halves on a rate-limit answer and grows back one at a time.

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,13 @@ from typing import Any
 import numpy as np
 
 from engine import imaging
+from engine.errors import ErrorKind, FetchError, PreviewError
+from engine.retry import Action, classify, parse_retry_after, retry_delay
 
 TRUE_COLOUR = ("B4", "B3", "B2")
 DEFAULT_DIMENSIONS = 800
 SAMPLE_DIMENSIONS = 128
 AUTO_PERCENTILES = (2.0, 98.0)
-
-
-class PreviewError(Exception):
-    """The preview cannot be made; the message says what to change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +123,9 @@ def preview(
         )
     from engine import ee_adapter
 
-    if ee_url is not None or not ee_adapter.is_initialized():
-        ee_adapter.initialize(
-            ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
-        )
+    ee_adapter.connect(
+        ee_adapter.Connection(url=ee_url, project=project, proxy=proxy, ca_bundle=ca_bundle)
+    )
     suffix = ".png" if file_format == "PNG" else ".jpg"
     return preview_image(
         source,
@@ -271,7 +269,7 @@ def preview_image(
     ``min``/``max`` the stretch is the 2-98 % range of a small sample (one extra request).
     """
     from engine import ee_adapter
-    from engine.region_input import load_region
+    from engine.request import region_geojson
 
     stretch = stretch or Stretch()
     if dimensions <= 0:
@@ -280,7 +278,7 @@ def preview_image(
     bands = choose_bands([b.id for b in info], stretch.bands)
     spatial: dict[str, Any] = {}
     if region is not None:
-        spatial["region"] = _bounds_polygon(load_region(_plain_region(region)))
+        spatial["region"] = _bounds_polygon(region_geojson(region))
     if crs:
         spatial["crs"] = crs
     auto = None
@@ -310,12 +308,7 @@ def _sample_range(
     from engine import ee_adapter
 
     params = {**spatial, "dimensions": SAMPLE_DIMENSIONS, "format": "NPY"}
-    try:
-        url = image.getDownloadURL(params)
-    except Exception as exc:
-        raise ee_adapter.EEUserError(
-            f"Earth Engine could not sample the image for the stretch: {exc}; pass --min and --max"
-        ) from exc
+    url = ee_adapter.sample_url(image, params)
     body = http_get(url, proxy, ca_bundle, timeout)
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
@@ -329,9 +322,14 @@ def _sample_range(
 
 
 def http_get(
-    url: str, proxy: str | None, ca_bundle: str | None, timeout: float, attempts: int = 4
+    url: str,
+    proxy: str | None,
+    ca_bundle: str | None,
+    timeout: float,
+    attempts: int = 4,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> bytes:
-    """One small GET with a few retries on 429/5xx and dropped connections.
+    """One small GET, retried as ``engine.retry`` decides (429s, 5xx, dropped connections).
 
     It takes the same route as the tile downloads (``ee_adapter.RoutedSession``): --proxy or
     the proxy variables, --ca-bundle or the CA variables.
@@ -340,21 +338,27 @@ def http_get(
 
     from engine.ee_adapter import RoutedSession
 
-    last = ""
+    rng = random.Random()
     with RoutedSession(proxy, ca_bundle) as session:
         for attempt in range(attempts):
             try:
                 answer = session.get(url, timeout=timeout)
             except requests.RequestException as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                error = FetchError(ErrorKind.CONNECT, f"{type(exc).__name__}: {exc}")
             else:
                 if answer.status_code == 200:
                     return answer.content
-                last = f"HTTP {answer.status_code}: {_error_text(answer)}"
-                if answer.status_code not in (429, 500, 502, 503, 504):
-                    break
-            time.sleep(min(8.0, 0.5 * 2**attempt))
-    raise PreviewError(f"the preview request failed ({last}); check the network and try again")
+                error = FetchError(
+                    ErrorKind.HTTP,
+                    _error_text(answer),
+                    status=answer.status_code,
+                    retry_after=parse_retry_after(answer.headers.get("Retry-After"), time.time()),
+                )
+            verdict = classify(error)
+            if verdict.action is not Action.RETRY or attempt + 1 >= attempts:
+                break
+            sleep(retry_delay(verdict, attempt, rng, base=0.5, cap=8.0))
+    raise PreviewError(f"the preview request failed ({error}); check the network and try again")
 
 
 def _error_text(answer: Any) -> str:
@@ -362,17 +366,6 @@ def _error_text(answer: Any) -> str:
         return str(answer.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return " ".join(answer.text[:200].split())
-
-
-def _plain_region(region: Any) -> Any:
-    """An ee.Geometry / Feature / FeatureCollection as GeoJSON (one getInfo); else as given."""
-    import ee
-
-    if isinstance(region, ee.Feature | ee.FeatureCollection):
-        return region.geometry().getInfo()
-    if isinstance(region, ee.Geometry):
-        return region.getInfo()
-    return region
 
 
 def _bounds_polygon(geometry: dict[str, Any]) -> dict[str, Any]:

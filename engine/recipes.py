@@ -15,17 +15,14 @@ from typing import Any, Literal
 
 import ee
 
-from engine.ee_adapter import EEUserError
+from engine.defaults import CLIPS, CLOUD_MASKS, REDUCERS, SENTINEL2_SCALE
+from engine.errors import InvalidJob
 
 CloudMask = Literal["qa60", "none"]
 Reducer = Literal["median", "mean", "min", "max", "mosaic"]
 Clip = Literal["bounds", "outline", "none"]
-REDUCERS: tuple[str, ...] = ("median", "mean", "min", "max", "mosaic")
-CLOUD_MASKS: tuple[str, ...] = ("qa60", "none")
-CLIPS: tuple[str, ...] = ("bounds", "outline", "none")
 QA60_OPAQUE_BIT = 10
 QA60_CIRRUS_BIT = 11
-SENTINEL2_SCALE = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +44,17 @@ class Composite:
     def check(self) -> None:
         """Refuse options Earth Engine would only reject after a round trip."""
         if self.reducer not in REDUCERS:
-            raise EEUserError(f"unknown reducer {self.reducer!r}; use one of {', '.join(REDUCERS)}")
+            raise InvalidJob(f"unknown reducer {self.reducer!r}; use one of {', '.join(REDUCERS)}")
         if self.cloud_mask not in CLOUD_MASKS:
-            raise EEUserError(
+            raise InvalidJob(
                 f"unknown cloud mask {self.cloud_mask!r}; use one of {', '.join(CLOUD_MASKS)}"
             )
         if self.clip not in CLIPS:
-            raise EEUserError(f"unknown clip {self.clip!r}; use one of {', '.join(CLIPS)}")
+            raise InvalidJob(f"unknown clip {self.clip!r}; use one of {', '.join(CLIPS)}")
         if self.divide is not None and self.divide == 0:
-            raise EEUserError("--divide 0 would divide by zero; leave it out to keep raw values")
+            raise InvalidJob("--divide 0 would divide by zero; leave it out to keep raw values")
         if self.start >= self.end:
-            raise EEUserError(
+            raise InvalidJob(
                 f"--start {self.start} is not before --end {self.end}; give dates as YYYY-MM-DD"
             )
 

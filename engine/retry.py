@@ -12,17 +12,7 @@ import enum
 import random
 from dataclasses import dataclass
 
-
-class ErrorKind(enum.Enum):
-    """Where in a tile attempt the failure happened."""
-
-    CONNECT = "connect"  # could not reach the server or the proxy
-    TIMEOUT = "timeout"  # connect, first byte or idle timeout
-    HTTP = "http"  # the server answered with an error status
-    BODY = "body"  # the answer was short, cut, or not the GeoTIFF asked for
-    EE = "ee"  # the earthengine-api client raised (URL creation)
-    DISK = "disk"  # writing the tile failed locally (disk full, permissions)
-    INTERNAL = "internal"  # an exception eefetch did not expect: retried, and logged
+from engine.errors import ErrorKind, FetchError
 
 
 class Action(enum.Enum):
@@ -31,33 +21,6 @@ class Action(enum.Enum):
     REMAKE_URL = "remake_url"
     FAIL = "fail"
     STOP_JOB = "stop_job"
-
-
-class FetchError(Exception):
-    """One failed tile attempt, described well enough to decide what to do next.
-
-    A plain exception class (not a dataclass): exceptions get their traceback and context
-    set as they travel, which frozen or slotted classes do not allow.
-    """
-
-    def __init__(
-        self,
-        kind: ErrorKind,
-        message: str,
-        status: int | None = None,
-        retry_after: float | None = None,
-        during_download: bool = False,
-    ) -> None:
-        super().__init__(kind, message, status)
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-        self.during_download = during_download  # the GET of an already made URL failed
-
-    def __str__(self) -> str:
-        prefix = f"HTTP {self.status}: " if self.status is not None else ""
-        return f"{prefix}{self.message}"
 
 
 @dataclass(frozen=True, slots=True)

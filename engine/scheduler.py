@@ -17,11 +17,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.clocks import ClockWatch
+from engine.defaults import BACKOFF_BASE_S, DEFAULT_CONCURRENCY, MAX_ATTEMPTS, MAX_BACKOFF_S
+from engine.errors import ErrorKind, FetchError, JobStopped
 from engine.grid import split_tile
 from engine.offload import StateThread, uninterrupted
-from engine.pacing import DEFAULT_CONCURRENCY, AdaptiveLimiter, OutageMonitor
+from engine.pacing import AdaptiveLimiter, OutageMonitor
 from engine.progress import Progress, SilentProgress
-from engine.retry import Action, ErrorKind, FetchError, Verdict, classify, retry_delay
+from engine.retry import Action, Verdict, classify, retry_delay
 from engine.tiles import new_tile, tile_plan
 from engine.tilestore import StoredTile
 from state import (
@@ -44,18 +46,14 @@ Fetch = Callable[[TileRecord], Awaitable[StoredTile]]
 Probe = Callable[[], Awaitable[bool]]
 
 
-class JobStopped(Exception):
-    """A failure that no tile can get past (credentials, disk full): the whole run stops."""
-
-
 @dataclass(frozen=True, slots=True)
 class SchedulerOptions:
     concurrency: int = DEFAULT_CONCURRENCY
-    max_attempts: int = 8
+    max_attempts: int = MAX_ATTEMPTS
     lease_seconds: float = 600.0
     flush_every: float = 1.0
-    backoff_base: float = 2.0
-    backoff_cap: float = 120.0
+    backoff_base: float = BACKOFF_BASE_S
+    backoff_cap: float = MAX_BACKOFF_S
     outage_threshold: int = 3
     first_probe_interval: float = 2.0
     max_probe_interval: float = 300.0

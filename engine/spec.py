@@ -20,17 +20,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engine.grid import EE_MAX_SIDE_URLS, Grid
-from engine.pacing import DEFAULT_CONCURRENCY
+from engine.defaults import DEFAULT_COMPRESSION, DEFAULT_CONCURRENCY, EE_MAX_SIDE_URLS
+from engine.errors import SpecError
+from engine.grid import Grid
 from engine.service import GOOGLE, service_identity
 
 Endpoint = Literal["urls", "compute"]
-COMPRESSIONS = ("deflate", "lzw", "zstd", "none")
 PLAN_EXTRA = ("max_tile_dim",)  # keys of JobSpec.extra that only shape the plan
-
-
-class SpecError(ValueError):
-    """A job that cannot run as given; str() is one line: what is wrong, what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +40,7 @@ class JobSpec:
     endpoint: Endpoint = "urls"
     max_tile_bytes: int = 50331648
     plan_concurrency: int = DEFAULT_CONCURRENCY
-    compress: str = "deflate"
+    compress: str = DEFAULT_COMPRESSION
     cog: bool = False
     keep_tiles: bool = False
     ee_url: str | None = None

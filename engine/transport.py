@@ -21,8 +21,15 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from engine.defaults import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_CONCURRENCY,
+    FIRST_BYTE_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+)
 from engine.ee_errors import error_message
-from engine.retry import ErrorKind, FetchError, parse_retry_after
+from engine.errors import ErrorKind, FetchError
+from engine.retry import parse_retry_after
 
 CHUNK_SIZE = 256 * 1024
 # A compressed body may not expand past this: no tile Earth Engine serves comes near it, and a
@@ -37,10 +44,10 @@ class TransportOptions:
 
     proxy: str | None = None
     ca_bundle: str | None = None
-    connect_timeout: float = 30.0
-    first_byte_timeout: float = 300.0
-    idle_timeout: float = 60.0
-    connections: int = 16
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    first_byte_timeout: float = FIRST_BYTE_TIMEOUT_S
+    idle_timeout: float = IDLE_TIMEOUT_S
+    connections: int = DEFAULT_CONCURRENCY
 
 
 def resolve_proxy(

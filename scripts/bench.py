@@ -390,32 +390,22 @@ def drive_bare(args: argparse.Namespace) -> None:
 
     import aiohttp
 
-    from engine import api, ee_adapter
+    from engine import ee_adapter
+    from engine.ee_adapter import Connection
     from engine.job import plan
+    from engine.request import DownloadRequest, build_job
     from engine.spec import default_nodata
 
     _connect(args.url)
     image = _image(args.region)
     concurrency = args.concurrency
-    spec = api.build_spec(
+    spec = build_job(
         image,
-        Path(args.output),
-        region=_region(args.region),
-        crs=CRS,
-        crs_transform=None,
-        scale=SCALE,
-        dtype=None,
-        shape=None,
-        bands=None,
-        nodata=None,
-        endpoint="urls",
-        max_tile_bytes=api._max_tile_bytes(None, None),
+        DownloadRequest(
+            output=Path(args.output), region=_region(args.region), crs=CRS, scale=SCALE
+        ),
+        Connection(url=args.url),
         concurrency=concurrency,
-        compress="deflate",
-        cog=False,
-        keep_tiles=False,
-        ee_url=args.url,
-        project=None,
     )
     tiles = plan(spec)
     prepared = ee_adapter.prepare_image(
@@ -1425,7 +1415,7 @@ def main() -> None:
         args.reps = 1 if args.quick else 3
     sys.path.insert(0, str(REPO))
     if args.concurrency is None:
-        from engine.pacing import DEFAULT_CONCURRENCY
+        from engine.defaults import DEFAULT_CONCURRENCY
 
         args.concurrency = DEFAULT_CONCURRENCY
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"

@@ -123,9 +123,9 @@ class CampaignResult:
 
 
 def region_for(size_mb: float, scale: float) -> str:
-    """A lon/lat square whose DEM (float32 in the emulator) at ``scale`` metres weighs about
+    """A lon/lat square whose DEM (int16, as EE's SRTMGL1_003) at ``scale`` metres weighs about
     ``size_mb``."""
-    side_px = (size_mb * 1e6 / 4) ** 0.5
+    side_px = (size_mb * 1e6 / 2) ** 0.5
     side_deg = side_px * scale / METRES_PER_DEGREE
     west, south = 118.5, 31.8
     return f"{west},{south},{west + side_deg:.6f},{south + side_deg:.6f}"
@@ -334,9 +334,7 @@ def equals_oracle(output: Path, state: Path, oracle: EmulatorThread) -> bool:
     assert job is not None
     spec = JobSpec.from_dict(job.spec)
     ee_adapter.initialize(ee_adapter.Connection(url=oracle.url))
-    image = ee_adapter.prepare_image(
-        ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
-    )
+    image = ee_adapter.prepared_image(spec)
     grid = spec.grid
     row_bytes = grid.width * len(spec.band_ids) * np.dtype(spec.dtype).itemsize
     with rasterio.open(output) as merged:

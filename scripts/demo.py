@@ -1,4 +1,4 @@
-"""The offline demo: the tutorial's composite through eefetch, interrupted once and resumed.
+"""The offline demo: the tutorial's composite of Huainan through eefetch, interrupted and resumed.
 
 Starts the bundled Earth Engine emulator in its own process, then does what a user of the
 tutorial would: `eefetch composite --dry-run` to see the size, `--preview` for a true-colour
@@ -76,12 +76,12 @@ def main() -> int:
     if args.output_dir.exists():
         shutil.rmtree(args.output_dir)
     args.output_dir.mkdir(parents=True)
-    output = args.output_dir / "nanjing-s2-2022-median.tif"
+    output = args.output_dir / "huainan-s2-2022-median.tif"
     state = output.with_name(output.name + ".eefetch.db")
 
     emulator, url = start_emulator(args.profile, args.seed)
     print(f"demo: emulator ({args.profile} profile) at {url}", flush=True)
-    region = str(REPO / "engine" / "data" / "nanjing.geojson")
+    region = str(REPO / "engine" / "data" / "huainan.geojson")
     command = [sys.executable, "-m", "engine.cli", "composite"]
     command += ["--collection", "COPERNICUS/S2_SR_HARMONIZED"]
     command += ["--start", "2022-01-01", "--end", "2022-12-31", "--max-cloud", "10"]
@@ -91,7 +91,7 @@ def main() -> int:
     try:
         print("demo: $ eefetch " + " ".join(command[3:]) + " --dry-run", flush=True)
         subprocess.run([*command, "--dry-run"], cwd=REPO, check=True)
-        preview = args.output_dir / "nanjing-preview.png"
+        preview = args.output_dir / "huainan-preview.png"
         subprocess.run(
             [*command, "--preview", str(preview)], cwd=REPO, check=True, stdout=subprocess.DEVNULL
         )

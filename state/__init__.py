@@ -2,7 +2,7 @@
 shared Earth Engine quota, and the file locks of a one-machine job."""
 
 from state.db import is_database_url
-from state.errors import JobLockedError, StateError
+from state.errors import EefetchError, IncompleteError, JobLockedError, StateError, UserError
 from state.lock import JobLock, OutputLock
 from state.quota import DEFAULT_PROJECT_QUOTA, Quota, QuotaStatus, default_quota_path, quota_target
 from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES, default_job_name
@@ -28,6 +28,8 @@ __all__ = [
     "JOB_STATUSES",
     "SCHEMA_VERSION",
     "TILE_STATUSES",
+    "EefetchError",
+    "IncompleteError",
     "JobLock",
     "JobLockedError",
     "JobRecord",
@@ -47,6 +49,7 @@ __all__ = [
     "TileSplit",
     "TileUpdate",
     "TileUrl",
+    "UserError",
     "WorkerRecord",
     "default_job_name",
     "default_quota_path",

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
 
-import ee
 import numpy as np
 import rasterio
 import trustme
 from rasterio.io import MemoryFile
+from reliability import dem_job
 
 from engine import ee_adapter
-from engine.api import build_spec
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.job import RunOptions, run_job
@@ -288,7 +287,7 @@ def dem_download(url: str, output: Path, *extra: str) -> list[str]:
         "--ee-url",
         url,
         "--max-tile-bytes",
-        "60000",
+        "36000",  # 12000 pixels of the int16 DEM (3 request bytes each)
         "--quiet",
         *extra,
     ]
@@ -308,9 +307,7 @@ def oracle_render(spec: JobSpec) -> np.ndarray:
     """The whole grid in one request to a fresh no-limits emulator: what every tile adds up to."""
     with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as oracle:
         ee_adapter.initialize(ee_adapter.Connection(url=oracle.url))
-        image = ee_adapter.prepare_image(
-            ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
-        )
+        image = ee_adapter.prepared_image(spec)
         url = ee_adapter.download_url(image, spec.grid)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(url, timeout=120) as answer:
@@ -412,27 +409,16 @@ class OutageReport:
         ]
 
 
-def dem_spec(output: Path, url: str, concurrency: int, max_tile_bytes: int = 40_000) -> JobSpec:
-    """A job of about 18 tiles of an SRTM-like DEM in UTM (the client must be initialised)."""
-    return build_spec(
-        ee.Image("USGS/SRTMGL1_003"),
+def dem_spec(output: Path, url: str, concurrency: int, max_tile_bytes: int = 24_000) -> JobSpec:
+    """A job of about 18 tiles of an SRTM-like DEM in UTM (the client must be initialised).
+
+    ``max_tile_bytes`` counts 3 request bytes per pixel of the int16 DEM."""
+    return dem_job(
+        url,
         output,
         region=[118.70, 32.00, 118.84, 32.08],
-        crs="EPSG:32650",
-        crs_transform=None,
-        scale=30,
-        dtype=None,
-        shape=None,
-        bands=None,
-        nodata=None,
-        endpoint="urls",
         max_tile_bytes=max_tile_bytes,
         concurrency=concurrency,
-        compress="deflate",
-        cog=False,
-        keep_tiles=False,
-        ee_url=url,
-        project=None,
     )
 
 
@@ -550,7 +536,7 @@ def run_under_faults(
     seed: int,
     scheduler: SchedulerOptions,
     transport: TransportOptions,
-    max_tile_bytes: int = 40_000,
+    max_tile_bytes: int = 24_000,
     budget_s: float = 600.0,
 ) -> FaultReport:
     """One job against an emulator injecting the hostile profile's faults at ``rate``."""

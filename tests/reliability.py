@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,11 @@ import rasterio
 from rasterio.io import MemoryFile
 
 from engine import ee_adapter
-from engine.api import build_spec
+from engine.defaults import DEFAULT_CONCURRENCY
+from engine.ee_adapter import Connection
 from engine.emulator.server import EmulatorThread
 from engine.grid import Window
-from engine.pacing import DEFAULT_CONCURRENCY
+from engine.request import DownloadRequest, build_job
 from engine.spec import JobSpec
 from state import Store, TileRecord
 
@@ -71,34 +73,30 @@ def dem_args(url: str, output: Path, *extra: str, region: str = SMALL_REGION) ->
         "--ee-url",
         url,
         "--max-tile-bytes",
-        "200000",
+        "120000",  # 40000 pixels of the int16 DEM (3 request bytes each)
         *extra,
     ]
 
 
-def dem_job(url: str, output: Path, image: ee.Image | None = None, **changes: Any) -> JobSpec:
+def dem_job(
+    url: str,
+    output: Path,
+    image: ee.Image | None = None,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    **changes: Any,
+) -> JobSpec:
     """The spec ``eefetch download`` builds from ``dem_args(url, output)``, with ``changes``
-    (build_spec's arguments); the client must be initialised for ``url``."""
-    settings: dict[str, Any] = {
-        "region": SMALL_REGION,
-        "crs": "EPSG:32650",
-        "crs_transform": None,
-        "scale": 30,
-        "dtype": None,
-        "shape": None,
-        "bands": None,
-        "nodata": None,
-        "endpoint": "urls",
-        "max_tile_bytes": 200_000,
-        "concurrency": DEFAULT_CONCURRENCY,
-        "compress": "deflate",
-        "cog": False,
-        "keep_tiles": False,
-        "ee_url": url,
-        "project": None,
-    }
-    settings.update(changes)
-    return build_spec(image or ee.Image("USGS/SRTMGL1_003"), output, **settings)
+    (fields of ``DownloadRequest``); the client must be initialised for ``url``."""
+    request = DownloadRequest(
+        output=output, region=SMALL_REGION, crs="EPSG:32650", scale=30, max_tile_bytes=200_000
+    )
+    return build_job(
+        image or ee.Image("USGS/SRTMGL1_003"),
+        replace(request, **changes),
+        Connection(url=url),
+        concurrency=concurrency,
+    )
 
 
 def state_of(output: Path) -> Path:
@@ -115,9 +113,7 @@ def job_spec(state: Path) -> JobSpec:
 def oracle_render(oracle: EmulatorThread, spec: JobSpec) -> np.ndarray:
     """The whole grid in one request to an emulator with no limits."""
     ee_adapter.initialize(ee_adapter.Connection(url=oracle.url))
-    image = ee_adapter.prepare_image(
-        ee_adapter.deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata
-    )
+    image = ee_adapter.prepared_image(spec)
     with urllib.request.urlopen(ee_adapter.download_url(image, spec.grid), timeout=120) as answer:
         body = answer.read()
     with MemoryFile(body) as memfile, memfile.open() as dataset:

@@ -16,12 +16,12 @@ import rasterio
 from click.testing import CliRunner
 from reliability import SMALL_REGION, assert_matches_oracle, one_line_error, run_cli, state_of
 
-from engine.api import lossy_cast_message
 from engine.cli import main
+from engine.defaults import EE_MAX_SIDE_URLS
 from engine.ee_adapter import BandInfo
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from engine.grid import EE_MAX_SIDE_URLS
+from engine.request import lossy_cast_message
 from state import Store
 
 REPO = Path(__file__).resolve().parents[1]

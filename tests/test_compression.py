@@ -23,7 +23,7 @@ from reliability import assert_matches_oracle
 from engine import download_ee_image, ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from engine.retry import ErrorKind, FetchError
+from engine.errors import ErrorKind, FetchError
 from engine.transport import Decoder, content_encoding, decode_error_body
 
 HOP_BY_HOP = {"host", "accept-encoding", "content-length", "transfer-encoding", "connection"}

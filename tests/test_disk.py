@@ -94,7 +94,7 @@ def job(url: str, output: Path, *extra: str) -> list[str]:
     args = dem_args(url, output, *extra, region=JOB_REGION)
     args[args.index("EPSG:32650")] = "EPSG:4326"
     args[args.index("30")] = "15"
-    args[args.index("200000")] = "500000"
+    args[args.index("120000")] = "300000"
     return args
 
 
@@ -168,7 +168,7 @@ def test_disk_full_during_the_merge_publishes_nothing_and_a_rerun_only_merges(
     """The output goes to the small disk, the state and tiles to a roomy one."""
     output = small_disk / "dem.tif"
     state = tmp_path / "dem.eefetch.db"
-    filler = fill(small_disk, 1_000_000)
+    filler = fill(small_disk, 300_000)  # the merged int16 DEM needs about 0.7 MB
     args = job(emulator.url, output, "--state", str(state))
     full = run_cli(*args)
     assert full.returncode == 1
@@ -176,7 +176,7 @@ def test_disk_full_during_the_merge_publishes_nothing_and_a_rerun_only_merges(
     errors = [line for line in full.stderr.splitlines() if not line.startswith("eefetch: ")]
     # libtiff prints its own complaint before GDAL returns; eefetch adds exactly one line.
     assert set(errors[:-1]) <= {LIBTIFF_NOISE}
-    assert errors[-1].startswith(f"Error: cannot write {output}: the disk is full (1.0 MB free")
+    assert errors[-1].startswith(f"Error: cannot write {output}: the disk is full (0.3 MB free")
     assert "free some space there and run the same command again" in errors[-1]
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no output, no temp
     with Store.open(state, create=False) as store:

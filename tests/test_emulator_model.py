@@ -18,11 +18,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.emulator import pixels
-from engine.emulator.evaluate import EvaluationError, Image, _sorted_planes, evaluate, to_info
+from engine.emulator.evaluate import (
+    EvaluationError,
+    Image,
+    _middle_values,
+    _sorted_planes,
+    evaluate,
+    to_info,
+)
 from engine.grid import grid_from_region
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
-SCENE = f"{S2}/20220115T025101_20220115T025957_T50SPA"
+# A generated 2022 scene over Nanjing (tile 50SPA, relative orbit 132, 15.6 % cloud).
+SCENE = f"{S2}/20220307T025152_20220307T025351_T50SPA"
 NANJING = [[[118.7, 32.0], [118.9, 32.0], [118.9, 32.1], [118.7, 32.1], [118.7, 32.0]]]
 
 
@@ -87,34 +95,54 @@ def test_tutorial_collection_filters(ee: Any) -> None:
     info = to_info(col)
     assert info["type"] == "ImageCollection"
     assert info["bands"] == []
-    assert len(info["features"]) == 4
-    raw = to_info(
+    region = ee.Geometry.Polygon(NANJING)
+    year = ee.ImageCollection(S2).filterDate("2022-01-01", "2022-12-31").filterBounds(region)
+    every = to_info(evaluate(wire(year)))["features"]
+    # Nanjing's square is tile 50SPA (it spans the 32 N band edge; its centre is in band S):
+    # one relative orbit (132) sees it every 5 days, 73 times in 2022 (the end is exclusive).
+    assert len(every) == 73
+    assert {f["properties"]["MGRS_TILE"] for f in every} == {"50SPA"}
+    assert {f["properties"]["SENSING_ORBIT_NUMBER"] for f in every} == {132}
+    clear = [f for f in every if f["properties"]["CLOUDY_PIXEL_PERCENTAGE"] < 10]
+    assert 0 < len(clear) < len(every) / 2
+    raw = to_info(evaluate(wire(year.filter(ee.Filter.lt("CLOUDY_PIXEL_PERCENTAGE", 10)))))
+    assert [f["id"] for f in raw["features"]] == [f["id"] for f in clear]
+    assert [f["properties"]["system:index"] for f in info["features"]] == [
+        f["properties"]["system:index"] for f in clear
+    ]
+    shanghai = ee.Geometry.Point([121.4, 31.2])
+    over_shanghai = to_info(
         evaluate(
             wire(
-                ee.ImageCollection(S2)
-                .filterDate("2022-01-01", "2022-12-31")
-                .filter(ee.Filter.lt("CLOUDY_PIXEL_PERCENTAGE", 10))
-                .filterBounds(ee.Geometry.Polygon(NANJING))
+                ee.ImageCollection(S2).filterBounds(shanghai).filterDate("2022-06-01", "2022-07-01")
             )
         )
     )
-    ids = [f["id"] for f in raw["features"]]
-    assert all(i.endswith("_T50SPA") for i in ids)
-    assert all(f["properties"]["CLOUDY_PIXEL_PERCENTAGE"] < 10 for f in raw["features"])
-    shanghai = ee.Geometry.Point([121.4, 31.2])
-    over_shanghai = to_info(evaluate(wire(ee.ImageCollection(S2).filterBounds(shanghai))))
     assert over_shanghai["features"]
     assert all(f["id"].endswith("_T51RUQ") for f in over_shanghai["features"])
 
 
 def test_filters_and_equals_greater_than(ee: Any) -> None:
+    tile = ee.ImageCollection(S2).filter(ee.Filter.eq("MGRS_TILE", "50SPA"))
+    year = tile.filterDate("2022-01-01", "2023-01-01")
     flt = ee.Filter.And(
         ee.Filter.gt("CLOUDY_PIXEL_PERCENTAGE", 40), ee.Filter.eq("MGRS_TILE", "50SPA")
     )
-    info = to_info(evaluate(wire(ee.ImageCollection(S2).filter(flt))))
-    assert [f["properties"]["CLOUDY_PIXEL_PERCENTAGE"] for f in info["features"]] == [47.93, 63.2]
-    first = to_info(evaluate(wire(ee.ImageCollection(S2).first())))
-    assert first["id"] == SCENE
+    every = to_info(evaluate(wire(year)))["features"]
+    cloudy = to_info(
+        evaluate(wire(ee.ImageCollection(S2).filter(flt).filterDate("2022-01-01", "2023-01-01")))
+    )
+    expected = [f["id"] for f in every if f["properties"]["CLOUDY_PIXEL_PERCENTAGE"] > 40]
+    assert [f["id"] for f in cloudy["features"]] == expected
+    assert 0 < len(expected) < len(every)
+    first = to_info(evaluate(wire(tile.first())))
+    assert first["properties"]["system:time_start"] == min(
+        f["properties"]["system:time_start"]
+        for f in to_info(evaluate(wire(tile.filterDate("2017-01-01", "2017-05-01"))))["features"]
+    )
+    assert first["properties"]["system:time_start"] >= 1490659200000  # 2017-03-28
+    with pytest.raises(EvaluationError, match="filterBounds"):
+        to_info(evaluate(wire(ee.ImageCollection(S2).first())))
 
 
 def test_loaded_image_info(ee: Any) -> None:
@@ -130,13 +158,18 @@ def test_loaded_image_info(ee: Any) -> None:
         "max": 65535,
     }
     assert bands["B4"]["crs"] == "EPSG:32650"
-    assert bands["B4"]["crs_transform"] == [10, 0, 600000, 0, -10, 3620000]
+    assert bands["B4"]["crs_transform"] == [10, 0, 600000, 0, -10, 3600000]
     assert bands["B4"]["dimensions"] == [10980, 10980]
     assert bands["B1"]["crs_transform"][0] == 60
     assert info["properties"]["system:time_start"] > 0
     dem = to_info(evaluate(wire(ee.Image("USGS/SRTMGL1_003"))))
     assert dem["bands"][0]["id"] == "elevation"
-    assert dem["bands"][0]["data_type"]["precision"] == "float"
+    assert dem["bands"][0]["data_type"] == {
+        "type": "PixelType",
+        "precision": "int",
+        "min": -32768,
+        "max": 32767,
+    }
 
 
 def test_geometry_and_projection_info(ee: Any) -> None:
@@ -150,7 +183,7 @@ def test_geometry_and_projection_info(ee: Any) -> None:
     assert proj == {
         "type": "Projection",
         "crs": "EPSG:32650",
-        "transform": [10, 0, 600000, 0, -10, 3620000],
+        "transform": [10, 0, 600000, 0, -10, 3600000],
     }
     scale = evaluate(wire(ee.Image(SCENE).select("B1").projection().nominalScale()))
     assert scale == 60
@@ -336,11 +369,12 @@ def test_qa60_cloud_bits_and_values_look_like_s2(ee: Any) -> None:
 def test_other_catalog_images(ee: Any) -> None:
     grid = ("EPSG:4326", (1 / 3600, 0, 118.7, 0, -1 / 3600, 32.1), 120, 90)
     dem = evaluate(wire(ee.Image("USGS/SRTMGL1_003"))).render(*grid)
-    assert dem.data[0].dtype == np.float32
+    assert dem.data[0].dtype == np.int16
     assert 0 < dem.data[0].min() < dem.data[0].max() < 1000
     lc = evaluate(wire(ee.Image("ESA/WorldCover/v200/2021"))).render(*grid)
     assert lc.data[0].dtype == np.uint8
-    assert set(np.unique(lc.data[0])) <= {10, 30, 40, 50, 80}
+    assert set(np.unique(lc.data[0])) <= {10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100}
+    assert len(np.unique(lc.data[0])) > 2
 
 
 def test_render_is_independent_of_band_subset(ee: Any) -> None:
@@ -462,6 +496,25 @@ def test_sorting_networks_sort(n: int) -> None:
         assert np.array_equal(out[:, 0, :], np.sort(bits, axis=0))
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(["float32", "float64"]),
+)
+def test_middle_values_are_numpys_median_of_the_valid_values(n: int, seed: int, dtype: str) -> None:
+    rng = np.random.default_rng(seed)
+    data = (rng.integers(-50, 50, size=(n, 5, 7)) / 8).astype(dtype)
+    valid = rng.random((n, 5, 7)) < 0.6
+    planes = list(zip(data, valid, strict=True))
+    count = valid.sum(axis=0).astype(np.uint8)
+    lo, hi = _middle_values(planes, count, np.dtype(dtype))
+    lo = lo + hi
+    median = lo / lo.dtype.type(2)
+    for y, x in zip(*np.nonzero(count), strict=True):
+        assert median[y, x] == np.median(data[valid[:, y, x], y, x]), (y, x)
+
+
 def test_mosaic_puts_later_images_on_top(ee: Any) -> None:
     grid = ("EPSG:32650", (30, 0, 663000, 0, -30, 3546000), 80, 60)
     col = _tutorial_collection(ee).select("B4")
@@ -513,4 +566,6 @@ def test_work_counts_sources(ee: Any) -> None:
     single = evaluate(wire(ee.Image(SCENE).select(["B4", "B3"])))
     assert single.work(10, 10) == 200
     composite = evaluate(wire(_tutorial_image(ee)))
-    assert composite.work(10, 10) == 10 * 10 * 8 * 4
+    scenes = len(to_info(evaluate(wire(_tutorial_collection(ee))))["features"])
+    assert scenes > 1
+    assert composite.work(10, 10) == 10 * 10 * 8 * scenes

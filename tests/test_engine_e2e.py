@@ -17,7 +17,15 @@ import ee
 import numpy as np
 import pytest
 import rasterio
-from reliability import job_spec, oracle_render, run_cli, served_counts, start_cli, tile_key
+from reliability import (
+    dem_job,
+    job_spec,
+    oracle_render,
+    run_cli,
+    served_counts,
+    start_cli,
+    tile_key,
+)
 
 from engine import DownloadIncomplete, download_ee_image, ee_adapter
 from engine.emulator.config import EmulatorConfig
@@ -293,28 +301,16 @@ def test_failed_tiles_end_the_run_non_zero_and_the_next_run_retries_them(
         from engine.scheduler import SchedulerOptions
 
         with pytest.raises(DownloadIncomplete, match="run the same command again"):
-            from engine import api
             from engine.job import RunOptions, run_job
+            from engine.runner import run_sync
 
-            spec = api.build_spec(
-                image,
+            spec = dem_job(
+                emulator.url,
                 output,
+                image,
                 region=[118.7, 32.0, 118.8, 32.05],
                 crs=None,
-                crs_transform=None,
-                scale=30,
-                dtype=None,
-                shape=None,
-                bands=None,
-                nodata=None,
-                endpoint="urls",
-                max_tile_bytes=200_000,
                 concurrency=2,
-                compress="deflate",
-                cog=False,
-                keep_tiles=False,
-                ee_url=emulator.url,
-                project=None,
             )
             options = RunOptions(
                 concurrency=2,
@@ -322,7 +318,7 @@ def test_failed_tiles_end_the_run_non_zero_and_the_next_run_retries_them(
                     concurrency=2, max_attempts=2, backoff_base=0.01, backoff_cap=0.02
                 ),
             )
-            result = api.run_sync(run_job(spec, Path(str(output) + ".eefetch.db"), options))
+            result = run_sync(run_job(spec, Path(str(output) + ".eefetch.db"), options))
             assert not result.complete
             raise DownloadIncomplete(result)
     assert not output.exists()

@@ -29,14 +29,16 @@ from reliability import (
 )
 
 from engine import ee_adapter
+from engine.defaults import EE_MAX_SIDE_URLS
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.errors import SpecError
 from engine.fetch import TileFetcher
-from engine.grid import EE_MAX_SIDE_URLS, Grid
+from engine.grid import Grid
 from engine.job import open_job
 from engine.paths import default_state_path, tiles_folder
 from engine.service import GOOGLE, service_identity, url_is_for
-from engine.spec import JobSpec, SpecError, identity_differences, resumed_spec
+from engine.spec import JobSpec, identity_differences, resumed_spec
 from engine.tilestore import TileStore
 from engine.transport import Transport, TransportOptions
 from state import Store, TileUpdate, TileUrl
@@ -269,9 +271,7 @@ def test_a_stored_url_of_another_origin_is_made_again(
         job = JobSpec.from_dict(record.spec)
     tile = replace(tile, url=dead, url_made_at=time.time())
     recorded: list[TileUpdate] = []
-    image = ee_adapter.prepare_image(
-        ee_adapter.deserialize(job.expression), job.band_ids, job.dtype, job.nodata
-    )
+    image = ee_adapter.prepared_image(job)
 
     async def fetch() -> int:
         async with Transport(TransportOptions(proxy=None), emulator.url) as transport:

@@ -26,7 +26,7 @@ def test_every_hostile_fault_kind_at_35_percent_ends_in_a_correct_file(tmp_path:
             concurrency=6, backoff_base=0.2, backoff_cap=2.0, first_probe_interval=0.5
         ),
         transport=TransportOptions(connect_timeout=5.0, first_byte_timeout=5.0, idle_timeout=1.5),
-        max_tile_bytes=12_000,
+        max_tile_bytes=7_200,  # 2400 pixels of the int16 DEM (3 request bytes each)
         budget_s=120.0,
     )
     assert report.complete, (report.failed, report.faults)

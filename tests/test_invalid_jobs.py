@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from reliability import SMALL_REGION, dem_job, one_line_error, run_cli
 
 from engine import __version__, download_ee_image, ee_adapter
-from engine.api import InvalidJob
 from engine.cli import main
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.errors import InvalidJob
 from engine.job import plan
 from engine.paths import default_state_path
 from state import NewTile, Store
@@ -212,7 +212,7 @@ def test_a_new_call_on_that_state_file_ends_in_one_line(
     bad_state: Path, emulator: EmulatorThread
 ) -> None:
     """Same output, a valid nodata: the stored job is named as the problem, nothing fetched."""
-    from engine.job import JobError
+    from engine.errors import JobError
 
     before = pixel_requests(emulator)
     with pytest.raises(JobError) as refused:

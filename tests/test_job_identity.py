@@ -21,6 +21,7 @@ import pytest
 from reliability import (
     assert_matches_oracle,
     dem_args,
+    dem_job,
     one_line_error,
     run_cli,
     served_counts,
@@ -29,7 +30,6 @@ from reliability import (
 )
 
 from engine import ee_adapter
-from engine.api import build_spec
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.job import RunOptions, run_job
@@ -195,25 +195,13 @@ def test_a_clock_jump_past_the_lease_fetches_no_tile_twice(
     with EmulatorThread(config) as emulator:
         ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
         image = ee.Image("USGS/SRTMGL1_003")
-        spec = build_spec(
-            image,
+        spec = dem_job(
+            emulator.url,
             output,
+            image,
             region=[118.70, 32.00, 118.80, 32.06],
-            crs="EPSG:32650",
-            crs_transform=None,
-            scale=30,
-            dtype=None,
-            shape=None,
-            bands=None,
-            nodata=None,
-            endpoint="urls",
             max_tile_bytes=20_000,
             concurrency=4,
-            compress="deflate",
-            cog=False,
-            keep_tiles=False,
-            ee_url=emulator.url,
-            project=None,
         )
         clock = Jump(after=2)
         options = RunOptions(concurrency=4, scheduler=SchedulerOptions(concurrency=4), clock=clock)

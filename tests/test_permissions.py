@@ -106,8 +106,8 @@ def failing() -> Iterator[EmulatorThread]:
 
 
 def test_download_urls_do_not_outlive_the_run(tmp_path: Path, failing: EmulatorThread) -> None:
-    from engine.api import run_sync
     from engine.job import RunOptions, run_job
+    from engine.runner import run_sync
     from engine.scheduler import SchedulerOptions
 
     ee_adapter.initialize(ee_adapter.Connection(url=failing.url))
@@ -135,8 +135,8 @@ def test_the_url_a_fetch_makes_reaches_the_state_file(tmp_path: Path) -> None:
     passed in (falsy: len 0) was once replaced, and those records were never written."""
     from test_scheduler import FAST, always_up, make_store
 
+    from engine.errors import ErrorKind, FetchError
     from engine.offload import StateThread
-    from engine.retry import ErrorKind, FetchError
     from engine.scheduler import Scheduler, UpdateBuffer
     from state import TileRecord, TileUrl
 

@@ -18,7 +18,6 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from engine import ee_adapter, imaging, preview
 from engine.cli import main
-from engine.ee_adapter import EEUserError
 from engine.emulator import EmulatorConfig, EmulatorThread
 from engine.quicklook import PreviewError, Stretch, preview_file, preview_image
 
@@ -123,7 +122,7 @@ def test_palette_colours_one_band(tmp_path: Path, emulator: EmulatorThread) -> N
 
 def test_a_float_image_without_stretch_is_refused_by_ee(emulator: EmulatorThread) -> None:
     image = ee.Image("USGS/SRTMGL1_003").toFloat()
-    with pytest.raises(EEUserError, match="visualization parameters"):
+    with pytest.raises(PreviewError, match="visualization parameters"):
         ee_adapter.thumbnail_url(image, {"region": DEM_REGION, "dimensions": 20})
 
 

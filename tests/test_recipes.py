@@ -12,8 +12,8 @@ import rasterio
 from click.testing import CliRunner
 
 from engine.cli import main
-from engine.ee_adapter import EEUserError
 from engine.emulator import EmulatorConfig, EmulatorThread
+from engine.errors import InvalidJob
 from engine.recipes import Composite, composite
 from engine.region_input import load_region
 from engine.spec import JobSpec
@@ -70,7 +70,7 @@ def test_options_change_the_expression_where_they_should() -> None:
     ],
 )
 def test_bad_recipes_are_refused_with_what_to_do(changes: dict, message: str) -> None:
-    with offline_ee(), pytest.raises(EEUserError, match=message):
+    with offline_ee(), pytest.raises(InvalidJob, match=message):
         composite(tutorial_recipe(load_region(SMALL), **changes))
 
 

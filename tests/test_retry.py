@@ -4,10 +4,9 @@ import random
 
 import pytest
 
+from engine.errors import ErrorKind, FetchError
 from engine.retry import (
     Action,
-    ErrorKind,
-    FetchError,
     backoff_delay,
     classify,
     parse_retry_after,

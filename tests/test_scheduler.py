@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.retry import ErrorKind, FetchError
+from engine.errors import ErrorKind, FetchError
 from engine.scheduler import JobStopped, Scheduler, SchedulerOptions
 from engine.tilestore import StoredTile
 from state import NewTile, Store, TileRecord

@@ -11,14 +11,16 @@ import math
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import shapely
 import shapely.geometry
+from rasterio.warp import transform as warp_transform
 
 from engine.emulator import catalog, pixels
 from engine.emulator.model import (
@@ -141,6 +143,12 @@ def evaluate(expression: dict[str, Any]) -> object:
 
 def to_info(value: object) -> object:
     """The JSON-able result of value:compute for a value, in EE's shapes."""
+    if isinstance(value, LazyCollection):
+        value = value.generated
+        if len(_elements(value)) > catalog.LIST_LIMIT:
+            raise EvaluationError(
+                f"Collection query aborted after accumulating over {catalog.LIST_LIMIT} elements."
+            )
     if isinstance(value, Geometry):
         return value.geojson()
     if isinstance(value, Image | ImageCollection | FeatureCollection | Feature):
@@ -202,7 +210,7 @@ def _image_arg(fname: str, args: Args, name: str) -> Image:
 
 def _collection_arg(fname: str, args: Args, name: str = "collection") -> Any:
     value = _arg(fname, args, name, required=True)
-    if not isinstance(value, ImageCollection | FeatureCollection):
+    if not isinstance(value, ImageCollection | FeatureCollection | LazyCollection):
         raise _bad_type(fname, name, "FeatureCollection", value)
     return value
 
@@ -251,49 +259,65 @@ def _ones(req: RenderRequest) -> np.ndarray:
     return np.ones((1, 1), dtype=bool)
 
 
+def _empty(dtype: str) -> Plane:
+    return np.zeros((1, 1), dtype=dtype), np.zeros((1, 1), dtype=bool)
+
+
 def _source_compute(
-    asset: catalog.Asset, index: int, footprint: Geometry | None
+    asset: catalog.Asset, index: int, footprint: Geometry | None, key: Any
 ) -> Callable[[RenderRequest], Plane]:
-    """Pixels of a stored band; Sentinel-2 scenes are masked outside their footprint."""
-    name = asset.bands[index].id
+    """Pixels of a stored band, masked outside the asset's footprint (no work where it is
+    all masked)."""
+    spec = asset.bands[index]
+    name = spec.id
 
     def compute(req: RenderRequest) -> Plane:
-        key = ("field", asset.id)
-        fld = req.memo.get(key)
-        if fld is None:
-            fld = pixels.field(req.lattice, asset.id, asset.cloud_coverage)
-            req.memo[key] = fld
+        ok = _footprint_mask(footprint, key, req) if footprint is not None else _ones(req)
+        if ok.shape == (1, 1) and not ok[0, 0]:
+            return _empty(spec.dtype)
+        canvas = req.canvas
         if asset.kind == "s2":
-            data = pixels.s2_band(fld, name, index, pixels.season_of(asset.month))
-        elif asset.kind == "dem":
-            data = pixels.elevation(fld)
+            data = pixels.s2_band(canvas, asset, name, index)
+        elif asset.kind == "landsat":
+            data = pixels.landsat_band(canvas, asset, name, index)
+        elif asset.kind == "glo30":
+            data = pixels.glo30_band(canvas, asset, name)
+        elif asset.kind == "srtm":
+            data, ok = pixels.srtm_band(canvas, asset)
+        elif asset.kind == "worldcover":
+            data, ok = pixels.land_cover(canvas, asset)
         else:
-            data = pixels.land_cover(fld)
-        if asset.kind != "s2" or footprint is None:
-            return data, _ones(req)
-        return data, _clip_mask(footprint, req)
+            raise EvaluationError(f"No pixels for asset kind {asset.kind}.")
+        return data, ok
 
     return compute
 
 
 def _asset_image(asset: catalog.Asset) -> Image:
     footprint = None
+    key = None
     if asset.footprint is not None:
         footprint = Geometry(shapely.geometry.shape(asset.footprint))
-    bands = [
-        Band(
-            BandInfo(spec.id, spec.dtype, spec.crs, spec.transform, spec.dimensions),
-            PixelType.of_dtype(spec.dtype),
-            _source_compute(asset, i, footprint),
-        )
-        for i, spec in enumerate(asset.bands)
-    ]
+        # Scenes of one tile and orbit share a footprint: their masks are computed once.
+        key = ("footprint", tuple(tuple(p) for p in asset.footprint["coordinates"][0]))
+
+    def bands() -> list[Band]:
+        return [
+            Band(
+                BandInfo(spec.id, spec.dtype, spec.crs, spec.transform, spec.dimensions),
+                PixelType.of_dtype(spec.dtype),
+                _source_compute(asset, i, footprint, key),
+            )
+            for i, spec in enumerate(asset.bands)
+        ]
+
     return Image(
         bands,
         asset.properties,
         sources=frozenset({asset.id}),
         image_id=asset.id,
         footprint=footprint,
+        extent=footprint,
     )
 
 
@@ -308,15 +332,14 @@ def _image_load(fname: str, args: Args) -> Image:
     return _asset_image(asset)
 
 
-def _collection_load(fname: str, args: Args) -> ImageCollection:
-    asset_id = _arg(fname, args, "id", required=True)
-    assets = catalog.find_collection(str(asset_id))
-    if assets is None:
+def _collection_load(fname: str, args: Args) -> LazyCollection:
+    asset_id = str(_arg(fname, args, "id", required=True))
+    if not catalog.is_collection(asset_id):
         raise EvaluationError(
             f"ImageCollection.load: ImageCollection asset '{asset_id}' not found "
             "(does not exist or caller does not have access)."
         )
-    return ImageCollection(tuple(_asset_image(a) for a in assets), {}, str(asset_id))
+    return LazyCollection(catalog.Query(asset_id))
 
 
 def _constant_ptype(value: float) -> PixelType:
@@ -454,23 +477,28 @@ def _pair_bands(fname: str, one: Image, two: Image) -> list[tuple[Band, Band, Ba
 
 
 def _both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a & b`` for validity planes, skipping the work when one side is all-valid (1 x 1)."""
-    if b.shape == (1, 1) and b[0, 0]:
-        return a
-    if a.shape == (1, 1) and a[0, 0]:
-        return b
+    """``a & b`` for validity planes, skipping the work when one side is 1 x 1."""
+    if b.shape == (1, 1):
+        return a if b[0, 0] else b
+    if a.shape == (1, 1):
+        return b if a[0, 0] else a
     return a & b
 
 
-def _mask_plane(mband: Band, req: RenderRequest) -> np.ndarray:
-    """Where a mask band keeps pixels (valid and non-zero), computed once per render."""
-    key = ("mask", id(mband))
-    found = req.memo.get(key)
+def _nonzero(mband: Band) -> Band:
+    """The band "valid and non-zero" of a mask band: one per mask band, so every band masked by
+    it shares its plane within a render."""
+    found = mband.derived.get("nonzero")
     if found is None:
-        mdata, mok = mband.plane(req)
-        found = (_both(mok, mdata != 0), mband)
-        req.memo[key] = found
-    return found[0]
+
+        def compute(req: RenderRequest) -> Plane:
+            mdata, mok = mband.plane(req)
+            return _both(mok, mdata != 0), _ones(req)
+
+        info = replace(mband.info, dtype="uint8")
+        found = Band(info, PixelType("int", 0, 1), compute, (mband,))
+        mband.derived["nonzero"] = found
+    return found
 
 
 def _update_mask(fname: str, args: Args) -> Image:
@@ -486,11 +514,13 @@ def _update_mask(fname: str, args: Args) -> Image:
     for i, band in enumerate(image.band_list):
         mband = mask.band_list[0 if n2 == 1 else i]
 
-        def compute(req: RenderRequest, band: Band = band, mband: Band = mband) -> Plane:
-            data, ok = band.plane(req)
-            return data, _both(ok, _mask_plane(mband, req))
+        keep = _nonzero(mband)
 
-        bands.append(Band(band.info, band.ptype, compute))
+        def compute(req: RenderRequest, band: Band = band, keep: Band = keep) -> Plane:
+            data, ok = band.plane(req)
+            return data, _both(ok, keep.plane(req)[0])
+
+        bands.append(Band(band.info, band.ptype, compute, (band, keep)))
     return image.derive(bands, sources=image.sources | mask.sources)
 
 
@@ -506,7 +536,7 @@ def _mask_of(fname: str, args: Args) -> Image:
             _, ok = band.plane(req)
             return np.broadcast_to(ok, req.shape).astype(np.uint8), _ones(req)
 
-        bands.append(Band(replace(band.info, dtype="uint8"), ptype, compute))
+        bands.append(Band(replace(band.info, dtype="uint8"), ptype, compute, (band,)))
     return image.derive(bands)
 
 
@@ -519,7 +549,7 @@ def _self_mask(fname: str, args: Args) -> Image:
             data, ok = band.plane(req)
             return data, ok & (data != 0)
 
-        bands.append(Band(band.info, band.ptype, compute))
+        bands.append(Band(band.info, band.ptype, compute, (band,)))
     return image.derive(bands)
 
 
@@ -539,8 +569,8 @@ def _unmask(fname: str, args: Args) -> Image:
             out = np.where(ok, data.astype(dtype), vdata.astype(dtype))
             return out, ok | vok
 
-        bands.append(Band(replace(band.info, dtype=dtype), ptype, compute))
-    return image.derive(bands, sources=image.sources | value.sources)
+        bands.append(Band(replace(band.info, dtype=dtype), ptype, compute, (band, vband)))
+    return image.derive(bands, sources=image.sources | value.sources, extent=None)
 
 
 def _inside(shape: Any, req: RenderRequest) -> np.ndarray:
@@ -592,8 +622,91 @@ def _clip(fname: str, args: Args) -> Image:
             data, ok = band.plane(req)
             return data, _both(ok, _clip_mask(geometry, req))
 
-        bands.append(Band(band.info, band.ptype, compute))
+        bands.append(Band(band.info, band.ptype, compute, (band,)))
     return image.derive(bands)
+
+
+def _scanline(ring: np.ndarray, req: RenderRequest) -> np.ndarray:
+    """Pixels whose canonical centre is inside a simple polygon ring (request CRS units).
+
+    Even-odd crossings per row: an edge from (x0, y0) to (x1, y1) crosses a row at height y
+    when exactly one end lies above it, at ``x0 + (y - y0) * (x1 - x0) / (y1 - y0)``; a pixel is
+    inside between the first and second crossing, the third and fourth, and so on. A row's
+    crossings depend only on its own y, so a tile and the whole grid agree pixel for pixel.
+    """
+    lat = req.lattice
+    xs, ys = lat.x_centres, lat.y_centres
+    west, south = ring.min(axis=0)
+    east, north = ring.max(axis=0)
+    if xs.max() < west or xs.min() > east or ys.max() < south or ys.min() > north:
+        return np.zeros((1, 1), dtype=bool)
+    x0, y0 = ring[:-1, 0], ring[:-1, 1]
+    x1, y1 = ring[1:, 0], ring[1:, 1]
+    row_y = ys[:, np.newaxis]
+    crosses = (y0 > row_y) != (y1 > row_y)
+    dy = np.where(y1 != y0, y1 - y0, 1.0)
+    at = np.where(crosses, x0 + (row_y - y0) * (x1 - x0) / dy, np.inf)
+    at.sort(axis=1)
+    inside = np.zeros(req.shape, dtype=bool)
+    for k in range(0, at.shape[1] - 1, 2):
+        lo, hi = at[:, k], at[:, k + 1]
+        if not np.isfinite(hi).any():
+            break
+        inside |= (xs[np.newaxis, :] > lo[:, np.newaxis]) & (xs[np.newaxis, :] < hi[:, np.newaxis])
+    return inside
+
+
+def _footprint_mask(footprint: Geometry, key: Any, req: RenderRequest) -> np.ndarray:
+    """A scene's validity from its footprint, once per render for every scene sharing it."""
+    found = req.memo.get(key)
+    if found is None:
+        shape = footprint.in_crs(req.crs)
+        if shape.geom_type == "Polygon" and not shape.interiors:
+            found = _scanline(np.asarray(shape.exterior.coords, dtype=np.float64), req)
+        else:
+            found = _inside(shape, req)
+        req.memo[key] = found
+    return found
+
+
+def _window_lonlat(req: RenderRequest) -> Any:
+    """A lon/lat polygon holding every pixel centre of the request (prepared, memoised)."""
+    key = ("window", "lonlat")
+    found = req.memo.get(key)
+    if found is None:
+        lat = req.lattice
+        xs, ys = lat.x_centres, lat.y_centres
+        pad_x, pad_y = lat.a, lat.abs_e
+        x0, x1 = xs.min() - pad_x, xs.max() + pad_x
+        y0, y1 = ys.min() - pad_y, ys.max() + pad_y
+        t = np.linspace(0.0, 1.0, 9)
+        ring_x = np.concatenate([x0 + (x1 - x0) * t, np.full(9, x1), x1 - (x1 - x0) * t,
+                                 np.full(9, x0)])  # fmt: skip
+        ring_y = np.concatenate([np.full(9, y0), y0 + (y1 - y0) * t, np.full(9, y1),
+                                 y1 - (y1 - y0) * t])  # fmt: skip
+        if not req.geographic:
+            lon, lat_ = warp_transform(req.crs, DEFAULT_CRS, ring_x.tolist(), ring_y.tolist())
+            ring_x, ring_y = np.asarray(lon), np.asarray(lat_)
+        if not (np.isfinite(ring_x).all() and np.isfinite(ring_y).all()):
+            found = shapely.box(-180.0, -90.0, 180.0, 90.0)
+        else:
+            found = shapely.Polygon(np.column_stack([ring_x, ring_y])).buffer(0.001)
+        shapely.prepare(found)
+        req.memo[key] = found
+    return found
+
+
+def _reaches(image: Image, req: RenderRequest) -> bool:
+    """Whether an image can have valid pixels in the request (False only when certain)."""
+    if image.extent is None:
+        return True
+    key = ("reaches", id(image.extent))
+    found = req.memo.get(key)
+    if found is None:
+        shape = image.extent.in_crs(DEFAULT_CRS)
+        found = (bool(_window_lonlat(req).intersects(shape)), image.extent)
+        req.memo[key] = found
+    return found[0]
 
 
 # --------------------------------------------------------------------------- images: arithmetic
@@ -707,9 +820,13 @@ def _binary(kind: str) -> Callable[[str, Args], Image]:
             info = BandInfo(
                 meta.info.id, dtype, meta.info.crs, meta.info.transform, meta.info.dimensions
             )
-            bands.append(Band(info, ptype, compute))
+            bands.append(Band(info, ptype, compute, (a, b)))
         base = one if len(one.band_list) >= len(two.band_list) else two
-        return base.derive(bands, keep_properties=False, sources=one.sources | two.sources)
+        # Valid only where both are: either side's extent bounds the result.
+        extent = one.extent if one.extent is not None else two.extent
+        return base.derive(
+            bands, keep_properties=False, sources=one.sources | two.sources, extent=extent
+        )
 
     return impl
 
@@ -723,7 +840,7 @@ def _not(fname: str, args: Args) -> Image:
             data, ok = band.plane(req)
             return (data == 0).astype(np.uint8), ok
 
-        bands.append(Band(replace(band.info, dtype="uint8"), _BOOL, compute))
+        bands.append(Band(replace(band.info, dtype="uint8"), _BOOL, compute, (band,)))
     return image.derive(bands)
 
 
@@ -748,7 +865,7 @@ def _cast(dtype: str) -> Callable[[str, Args], Image]:
                 return clipped.astype(dtype), ok
 
             info = replace(band.info, dtype=dtype)
-            bands.append(Band(info, ptype, compute))
+            bands.append(Band(info, ptype, compute, (band,)))
         return image.derive(bands)
 
     return impl
@@ -846,7 +963,8 @@ def _visualize(fname: str, args: Args) -> Image:
             return planes[index], valid
 
         info = replace(chosen[min(index, count - 1)].info, id=name, dtype="uint8")
-        bands.append(Band(info, _UINT8, compute))
+        # ``levels`` reads the chosen bands once per render, whichever band asks first.
+        bands.append(Band(info, _UINT8, compute, tuple(chosen) if index == 0 else ()))
     return image.derive(bands)
 
 
@@ -1121,9 +1239,38 @@ def _field_filter(op: Callable[[Any, Any], bool]) -> Callable[[str, Args], Filte
             except TypeError:
                 return False
 
-        return Filter(test)
+        return Filter(test, _filter_spec(fname, args))
 
     return impl
+
+
+def _field_and_value(args: Args) -> tuple[str, Any] | None:
+    """(property, constant) of a two-sided filter, whichever side holds which."""
+    if args.get("leftField") is not None and args.get("rightValue") is not None:
+        return str(args["leftField"]), args["rightValue"]
+    if args.get("rightField") is not None and args.get("leftValue") is not None:
+        return str(args["rightField"]), args["leftValue"]
+    return None
+
+
+def _filter_spec(fname: str, args: Args) -> tuple[Any, ...] | None:
+    """What a catalog query can narrow by for this filter (see ``Filter.spec``)."""
+    pair = _field_and_value(args)
+    if pair is None:
+        return None
+    name, value = pair
+    if fname == "Filter.dateRangeContains" and name == "system:time_start":
+        if isinstance(value, DateRange):
+            return ("date", value.start, value.end)
+    elif fname == "Filter.intersects" and name in (".all", ".geo"):
+        shape = _as_shape(value)
+        if shape is not None:
+            return ("region", shape)
+    elif fname == "Filter.equals" and isinstance(value, str | int | float):
+        return ("in", name, (value,))
+    elif fname in ("Filter.inList", "Filter.listContains") and isinstance(value, list):
+        return ("in", name, tuple(value))
+    return None
 
 
 def _contains_date(rng: Any, t: Any) -> bool:
@@ -1134,6 +1281,10 @@ def _contains_date(rng: Any, t: Any) -> bool:
 
 def _in_list(x: Any, y: Any) -> bool:
     return isinstance(y, list) and x in y
+
+
+def _list_contains(x: Any, y: Any) -> bool:
+    return isinstance(x, list) and y in x
 
 
 def _as_shape(value: Any) -> Any:
@@ -1151,7 +1302,8 @@ def _intersects(x: Any, y: Any) -> bool:
 
 def _filter_and(fname: str, args: Args) -> Filter:
     filters = _arg(fname, args, "filters", required=True)
-    return Filter(lambda el: all(f.test(el) for f in filters))
+    specs = tuple(f.spec for f in filters if isinstance(f, Filter) and f.spec is not None)
+    return Filter(lambda el: all(f.test(el) for f in filters), ("and", specs) if specs else None)
 
 
 def _filter_or(fname: str, args: Args) -> Filter:
@@ -1167,14 +1319,103 @@ def _filter_not(fname: str, args: Args) -> Filter:
 # --------------------------------------------------------------------------- collections
 
 
+@dataclass(frozen=True, eq=False)
+class LazyCollection:
+    """A catalog collection not generated yet: a query, then per-element steps (filters and
+    maps, in order). Filters met before any map narrow the query itself (``Filter.spec``);
+    every filter is still tested on every element, so narrowing never changes the answer.
+    """
+
+    query: catalog.Query
+    steps: tuple[tuple[str, Any, bool], ...] = ()
+
+    @property
+    def collection_id(self) -> str:
+        """The collection's asset id."""
+        return self.query.collection
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """Collection properties (none in the emulator)."""
+        return {}
+
+    def filtered(self, flt: Filter) -> LazyCollection:
+        """The collection with one more filter."""
+        query = self.query
+        if all(kind == "filter" for kind, _, _ in self.steps):
+            query = _narrow(query, flt.spec)
+        return LazyCollection(query, (*self.steps, ("filter", flt, False)))
+
+    def mapped(self, fn: Function, drop_nulls: bool) -> LazyCollection:
+        """The collection with a function applied to every element."""
+        return LazyCollection(self.query, (*self.steps, ("map", fn, drop_nulls)))
+
+    def elements(self, window: Any = None) -> list[Any]:
+        """The elements, oldest first; with ``window`` only scenes that meet it."""
+        try:
+            found = catalog.search(self.query, window)
+        except catalog.CatalogError as exc:
+            raise EvaluationError(str(exc)) from None
+        out = []
+        for asset in found.assets:
+            element = self.through_steps(_asset_image(asset))
+            if element is not None:
+                out.append(element)
+        return out
+
+    def through_steps(self, element: Any) -> Any:
+        """An element after the steps, or None when a filter (or a dropped null) removes it."""
+        for kind, step, drop_nulls in self.steps:
+            if kind == "filter":
+                if not step.test(element):
+                    return None
+                continue
+            result = step.call({step.argument_names[0]: element})
+            if result is None and drop_nulls:
+                return None
+            element = _keep_index(element, result)
+        return element
+
+    @cached_property
+    def generated(self) -> ImageCollection | FeatureCollection:
+        """Every element, as a plain collection."""
+        return _rebuild(ImageCollection((), {}, self.collection_id), self.elements())
+
+    @property
+    def images(self) -> tuple[Any, ...]:
+        """Every element (generated on first use)."""
+        return _elements(self.generated)
+
+
+def _narrow(query: catalog.Query, spec: tuple[Any, ...] | None) -> catalog.Query:
+    """The query narrowed by what a filter spec allows (unknown specs leave it as it is)."""
+    if spec is None:
+        return query
+    if spec[0] == "and":
+        for part in spec[1]:
+            query = _narrow(query, part)
+        return query
+    if spec[0] == "date":
+        return query.within(spec[1], spec[2])
+    if spec[0] == "region":
+        return query.meeting(spec[1])
+    if spec[0] == "in":
+        return query.placed(spec[1], spec[2])
+    return query
+
+
 def _elements(collection: Any) -> tuple[Any, ...]:
+    if isinstance(collection, LazyCollection):
+        collection = collection.generated
     if isinstance(collection, ImageCollection):
         return collection.images
     return collection.features
 
 
 def _rebuild(collection: Any, elements: list[Any]) -> Any:
-    if isinstance(collection, ImageCollection) and all(isinstance(e, Image) for e in elements):
+    if isinstance(collection, LazyCollection | ImageCollection) and all(
+        isinstance(e, Image) for e in elements
+    ):
         return ImageCollection(tuple(elements), collection.properties, collection.collection_id)
     if all(isinstance(e, Image) for e in elements) and elements:
         return ImageCollection(tuple(elements), {})
@@ -1186,6 +1427,8 @@ def _collection_filter(fname: str, args: Args) -> Any:
     flt = _arg(fname, args, "filter", required=True)
     if not isinstance(flt, Filter):
         raise _bad_type(fname, "filter", "Filter", flt)
+    if isinstance(collection, LazyCollection):
+        return collection.filtered(flt)
     return _rebuild(collection, [e for e in _elements(collection) if flt.test(e)])
 
 
@@ -1195,6 +1438,8 @@ def _collection_map(fname: str, args: Args) -> Any:
     if not isinstance(fn, Function) or len(fn.argument_names) != 1:
         raise EvaluationError(f"{fname}: baseAlgorithm must be a function of one argument.")
     drop_nulls = bool(_arg(fname, args, "dropNulls", False))
+    if isinstance(collection, LazyCollection):
+        return collection.mapped(fn, drop_nulls)
     out = []
     for element in _elements(collection):
         result = fn.call({fn.argument_names[0]: element})
@@ -1221,7 +1466,14 @@ def _collection_first(fname: str, args: Args) -> Any:
 
 
 def _collection_size(fname: str, args: Args) -> int:
-    return len(_elements(_collection_arg(fname, args)))
+    collection = _collection_arg(fname, args)
+    if isinstance(collection, LazyCollection):
+        # A map keeps every element (unless it drops nulls): the trailing ones need not run.
+        steps = list(collection.steps)
+        while steps and steps[-1][0] == "map" and not steps[-1][2]:
+            steps.pop()
+        return len(LazyCollection(collection.query, tuple(steps)).elements())
+    return len(_elements(collection))
 
 
 def _collection_limit(fname: str, args: Args) -> Any:
@@ -1327,12 +1579,56 @@ def _pick(planes: list[np.ndarray], index: np.ndarray, top: int) -> np.ndarray:
     return out
 
 
+def _middle_values(
+    planes: list[Plane], count: np.ndarray, work: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the lower and upper middle of the valid values (in ``work`` precision).
+
+    Few planes go through a sorting network. Many are sorted per pixel as integer keys laid
+    out pixel by pixel: a float's bits, its lower bits flipped when it is negative, order as
+    signed integers exactly as the floats do, and integers sort faster. Masked values sort
+    last as +inf.
+    """
+    shape = count.shape
+    n = len(planes)
+    if n <= _NETWORK_MAX:
+        values = []
+        for d, v in planes:
+            arr = np.where(v, d.astype(work, copy=False), work.type(np.inf))
+            values.append(arr if arr.shape == shape else np.broadcast_to(arr, shape).copy())
+        ordered = _sorted_planes(values)
+        return _pick(ordered, (count - 1) // 2, (n - 1) // 2), _pick(ordered, count // 2, n // 2)
+    itype = np.dtype(np.int32 if work == np.float32 else np.int64)
+    sign = itype.itemsize * 8 - 1
+    low_bits = itype.type(np.iinfo(itype).max)
+    keys = np.empty((*shape, n), dtype=itype)
+    keys[...] = np.array(np.inf, dtype=work).view(itype)
+    for i, (d, v) in enumerate(planes):
+        values = np.broadcast_to(d, shape).astype(work, copy=False)
+        key = values.view(itype)
+        if values.min(initial=0) < 0:  # only negative values need their bits turned
+            key = key ^ ((key >> sign) & low_bits)
+        np.copyto(keys[..., i], key, where=np.broadcast_to(v, shape))
+    keys.sort(axis=-1)
+    flat = keys.reshape(-1)
+    base = np.arange(0, flat.size, n, dtype=np.intp).reshape(shape)
+    seen = count.astype(np.intp)
+    middles = []
+    for index in (np.maximum(seen - 1, 0) // 2, np.minimum(seen // 2, n - 1)):
+        key = flat[base + index]
+        key ^= (key >> sign) & low_bits
+        middles.append(key.view(work))
+    return middles[0], middles[1]
+
+
 def _reduce_planes(how: str, planes: list[Plane], shape: tuple[int, int], dtype: str) -> Plane:
     """Per-pixel reduction over the valid inputs; no valid input leaves the pixel masked.
 
     The median equals numpy's median of the valid values (the mean of the two middle values
     for an even count, computed in the working precision).
     """
+    if not planes:
+        return np.zeros((1, 1), dtype=dtype), np.zeros((1, 1), dtype=bool)
     if how == "mosaic":
         out = np.zeros(shape, dtype=dtype)
         ok = np.zeros(shape, dtype=bool)
@@ -1343,21 +1639,20 @@ def _reduce_planes(how: str, planes: list[Plane], shape: tuple[int, int], dtype:
         return out, ok
     work = np.dtype(dtype if dtype in ("float32", "float64") else "float64")
     count = np.zeros(shape, dtype=np.uint8 if len(planes) < 256 else np.int32)
-    fill = work.type({"median": np.inf, "min": np.inf, "max": -np.inf}.get(how, 0.0))
+    for _, v in planes:
+        count += v
+    ok = count > 0
+    if how == "median":
+        lo, hi = _middle_values(planes, count, work)
+        lo += hi
+        result = lo / work.type(2)
+        return np.where(ok, result, work.type(0)).astype(dtype, copy=False), ok
+    fill = work.type({"min": np.inf, "max": -np.inf}.get(how, 0.0))
     values = []
     for d, v in planes:
         arr = np.where(v, d.astype(work, copy=False), fill)
         values.append(arr if arr.shape == shape else np.broadcast_to(arr, shape).copy())
-        count += v
-    ok = count > 0
-    if how == "median":
-        ordered = _sorted_planes(values)
-        n = len(ordered)
-        lo = _pick(ordered, (count - 1) // 2, (n - 1) // 2)
-        hi = _pick(ordered, count // 2, n // 2)
-        lo += hi
-        result = lo / work.type(2)
-    elif how == "min":
+    if how == "min":
         result = np.minimum.reduce(values)
     elif how == "max":
         result = np.maximum.reduce(values)
@@ -1383,7 +1678,21 @@ def _composite_type(how: str, types: list[PixelType]) -> PixelType:
     return merged
 
 
-def _composite(collection: ImageCollection, how: str, suffix: str = "") -> Image:
+def _masked_out(plane: Plane) -> bool:
+    return plane[1].shape == (1, 1) and not plane[1][0, 0]
+
+
+def _member_planes(req: RenderRequest, pairs: list[tuple[Image, Band]]) -> list[Plane]:
+    """The planes of the members that can reach the request (the others are all masked)."""
+    planes = [m.plane(req) for img, m in pairs if _reaches(img, req)]
+    return [p for p in planes if not _masked_out(p)]
+
+
+def _composite(collection: Any, how: str, suffix: str = "") -> Image:
+    if isinstance(collection, LazyCollection):
+        if not collection.query.bounded:
+            return _lazy_composite(collection, how, suffix)
+        collection = collection.generated
     images = collection.images
     sources = frozenset().union(*(img.sources for img in images)) if images else frozenset()
     if not images:
@@ -1393,23 +1702,76 @@ def _composite(collection: ImageCollection, how: str, suffix: str = "") -> Image
         members = [
             next((b for b in img.band_list if b.info.id == band.info.id), None) for img in images
         ]
-        present = [m for m in members if m is not None]
-        ptype = _composite_type(how, [m.ptype for m in present])
+        pairs = [(img, m) for img, m in zip(images, members, strict=True) if m is not None]
+        ptype = _composite_type(how, [m.ptype for _, m in pairs])
         dtype = ptype.dtype
 
-        def compute(req: RenderRequest, present: list[Band] = present, dtype: str = dtype) -> Plane:
-            planes = [m.plane(req) for m in present]
-            return _reduce_planes(how, planes, req.shape, dtype)
+        def compute(req: RenderRequest, pairs: list[Any] = pairs, dtype: str = dtype) -> Plane:
+            return _reduce_planes(how, _member_planes(req, pairs), req.shape, dtype)
 
         info = BandInfo(band.info.id + suffix, dtype, DEFAULT_CRS, IDENTITY, None)
-        bands.append(Band(info, ptype, compute))
-    return Image(bands, {}, sources=sources)
+        bands.append(Band(info, ptype, compute, tuple(m for _, m in pairs)))
+
+    def reach(req: RenderRequest) -> int:
+        return sum(1 for img in images if _reaches(img, req))
+
+    return Image(bands, {}, sources=sources, source_estimate=reach)
+
+
+def _lazy_composite(collection: LazyCollection, how: str, suffix: str) -> Image:
+    """A composite of a collection too big to generate: each request generates only the
+    scenes that meet it. Exact when every element stays within its scene's footprint, which
+    the first template scene, mapped, shows; otherwise the emulator asks for filterBounds."""
+    source = _asset_image(catalog.template(collection.collection_id))
+    template = source
+    for kind, step, _ in collection.steps:
+        if kind == "map":
+            template = _keep_index(template, step.call({step.argument_names[0]: template}))
+    if not isinstance(template, Image) or template.extent is not source.extent:
+        raise EvaluationError(
+            f"{collection.collection_id}: the emulator composes images outside a region only "
+            "when each image stays inside its footprint (no unmask in map); add "
+            "filterBounds(region) to the collection."
+        )
+    cbands: list[Band] = []
+
+    def elements(req: RenderRequest) -> list[Image]:
+        key = ("lazy-elements", id(collection))
+        found = req.memo.get(key)
+        if found is None:
+            found = (collection.elements(_window_lonlat(req)), collection)
+            req.memo[key] = found
+            wanted = {b.info.id for b in cbands if req.uses.get(id(b), 0) > 0}
+            req.declare([b for img in found[0] for b in img.band_list if b.info.id in wanted])
+        return found[0]
+
+    for band in template.band_list:
+        ptype = _composite_type(how, [band.ptype])
+        dtype = ptype.dtype
+        name = band.info.id
+
+        def compute(req: RenderRequest, name: str = name, dtype: str = dtype) -> Plane:
+            pairs = [(img, m) for img in elements(req) for m in img.band_list if m.info.id == name]
+            return _reduce_planes(how, _member_planes(req, pairs), req.shape, dtype)
+
+        info = BandInfo(name + suffix, dtype, DEFAULT_CRS, IDENTITY, None)
+        cbands.append(Band(info, ptype, compute))
+
+    def reach(req: RenderRequest) -> int:
+        return catalog.count(collection.query, _window_lonlat(req))
+
+    return Image(
+        cbands,
+        {},
+        source_count=catalog.per_place(collection.query),
+        source_estimate=reach,
+    )
 
 
 def _reduce_fn(how: str) -> Callable[[str, Args], Image]:
     def impl(fname: str, args: Args) -> Image:
         collection = _collection_arg(fname, args)
-        if not isinstance(collection, ImageCollection):
+        if not isinstance(collection, ImageCollection | LazyCollection):
             raise _bad_type(fname, "collection", "ImageCollection", collection)
         return _composite(collection, how)
 
@@ -1419,7 +1781,9 @@ def _reduce_fn(how: str) -> Callable[[str, Args], Image]:
 def _collection_reduce(fname: str, args: Args) -> Image:
     collection = _collection_arg(fname, args)
     reducer = _arg(fname, args, "reducer", required=True)
-    if not isinstance(collection, ImageCollection) or not isinstance(reducer, Reducer):
+    if not isinstance(collection, ImageCollection | LazyCollection) or not isinstance(
+        reducer, Reducer
+    ):
         raise EvaluationError(f"{fname}: expects an ImageCollection and a Reducer.")
     return _composite(collection, reducer.name, "_" + reducer.name)
 
@@ -1478,6 +1842,7 @@ def _function_table() -> dict[str, Callable[[str, Args], Any]]:
         "Filter.greaterThanOrEquals": _field_filter(lambda x, y: x >= y),
         "Filter.dateRangeContains": _field_filter(_contains_date),
         "Filter.inList": _field_filter(_in_list),
+        "Filter.listContains": _field_filter(_list_contains),
         "Filter.intersects": _field_filter(_intersects),
         "Collection.filter": _collection_filter,
         "Collection.map": _collection_map,

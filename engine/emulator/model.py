@@ -102,13 +102,22 @@ class Rendered:
 
 @dataclass
 class RenderRequest:
-    """A request grid plus a per-render memo shared by all bands (one render, one memo)."""
+    """A request grid plus a per-render memo shared by all bands (one render, one memo).
+
+    Planes are kept only while someone still needs them: ``declare`` counts, over the bands'
+    declared inputs, how many consumers each band has; a band with more than one keeps its
+    plane until the last consumer took it (``Band.plane``). Other shared per-render values
+    (landscape, clouds, masks) live in ``memo``.
+    """
 
     crs: str
     transform: Transform
     width: int
     height: int
     memo: dict[Any, Any] = field(default_factory=dict)
+    uses: dict[int, int] = field(default_factory=dict)
+    planes: dict[int, list[Any]] = field(default_factory=dict)
+    seen: dict[int, Band] = field(default_factory=dict)
 
     @cached_property
     def geographic(self) -> bool:
@@ -123,33 +132,65 @@ class RenderRequest:
         except ValueError as exc:
             raise EvaluationError(str(exc)) from exc
 
+    @cached_property
+    def canvas(self) -> pixels.Canvas:
+        """The request grid as the pixel functions see it."""
+        return pixels.Canvas(self.lattice, self.crs, self.geographic, self.memo)
+
     @property
     def shape(self) -> tuple[int, int]:
         """Array shape (height, width)."""
         return (self.height, self.width)
 
+    def release(self) -> None:
+        """Drop everything this request computed."""
+        self.memo.clear()
+        self.planes.clear()
+        self.seen.clear()
+
+    def declare(self, roots: list[Band]) -> None:
+        """Count one more consumer for each root, and (once per band) for its inputs."""
+        stack = list(roots)
+        for band in roots:
+            self.uses[id(band)] = self.uses.get(id(band), 0) + 1
+        while stack:
+            band = stack.pop()
+            if id(band) in self.seen:
+                continue
+            self.seen[id(band)] = band  # keeps the band alive, so its id stays unique
+            for source in band.inputs:
+                self.uses[id(source)] = self.uses.get(id(source), 0) + 1
+                stack.append(source)
+
 
 @dataclass(frozen=True, eq=False)
 class Band:
-    """A band of an image: its metadata, pixel type and a pixel function on request grids."""
+    """A band of an image: its metadata, pixel type, a pixel function on request grids and the
+    bands that function reads (each ``plane`` call of an input is declared once)."""
 
     info: BandInfo
     ptype: PixelType
     compute: Callable[[RenderRequest], Plane]
+    inputs: tuple[Band, ...] = ()
+    derived: dict[str, Band] = field(default_factory=dict, repr=False)  # memo of views
 
     def plane(self, req: RenderRequest) -> Plane:
         """Pixels on ``req``, computed once per render even when the band is shared."""
-        key = ("band", id(self))
-        found = req.memo.get(key)
-        if found is None:
-            found = self.compute(req)
-            req.memo[key] = (found, self)  # keep self alive so id() stays unique
-            return found
-        return found[0]
+        uses = req.uses.get(id(self), 0)
+        if uses <= 1:
+            return self.compute(req)
+        entry = req.planes.get(id(self))
+        if entry is None:
+            entry = [self.compute(req), uses]
+            req.planes[id(self)] = entry
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del req.planes[id(self)]
+        return entry[0]
 
     def with_info(self, **changes: Any) -> Band:
         """The same pixels under changed metadata."""
-        return Band(replace(self.info, **changes), self.ptype, self.compute)
+        return Band(replace(self.info, **changes), self.ptype, self.compute, self.inputs)
 
 
 @dataclass(frozen=True)
@@ -187,7 +228,7 @@ class Geometry:
         shape = self.shape
         if self.proj.transform != IDENTITY:
             shape = shapely.transform(shape, lambda xy: _affine(xy, (a, b, c, d, e, f)))
-        if CRS.from_user_input(self.proj.crs) == CRS.from_user_input(crs):
+        if self.proj.crs == crs or CRS.from_user_input(self.proj.crs) == CRS.from_user_input(crs):
             return shape
         moved = transform_geom(self.proj.crs, crs, shapely.geometry.mapping(shape))
         return shapely.geometry.shape(moved)
@@ -227,24 +268,46 @@ class Feature:
 
 
 class Image:
-    """A lazy image: bands with pixel functions, properties and the grid it is bounded to."""
+    """A lazy image: bands with pixel functions, properties and the grid it is bounded to.
+
+    ``footprint`` is the geometry filters see (``.geo``); ``extent``, when not None, is a
+    lon/lat geometry outside which no pixel of the image is valid (a scene's footprint,
+    kept through masks and arithmetic, dropped by ``unmask``): composites use it to leave out
+    images that cannot touch a request. ``source_count`` overrides ``len(sources)`` in
+    ``work`` when the sources are only known per request; ``source_estimate(request)``, when
+    set, says how many sources can reach a given request (it sizes the render's strips).
+    """
 
     def __init__(
         self,
-        bands: list[Band],
+        bands: list[Band] | Callable[[], list[Band]],
         properties: dict[str, Any] | None = None,
         *,
         sources: frozenset[str] = frozenset(),
         image_id: str | None = None,
         grid: Grid | None = None,
         footprint: Geometry | None = None,
+        extent: Geometry | None = None,
+        source_count: int | None = None,
+        source_estimate: Callable[[RenderRequest], int] | None = None,
     ) -> None:
-        self.band_list = list(bands)
+        self._bands = bands if callable(bands) else list(bands)
         self.properties = dict(properties or {})
         self.sources = sources
         self.image_id = image_id
         self.grid = grid
         self.footprint = footprint
+        self.extent = extent
+        self.source_count = source_count
+        self.source_estimate = source_estimate
+
+    @property
+    def band_list(self) -> list[Band]:
+        """The bands, built on first use when the image was given a band factory (catalog
+        scenes are filtered by their properties long before anyone asks for pixels)."""
+        if callable(self._bands):
+            self._bands = list(self._bands())
+        return self._bands
 
     @property
     def bands(self) -> list[BandInfo]:
@@ -258,6 +321,9 @@ class Image:
             "image_id": None,
             "grid": self.grid,
             "footprint": self.footprint,
+            "extent": self.extent,
+            "source_count": self.source_count,
+            "source_estimate": self.source_estimate,
         }
         attrs.update(changes)
         props = self.properties if keep_properties else {}
@@ -267,9 +333,15 @@ class Image:
         """The pixel grid fixed by clipToBoundsAndScale, else None."""
         return self.grid
 
+    @property
+    def sources_fed(self) -> int:
+        """How many source images feed a pixel (at least 1)."""
+        count = self.source_count if self.source_count is not None else len(self.sources)
+        return max(1, count)
+
     def work(self, width: int, height: int) -> int:
         """Cost estimate: pixels x bands x source images feeding them."""
-        return width * height * max(1, len(self.band_list)) * max(1, len(self.sources))
+        return width * height * max(1, len(self.band_list)) * self.sources_fed
 
     def render(
         self,
@@ -290,15 +362,34 @@ class Image:
                 f"Available bands: [{names}]"
             )
         a, b, c, d, e, f = (float(v) for v in transform)
-        req = RenderRequest(crs, (a, b, c, d, e, f), int(width), int(height))
-        data: list[np.ndarray] = []
-        valid: list[np.ndarray] = []
-        for name in chosen:
-            band = by_id[name]
-            values, ok = band.plane(req)
-            # Fresh arrays: planes may be shared between bands within one render.
-            data.append(np.array(np.broadcast_to(values, req.shape), dtype=band.info.dtype))
-            valid.append(np.array(np.broadcast_to(ok, req.shape), dtype=bool))
+        width, height = int(width), int(height)
+        bands = [by_id[name] for name in chosen]
+        data = [np.empty((height, width), dtype=b.info.dtype) for b in bands]
+        valid = [np.empty((height, width), dtype=bool) for _ in bands]
+        sources = self.sources_fed
+        if self.source_estimate is not None:
+            whole = RenderRequest(crs, (a, b, c, d, e, f), width, height)
+            sources = max(1, self.source_estimate(whole))
+        rows = strip_rows(width, height, sources)
+        for top in range(0, height, rows):
+            # A strip is a window of the grid: the same lattice, so the same pixels.
+            strip = min(rows, height - top)
+            req = RenderRequest(crs, (a, b, c + top * b, d, e, f + top * e), width, strip)
+            req.declare(bands)
+            for band, out, ok_out in zip(bands, data, valid, strict=True):
+                values, ok = band.plane(req)
+                rows_out, ok_rows = out[top : top + strip], ok_out[top : top + strip]
+                ok_rows[...] = np.broadcast_to(ok, req.shape)
+                if ok.shape == (1, 1) and not ok[0, 0]:
+                    rows_out[...] = 0
+                    continue
+                rows_out[...] = np.broadcast_to(values, req.shape)
+                if ok.shape != (1, 1):
+                    # Masked pixels read 0 whichever window computed them.
+                    np.copyto(rows_out, 0, where=~ok_rows)
+            # The memo holds cycles (per-image values point back at the canvas); free the
+            # strip's planes now rather than whenever the garbage collector runs.
+            req.release()
         return Rendered(chosen, data, valid)
 
     def info(self) -> dict[str, Any]:
@@ -320,6 +411,21 @@ class Image:
             out["version"] = 1700000000000000
         out["properties"] = _listify(self.properties)
         return out
+
+
+STRIP_BYTES = 96 * 2**20
+_BYTES_PER_SOURCE_PIXEL = 24
+_BYTES_PER_PIXEL = 96
+
+
+def strip_rows(width: int, height: int, sources: int) -> int:
+    """Rows per strip so that one strip's working set stays near ``STRIP_BYTES``.
+
+    A composite of n images holds a few planes per image while it reduces a band; a strip of
+    the request bounds that, whatever the request's size.
+    """
+    per_pixel = _BYTES_PER_PIXEL + _BYTES_PER_SOURCE_PIXEL * max(1, sources)
+    return max(1, min(height, STRIP_BYTES // (per_pixel * max(1, width))))
 
 
 @dataclass(frozen=True, eq=False)
@@ -376,9 +482,12 @@ class Date:
 
 @dataclass(frozen=True, eq=False)
 class Filter:
-    """A predicate on collection elements."""
+    """A predicate on collection elements; ``spec`` says what a catalog query may narrow by
+    (``("date", start, end)``, ``("region", lon/lat shape)``, ``("in", property, values)``,
+    ``("and", specs)``), None when nothing can be pushed down."""
 
     test: Callable[[Any], bool]
+    spec: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""How every ``eefetch`` command runs: eefetch's errors as one line, Ctrl-C as exit 130.
+
+Commands are plain click functions; :class:`Command` wraps their invocation once, instead of
+each command guarding itself. ``--debug`` (where a command has it) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+
+class OneLineError(click.ClickException):
+    """What went wrong and what to do, in one line; exit 2 for input that cannot make a job
+    (as for any misuse of the command line), 1 otherwise."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def format_message(self) -> str:
+        return self.message
+
+
+class Command(click.Command):
+    """A click command whose eefetch errors (and OS errors) end in one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            # The state is committed by now. Leave at once: a worker thread stuck in an Earth
+            # Engine API call would otherwise hold the exit until its deadline passes.
+            click.echo("eefetch: stopped; run the same command again to resume", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        except Exception as exc:
+            if ctx.params.get("debug") or not _is_users(exc):
+                raise
+            raise OneLineError(one_line(exc), _exit_code(exc)) from exc
+
+
+class Group(click.Group):
+    """The ``eefetch`` group: its commands are :class:`Command`."""
+
+    command_class = Command
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line; an OS error names its file."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or text}: {exc.filename}"
+    return text
+
+
+def _is_users(exc: BaseException) -> bool:
+    """eefetch's own errors and the operating system's are the user's to act on; anything
+    else is a bug, and its traceback is what a bug report needs."""
+    from state.errors import EefetchError
+
+    return isinstance(exc, EefetchError | OSError)
+
+
+def _exit_code(exc: BaseException) -> int:
+    from engine.errors import InvalidJob
+
+    return 2 if isinstance(exc, InvalidJob) else 1

@@ -1,0 +1,42 @@
+"""Every user-facing default and choice, in one place that imports nothing.
+
+The engine's modules take their defaults from here, and so do the command line's options
+(``engine/cli_options.py``) and the Python API's signatures, so the three cannot drift apart,
+and the command line can declare its options without loading the engine (``eefetch status``
+starts in a fraction of a second). Earth Engine's own limits are here too, with where they
+come from.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Earth Engine's limits (docs and the service's own error texts; see docs/CONTRACTS.md).
+EE_MAX_REQUEST_BYTES: Final = 50_331_648  # 48 MiB, counting one mask byte per band and pixel
+EE_MAX_SIDE_URLS: Final = 10_000  # pixels per side of a getDownloadURL request
+EE_MAX_SIDE_COMPUTE: Final = 32_768  # pixels per side of a computePixels request
+EE_MAX_CONCURRENCY: Final = 40  # concurrent requests per Cloud project (the default quota)
+
+# What to fetch and how to write it.
+DTYPES: Final = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+ENDPOINTS: Final = ("urls", "compute")
+COMPRESSIONS: Final = ("deflate", "lzw", "zstd", "none")
+DEFAULT_COMPRESSION: Final = "deflate"
+RESAMPLINGS: Final = ("near", "bilinear", "bicubic")
+
+# How a run goes.
+DEFAULT_CONCURRENCY: Final = 16  # 8 left a realistic link half used (BENCHMARKS.md)
+CONNECT_TIMEOUT_S: Final = 30.0
+FIRST_BYTE_TIMEOUT_S: Final = 300.0
+IDLE_TIMEOUT_S: Final = 60.0
+MAX_ATTEMPTS: Final = 8
+BACKOFF_BASE_S: Final = 2.0
+MAX_BACKOFF_S: Final = 120.0
+DEFAULT_PARALLEL_IMAGES: Final = 4
+
+# The tutorial's recipe.
+DEFAULT_COLLECTION: Final = "COPERNICUS/S2_SR_HARMONIZED"
+REDUCERS: Final = ("median", "mean", "min", "max", "mosaic")
+CLOUD_MASKS: Final = ("qa60", "none")
+CLIPS: Final = ("bounds", "outline", "none")
+SENTINEL2_SCALE: Final = 10_000
