@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import ee_adapter
-from engine.defaults import DEFAULT_COMPRESSION, DEFAULT_CONCURRENCY, EE_MAX_REQUEST_BYTES
+from engine.defaults import (
+    DEFAULT_COMPRESSION,
+    DEFAULT_PARALLEL_IMAGES,
+    EE_MAX_REQUEST_BYTES,
+)
 from engine.ee_adapter import Connection
 from engine.errors import (
     CollectionIncomplete,
@@ -181,7 +185,7 @@ def download_ee_image_collection(
                 folder,
                 options,
                 progress or choose_progress(quiet),
-                parallel_images or images_of.DEFAULT_PARALLEL_IMAGES,
+                parallel_images or DEFAULT_PARALLEL_IMAGES,
             )
         )
     if not result.complete:
@@ -204,7 +208,7 @@ def plan(
     endpoint: Endpoint = "urls",
     max_tile_bytes: int = EE_MAX_REQUEST_BYTES,
     max_tile_dim: int | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     ee_url: str | None = None,
     project: str | None = None,
 ) -> PlanReport:

@@ -14,15 +14,16 @@ import click
 
 
 class OneLineError(click.ClickException):
-    """What went wrong and what to do, in one line; exit 2 for input that cannot make a job
-    (as for any misuse of the command line), 1 otherwise."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    """What went wrong and what to do, in one line (exit status 1)."""
 
     def format_message(self) -> str:
         return self.message
+
+
+class InvalidInput(OneLineError):
+    """Input that cannot make a job: exit status 2, as for any misuse of the command line."""
+
+    exit_code = 2
 
 
 class Command(click.Command):
@@ -43,7 +44,7 @@ class Command(click.Command):
         except Exception as exc:
             if ctx.params.get("debug") or not _is_users(exc):
                 raise
-            raise OneLineError(one_line(exc), _exit_code(exc)) from exc
+            raise _one_line_error(exc) from exc
 
 
 class Group(click.Group):
@@ -68,7 +69,8 @@ def _is_users(exc: BaseException) -> bool:
     return isinstance(exc, EefetchError | OSError)
 
 
-def _exit_code(exc: BaseException) -> int:
+def _one_line_error(exc: BaseException) -> OneLineError:
     from engine.errors import InvalidJob
 
-    return 2 if isinstance(exc, InvalidJob) else 1
+    kind = InvalidInput if isinstance(exc, InvalidJob) else OneLineError
+    return kind(one_line(exc))

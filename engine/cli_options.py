@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -38,6 +38,10 @@ from engine.defaults import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+    from engine.recipes import Clip, CloudMask, Reducer
+    from engine.spec import Endpoint
 
 # ------------------------------------------------------------------- single options
 
@@ -168,7 +172,7 @@ class RequestArgs:
     dtype: str | None
     nodata: float | None
     resampling: str | None
-    endpoint: str
+    endpoint: Endpoint  # click.Choice(ENDPOINTS)
     max_tile_bytes: int
     max_tile_dim: int | None
     compress: str
@@ -203,7 +207,7 @@ class RequestArgs:
             dtype=self.dtype,
             nodata=self.nodata,
             resampling=self.resampling,
-            endpoint=self.endpoint,  # type: ignore[arg-type]  # click.Choice(ENDPOINTS)
+            endpoint=self.endpoint,
             max_tile_bytes=self.max_tile_bytes,
             max_tile_dim=self.max_tile_dim,
             compress=self.compress,
@@ -273,9 +277,10 @@ request_options = _grouped(
 concurrency = click.option(
     "--concurrency",
     type=click.IntRange(1, EE_MAX_CONCURRENCY),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help=f"Tiles in flight at once (EE allows {EE_MAX_CONCURRENCY} per project).",
+    default=None,
+    help=f"Tiles in flight at once [default: found while running, from {DEFAULT_CONCURRENCY} "
+    f"up to the {EE_MAX_CONCURRENCY} EE allows a project, as long as more connections move "
+    "more bytes; 429s lower it].",
 )
 
 
@@ -283,7 +288,7 @@ concurrency = click.option(
 class RunArgs:
     """How hard to push and how long to wait: ``engine.request.RunSettings``."""
 
-    concurrency: int
+    concurrency: int | None
     idle_timeout: float
     first_byte_timeout: float
     max_attempts: int
@@ -413,11 +418,13 @@ class RecipeArgs:
     end: str
     max_cloud: float | None
     cloud_property: str
-    cloud_mask: str
+    cloud_mask: CloudMask  # click.Choice(CLOUD_MASKS)
     divide: float
     no_divide: bool
 
-    def recipe(self, region: dict[str, Any], bands: str | None, reducer: str, clip: str) -> Any:
+    def recipe(
+        self, region: dict[str, Any], bands: str | None, reducer: Reducer, clip: Clip
+    ) -> Any:
         from engine.recipes import Composite
 
         return Composite(
@@ -427,11 +434,11 @@ class RecipeArgs:
             region=region,
             max_cloud=self.max_cloud,
             cloud_property=self.cloud_property,
-            cloud_mask=self.cloud_mask,  # type: ignore[arg-type]  # click.Choice
+            cloud_mask=self.cloud_mask,
             divide=None if self.no_divide else self.divide,
             bands=tuple(_split(bands)),
-            reducer=reducer,  # type: ignore[arg-type]  # click.Choice
-            clip=clip,  # type: ignore[arg-type]  # click.Choice
+            reducer=reducer,
+            clip=clip,
         )
 
 

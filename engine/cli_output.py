@@ -57,7 +57,8 @@ def next_step(row: Any) -> str:
 def status_json(row: Any) -> dict[str, Any]:
     """The fields scripts relied on before (state, output, status, tiles, bytes_done,
     last_errors), plus the rest of the row."""
-    return row.to_dict()
+    data: dict[str, Any] = row.to_dict()
+    return data
 
 
 def show_jobs(paths: list[Path], folder: str, as_json: bool, *, totals: bool) -> None:

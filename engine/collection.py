@@ -24,8 +24,7 @@ import ee
 from engine import ee_adapter
 from engine.defaults import DEFAULT_PARALLEL_IMAGES
 from engine.errors import EarthEngineError, EefetchError, InvalidJob
-from engine.job import JobResult, RunOptions, run_job
-from engine.pacing import AdaptiveLimiter
+from engine.job import JobResult, RunOptions, new_limiter, run_job
 from engine.paths import default_state_path
 from engine.progress import Progress, SilentProgress
 from engine.spec import JobSpec
@@ -80,8 +79,10 @@ def image_names(
     """Names as geemap gives them (a list, a prefix, a property, else system:index), made
     safe and unique."""
     listed = isinstance(filenames, Sequence) and not isinstance(filenames, str)
-    if listed and len(filenames) != len(infos):  # type: ignore[arg-type]
-        raise InvalidJob(f"{len(filenames)} filenames for {len(infos)} images; give one per image")
+    if listed and len(filenames or ()) != len(infos):
+        raise InvalidJob(
+            f"{len(filenames or ())} filenames for {len(infos)} images; give one per image"
+        )
     images: list[CollectionImage] = []
     taken: set[str] = set()
     for position, info in enumerate(infos):
@@ -124,7 +125,8 @@ def list_images(
 
 def member(collection: ee.ImageCollection, index: str) -> ee.Image:
     """One image of a (filtered, mapped) collection by its system:index, with its mapping."""
-    return ee.Image(collection.filter(ee.Filter.eq("system:index", index)).first())
+    image: ee.Image = ee.Image(collection.filter(ee.Filter.eq("system:index", index)).first())
+    return image
 
 
 def collection_specs(
@@ -156,7 +158,7 @@ async def run_collection(
 ) -> CollectionResult:
     """Run every image's job, ``parallel_images`` at once, under one shared limiter."""
     progress = progress or SilentProgress()
-    shared = replace(options, limiter=options.limiter or AdaptiveLimiter(options.concurrency))
+    shared = replace(options, limiter=options.limiter or new_limiter(options.concurrency))
     gate = asyncio.Semaphore(max(1, parallel_images))
     overall = CollectionProgress(progress)
     result = CollectionResult(out_dir)

@@ -116,7 +116,8 @@ class RoutedSession(requests.Session):
             proxies = {"http": chosen, "https": chosen}
         if verify is None:
             verify = self.ca_bundle or ca_bundle_from_env() or True
-        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        return dict(settings)
 
 
 def use_network(proxy: str | None, ca_bundle: str | None) -> None:
@@ -234,7 +235,8 @@ def current_base_url() -> str:
 
 
 def image_from_asset(asset_id: str) -> ee.Image:
-    return ee.Image(asset_id)
+    image: ee.Image = ee.Image(asset_id)
+    return image
 
 
 def image_from_expression(text: str) -> ee.Image:
@@ -250,11 +252,12 @@ def image_from_expression(text: str) -> ee.Image:
             "the expression is JSON but not an object; give the output of image.serialize()"
         )
     try:
-        return ee.Image(ee.deserializer.fromJSON(text))
+        image: ee.Image = ee.Image(ee.deserializer.fromJSON(text))
     except Exception as exc:
         raise SourceError(
             f"the expression could not be read as an Earth Engine image: {exc}"
         ) from exc
+    return image
 
 
 def image_from_script(path: Path) -> ee.Image:
@@ -292,11 +295,12 @@ def _from_script(path: Path, name: str, kind: type, kind_name: str) -> Any:
 
 
 def serialize(image: ee.Image) -> str:
-    return image.serialize()
+    return str(image.serialize())
 
 
 def deserialize(text: str) -> ee.Image:
-    return ee.Image(ee.deserializer.fromJSON(text))
+    image: ee.Image = ee.Image(ee.deserializer.fromJSON(text))
+    return image
 
 
 def dtype_from_ee(data_type: dict[str, Any]) -> str:
@@ -404,7 +408,8 @@ def prepare_image(
     """
     selected = image.select(list(band_ids))
     filled = selected.unmask(nodata, False)
-    return getattr(filled, CASTS[dtype])()
+    cast: ee.Image = getattr(filled, CASTS[dtype])()
+    return cast
 
 
 def prepared_image(spec: JobSpec) -> ee.Image:
@@ -505,7 +510,7 @@ def auth_headers() -> dict[str, str]:
     import google.auth.transport.requests
 
     if not credentials.valid:
-        credentials.refresh(google.auth.transport.requests.Request())
+        credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]  # google-auth is untyped
     return {"Authorization": f"Bearer {credentials.token}"}
 
 

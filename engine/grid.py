@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
@@ -252,7 +253,7 @@ def _geometry_sequences(geom: object) -> Iterator[np.ndarray]:
         )
 
 
-def _member_crs(region: Mapping) -> str | None:
+def _member_crs(region: Mapping[str, Any]) -> str | None:
     """The CRS named by a GeoJSON (2008) ``crs`` member, as EE writes it for projected shapes."""
     member = region.get("crs")
     if member is None:
@@ -270,7 +271,7 @@ def _member_crs(region: Mapping) -> str | None:
 
 
 def _region_sequences(
-    region: Mapping, region_crs: str | None = None
+    region: Mapping[str, Any], region_crs: str | None = None
 ) -> tuple[list[np.ndarray], CRS]:
     """Validate a GeoJSON region; return its coordinate sequences and its CRS.
 
@@ -381,7 +382,7 @@ def _ceil_snapped(q: float) -> int:
 
 
 def grid_from_region(
-    region: Mapping, crs: str, scale: float, *, region_crs: str | None = None
+    region: Mapping[str, Any], crs: str, scale: float, *, region_crs: str | None = None
 ) -> Grid:
     """EE's grid for a download of ``region`` with ``crs`` and ``scale`` (metres).
 
@@ -398,18 +399,9 @@ def grid_from_region(
     crs_text = _crs_text(crs, "crs")
     dst = _parse_crs(crs_text, "crs")
     pixel = _pixel_size(dst, size)
-    sequences, src = _region_sequences(region, region_crs)
-
-    if src != dst:
-        if src.is_geographic:
-            sequences = [_unwrap_longitudes(s) for s in sequences]
-        extent = np.vstack(sequences)
-        span = float(np.ptp(extent, axis=0).max())
-        sequences = [_densify(s, span / _DENSIFY_PARTS) for s in sequences]
-        sequences = [_project(src, dst, s) for s in sequences]
+    sequences = _sequences_in(region, dst, region_crs)
 
     if dst.is_geographic:
-        sequences = [_unwrap_longitudes(s) for s in sequences]
         minx, maxx = _longitude_range(sequences)
     else:
         minx = min(float(s[:, 0].min()) for s in sequences)
@@ -422,6 +414,29 @@ def grid_from_region(
     width, height = max(col1 - col0, 1), max(row1 - row0, 1)
     top = max(row1, row0 + 1)
     return Grid(crs_text, (pixel, 0.0, col0 * pixel, 0.0, -pixel, top * pixel), width, height)
+
+
+def region_outline(region: Mapping[str, Any], crs: str) -> list[np.ndarray]:
+    """The region's outline (exterior rings, lines, points) as (N, 2) arrays in ``crs``.
+
+    The coordinates ``grid_from_region`` measures: edges densified before projecting, and
+    longitudes in a geographic ``crs`` unwrapped the short way round.
+    """
+    return _sequences_in(region, _parse_crs(_crs_text(crs, "crs"), "crs"), None)
+
+
+def _sequences_in(region: Mapping[str, Any], dst: CRS, region_crs: str | None) -> list[np.ndarray]:
+    sequences, src = _region_sequences(region, region_crs)
+    if src != dst:
+        if src.is_geographic:
+            sequences = [_unwrap_longitudes(s) for s in sequences]
+        extent = np.vstack(sequences)
+        span = float(np.ptp(extent, axis=0).max())
+        sequences = [_densify(s, span / _DENSIFY_PARTS) for s in sequences]
+        sequences = [_project(src, dst, s) for s in sequences]
+    if dst.is_geographic:
+        sequences = [_unwrap_longitudes(s) for s in sequences]
+    return sequences
 
 
 def _project(src: CRS, dst: CRS, seq: np.ndarray) -> np.ndarray:
@@ -464,13 +479,13 @@ def grid_from_transform(crs: str, transform: Sequence[float], height: int, width
         raise GridError(f"crs_transform must hold numbers, got {values!r}")
     if not all(math.isfinite(float(v)) for v in values):
         raise GridError(f"crs_transform must hold finite numbers, got {values!r}")
-    a, b, _, d, e, _ = (float(v) for v in values)
+    a, b, c, d, e, f = (float(v) for v in values)
     if a * e - b * d == 0:
         raise GridError(f"crs_transform {values!r} is singular: pixel size must not be 0")
     for name, n in (("height", height), ("width", width)):
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise GridError(f"{name} must be a whole number of pixels >= 1, got {n!r}")
-    return Grid(crs_text, tuple(float(v) for v in values), int(width), int(height))
+    return Grid(crs_text, (a, b, c, d, e, f), int(width), int(height))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +529,7 @@ def _choose_shape(
     widths = list(range(step, min(width, max_side) // step * step + 1, step))
     if width <= max_side and (not widths or widths[-1] != width):
         widths.append(width)
-    best_key: tuple | None = None
+    best_key: tuple[int, int, float, int] | None = None
     best: tuple[int, int] | None = None
     for tw in widths:
         th_cap = min(max_side, max_px // tw)
@@ -534,8 +549,8 @@ def _choose_shape(
         tw_even = min(_align_up(-(-width // ncols), step), width)
         count = rows * ncols
         aspect = max(th, tw_even) / min(th, tw_even)
-        key = (0, count) if count >= target else (1, -count)
-        key = (*key, aspect, -tw_even)
+        rank = (0, count) if count >= target else (1, -count)
+        key = (*rank, aspect, -tw_even)
         if best_key is None or key < best_key:
             best_key, best = key, (th, tw_even)
     return best
@@ -669,6 +684,45 @@ def split_tile(
             Window(w.row_off + first, w.col_off, w.height - first, w.width),
         ]
     return [TilePlan(p, tile.band_start, tile.band_stop) for p in parts]
+
+
+def split_for_slots(
+    tiles: Sequence[TilePlan],
+    itemsizes: Sequence[int],
+    slots: int,
+    *,
+    min_part_bytes: int,
+    block: int = 512,
+) -> list[list[TilePlan]]:
+    """Cut the last tiles of a job so that ``slots`` connections have one part each.
+
+    At a job's end a few large tiles would keep a few connections busy while the others idle.
+    The largest part is halved (on a multiple of ``block``, so parts stay block-aligned in the
+    output) until there are ``slots`` parts, or no part is larger than two of
+    ``min_part_bytes`` (below that a request's latency costs more than it saves), or no part
+    has a side longer than two blocks. Bands are never cut. Returns each tile's parts, in the
+    order given (a tile left whole is a list of itself).
+    """
+    parts = [[tile] for tile in tiles]
+    count = len(tiles)
+
+    def size(plan: TilePlan) -> int:
+        bytes_per_pixel = sum(itemsizes[plan.band_start : plan.band_stop])
+        return plan.window.height * plan.window.width * bytes_per_pixel
+
+    while count < slots:
+        candidates = [
+            (size(p), i, j)
+            for i, group in enumerate(parts)
+            for j, p in enumerate(group)
+            if size(p) >= 2 * min_part_bytes and max(p.window.height, p.window.width) > 2 * block
+        ]
+        if not candidates:
+            break
+        _, i, j = max(candidates)
+        parts[i][j : j + 1] = split_tile(parts[i][j], itemsizes, block)
+        count += 1
+    return parts
 
 
 def _split_bands(tile: TilePlan, itemsizes: Sequence[int] | None) -> list[TilePlan]:

@@ -108,7 +108,7 @@ def encode_picture(
         with MemoryFile() as memfile:
             with memfile.open(**profile) as dst:
                 dst.write(np.stack(bands))
-            return memfile.read()
+            return bytes(memfile.read())
 
 
 def picture_format(body: bytes) -> str | None:

@@ -71,7 +71,7 @@ def published_by(output: Path, job_uid: str, fingerprint: str) -> bool:
     try:
         saved = json.loads(checkpoint_path(output).read_text())
         stat = output.stat()
-        return (
+        return bool(
             saved["version"] == CHECKPOINT_VERSION
             and saved["job_uid"] == job_uid
             and saved["fingerprint"] == fingerprint

@@ -693,9 +693,13 @@ def _write_failure(output: Path, needed: int, exc: BaseException) -> MergeError:
         free = None
     full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
     if full or (free is not None and free < needed):
-        room = f" ({free / 1e6:.1f} MB free, the merge may need up to {needed / 1e6:.1f} MB)"
+        room = (
+            ""
+            if free is None
+            else f" ({free / 1e6:.1f} MB free, the merge may need up to {needed / 1e6:.1f} MB)"
+        )
         return MergeError(
-            f"cannot write {output}: the disk is full{room if free is not None else ''}; free "
+            f"cannot write {output}: the disk is full{room}; free "
             "some space there and run the same command again (the fetched tiles are kept)"
         )
     detail = " ".join(str(exc).split()) or type(exc).__name__
@@ -761,8 +765,10 @@ def write_vrt(
             ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(p.path.resolve())
             ET.SubElement(source, "SourceBand").text = str(index - p.band_start + 1)
             size = {"xSize": str(p.width), "ySize": str(p.height)}
-            ET.SubElement(source, "SrcRect", xOff="0", yOff="0", **size)
-            ET.SubElement(source, "DstRect", xOff=str(p.col_off), yOff=str(p.row_off), **size)
+            ET.SubElement(source, "SrcRect", {"xOff": "0", "yOff": "0", **size})
+            ET.SubElement(
+                source, "DstRect", {"xOff": str(p.col_off), "yOff": str(p.row_off), **size}
+            )
     vrt_path = Path(vrt_path)
     ET.ElementTree(root).write(vrt_path, encoding="utf-8", xml_declaration=False)
     return vrt_path

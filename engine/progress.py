@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 
 class Progress(Protocol):
@@ -96,7 +96,7 @@ class BarProgress:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._bar = None
+        self._bar: Any = None  # a tqdm bar (the terminal's or the notebook's) once started
         self.counters = Counters()
 
     def start(self, total_tiles: int, done_tiles: int, done_bytes: int) -> None:
@@ -190,7 +190,7 @@ def _in_notebook() -> bool:
     if shell is None:
         return False
     try:
-        ipython = shell.get_ipython()  # type: ignore[attr-defined]
+        ipython = shell.get_ipython()
     except AttributeError:
         return False
     return ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell"

@@ -153,7 +153,7 @@ def _floats(values: Sequence[float] | float | str | None) -> tuple[float, ...] |
     if values is None:
         return None
     if isinstance(values, str):
-        values = [v for v in values.split(",") if v.strip()]
+        values = [float(v) for v in values.split(",") if v.strip()]
     if isinstance(values, int | float):
         return (float(values),)
     try:
@@ -278,7 +278,9 @@ def preview_image(
     bands = choose_bands([b.id for b in info], stretch.bands)
     spatial: dict[str, Any] = {}
     if region is not None:
-        spatial["region"] = _bounds_polygon(region_geojson(region))
+        geometry = region_geojson(region)
+        assert geometry is not None  # region is not None here
+        spatial["region"] = _bounds_polygon(geometry)
     if crs:
         spatial["crs"] = crs
     auto = None

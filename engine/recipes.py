@@ -87,13 +87,14 @@ def composite_collection(recipe: Composite) -> ee.ImageCollection:
         collection = collection.map(lambda img: img.divide(divide))
     if recipe.bands:
         collection = collection.select(*_selectors(recipe.bands))
-    return collection
+    filtered: ee.ImageCollection = collection
+    return filtered
 
 
 def composite(recipe: Composite) -> ee.Image:
     """The composite ``ee.Image`` (same expression as examples/tutorial_composite.py)."""
     collection = composite_collection(recipe)
-    image = getattr(collection, recipe.reducer)()
+    image: ee.Image = getattr(collection, recipe.reducer)()
     region = ee.Geometry(recipe.region)
     if recipe.clip == "bounds":
         image = image.clip(region.bounds())

@@ -25,25 +25,25 @@ from engine import ee_adapter
 from engine.defaults import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
-    DEFAULT_CONCURRENCY,
     DTYPES,
+    EE_MAX_CONCURRENCY,
+    EE_MAX_REQUEST_BYTES,
     ENDPOINTS,
     RESAMPLINGS,
 )
 from engine.ee_adapter import BandInfo, Connection
 from engine.errors import GridError, InvalidJob, SpecError
 from engine.grid import (
-    EE_MAX_REQUEST_BYTES,
     METRES_PER_DEGREE,
     Grid,
     grid_from_region,
     grid_from_transform,
 )
 from engine.job import RunOptions
-from engine.region_input import load_region
+from engine.region_input import load_region, simplified_outline
 from engine.scheduler import SchedulerOptions
 from engine.service import service_identity
-from engine.spec import Endpoint, JobSpec, default_nodata, nodata_value
+from engine.spec import REGION_EXTRA, Endpoint, JobSpec, default_nodata, nodata_value
 from engine.transport import TransportOptions
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class DownloadRequest:
         """The same request written elsewhere (one image of a collection)."""
         return replace(self, output=output)
 
-    def check(self, concurrency: int) -> None:
+    def check(self, concurrency: int | None) -> None:
         """The checks that need no answer from Earth Engine: they run before its first call,
         so nothing is fetched for a request that cannot work."""
         check_arguments(self, concurrency)
@@ -91,9 +91,13 @@ class DownloadRequest:
 
 @dataclass(frozen=True, slots=True)
 class RunSettings:
-    """How a run goes; none of it changes a pixel, so it may change between runs of a job."""
+    """How a run goes; none of it changes a pixel, so it may change between runs of a job.
 
-    concurrency: int = DEFAULT_CONCURRENCY
+    ``concurrency`` None (the default) lets the run find it: it probes from 16 up to Earth
+    Engine's 40 while more tiles in flight move more bytes (``engine.pacing``).
+    """
+
+    concurrency: int | None = None
     idle_timeout: float = field(default_factory=lambda: TransportOptions().idle_timeout)
     first_byte_timeout: float = field(default_factory=lambda: TransportOptions().first_byte_timeout)
     max_attempts: int = field(default_factory=lambda: SchedulerOptions().max_attempts)
@@ -108,7 +112,7 @@ class RunSettings:
                 raise InvalidJob(f"{name} must be a positive number of seconds, got {value!r}")
         if not _whole_at_least(self.max_attempts, 1):
             raise InvalidJob(f"max_attempts must be a whole number >= 1, got {self.max_attempts}")
-        if not _whole_at_least(self.concurrency, 1):
+        if self.concurrency is not None and not _whole_at_least(self.concurrency, 1):
             raise InvalidJob(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
         return RunOptions(
             concurrency=self.concurrency,
@@ -119,21 +123,26 @@ class RunSettings:
                 first_byte_timeout=self.first_byte_timeout,
             ),
             scheduler=SchedulerOptions(
-                concurrency=self.concurrency,
+                concurrency=self.slots,
                 max_attempts=self.max_attempts,
                 backoff_cap=self.max_backoff,
             ),
             overwrite=self.overwrite,
         )
 
+    @property
+    def slots(self) -> int:
+        """Tiles in flight at most: the pinned concurrency, else as many as EE allows."""
+        return self.concurrency if self.concurrency is not None else EE_MAX_CONCURRENCY
 
-def concurrency_from(concurrency: int | None, num_threads: int | None) -> int:
-    """eefetch's ``concurrency``, else geemap's ``num_threads``, else the default; a 0 given
-    is kept (and refused by the checks), not read as "not given"."""
+
+def concurrency_from(concurrency: int | None, num_threads: int | None) -> int | None:
+    """eefetch's ``concurrency``, else geemap's ``num_threads``, else None (found by probing);
+    a 0 given is kept (and refused by the checks), not read as "not given"."""
     for value in (concurrency, num_threads):
         if value is not None:
             return value
-    return DEFAULT_CONCURRENCY
+    return None
 
 
 def tile_bytes_from(max_tile_bytes: int | None, max_tile_size_mb: float | None) -> int:
@@ -151,7 +160,7 @@ def build_job(
     request: DownloadRequest,
     connection: Connection,
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> JobSpec:
     """Everything the job needs, checked before anything is fetched.
@@ -186,16 +195,22 @@ def build_job(
         (warn or _warn_lossy)(lossy)
     # In a GDAL environment, PROJ's complaints about an unknown CRS go to logging (and become
     # our one-line error) instead of being printed to stderr.
+    geometry = region_geojson(request.region)
     with rasterio.Env():
         grid = resolve_grid(
             chosen,
-            region_geojson(request.region),
+            geometry,
             request.crs,
             request.crs_transform,
             request.scale,
             request.shape,
         )
-    extra = {} if request.max_tile_dim is None else {"max_tile_dim": int(request.max_tile_dim)}
+    extra: dict[str, Any] = {}
+    if request.max_tile_dim is not None:
+        extra["max_tile_dim"] = int(request.max_tile_dim)
+    outline = simplified_outline(geometry)
+    if outline is not None:  # for pictures of the job (status --map, serve); not an identity
+        extra[REGION_EXTRA] = outline
     return _invalid_job_on_spec_error(
         JobSpec,
         expression=ee_adapter.serialize(image),
@@ -206,7 +221,7 @@ def build_job(
         output=str(request.output.expanduser().resolve()),
         endpoint=request.endpoint,
         max_tile_bytes=request.max_tile_bytes,
-        plan_concurrency=concurrency,
+        plan_concurrency=concurrency if concurrency is not None else EE_MAX_CONCURRENCY,
         compress=request.compress,
         cog=request.cog,
         keep_tiles=request.keep_tiles,
@@ -225,7 +240,7 @@ def region_geojson(region: Any) -> dict[str, Any] | None:
     return from_ee if from_ee is not None else load_region(region)
 
 
-def check_arguments(request: DownloadRequest, concurrency: int) -> None:
+def check_arguments(request: DownloadRequest, concurrency: int | None) -> None:
     """Refuse, one line each, what cannot work whatever Earth Engine answers."""
     if request.compress not in COMPRESSIONS:
         raise InvalidJob(
@@ -239,7 +254,7 @@ def check_arguments(request: DownloadRequest, concurrency: int) -> None:
         raise InvalidJob(
             f"unknown resampling {request.resampling!r}; use one of {', '.join(RESAMPLINGS)}"
         )
-    if not _whole_at_least(concurrency, 1):
+    if concurrency is not None and not _whole_at_least(concurrency, 1):
         raise InvalidJob(f"concurrency must be a whole number >= 1, got {concurrency!r}")
     tile_bytes = request.max_tile_bytes
     if not _whole_at_least(tile_bytes, 1) or tile_bytes > EE_MAX_REQUEST_BYTES:
@@ -284,11 +299,13 @@ def _check_transform(crs_transform: Sequence[float] | None, shape: Sequence[int]
 
 
 def _whole_at_least(value: Any, low: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= low
+    return bool(
+        not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= low
+    )
 
 
 def _positive_number(value: Any) -> bool:
-    return (
+    return bool(
         not isinstance(value, bool)
         and isinstance(value, int | float | np.number)
         and math.isfinite(value)

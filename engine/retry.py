@@ -132,8 +132,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
-        if when is None:
-            return None
         return max(0.0, when.timestamp() - now)
     if seconds != seconds or seconds < 0:  # NaN or negative
         return None

@@ -32,6 +32,8 @@ from rasterio.windows import Window as RioWindow
 from engine.grid import Transform
 
 PART_SUFFIX = ".part"
+RESERVE_NAME = ".eefetch-reserve"
+RESERVE_BYTES = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 _SNIFF_BYTES = 8
 _SNIPPET_BYTES = 120
@@ -438,12 +440,34 @@ class TileStore:
                 removed += 1
         return removed
 
+    def reserve(self, nbytes: int = RESERVE_BYTES) -> None:
+        """Keep ``nbytes`` of the disk for the end of a run: ``free_reserve`` gives them back
+        when the disk fills up, so that the state can still record how the run ended (the
+        claims it gives back, the tiles it finished) instead of failing on the same full disk.
+        """
+        self._ensure_root()
+        path = self.root / RESERVE_NAME
+        with contextlib.suppress(OSError):  # a disk too full for it: nothing to give back
+            if not path.exists() or path.stat().st_size != nbytes:
+                temp = path.with_name(RESERVE_NAME + PART_SUFFIX)
+                with temp.open("wb") as handle:
+                    handle.write(b"\0" * nbytes)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+
+    def free_reserve(self) -> None:
+        """Give the reserved bytes back to the disk (the run is ending on an error)."""
+        _unlink_quietly(self.root / RESERVE_NAME)
+
     def remove_all(self) -> None:
-        """Delete the tile files (``*.tif``, ``*.tiff``, ``*.part``) and the folder if now empty."""
+        """Delete the tile files (``*.tif``, ``*.tiff``, ``*.part``), the reserve, and the
+        folder if now empty."""
         if not self.root.is_dir():
             return
         for entry in self.root.iterdir():
-            if entry.suffix in (".tif", ".tiff", PART_SUFFIX) and entry.is_file():
+            ours = entry.suffix in (".tif", ".tiff", PART_SUFFIX) or entry.name == RESERVE_NAME
+            if ours and entry.is_file():
                 _unlink_quietly(entry)
         with contextlib.suppress(OSError):
             self.root.rmdir()

@@ -23,7 +23,7 @@ import aiohttp
 
 from engine.defaults import (
     CONNECT_TIMEOUT_S,
-    DEFAULT_CONCURRENCY,
+    EE_MAX_CONCURRENCY,
     FIRST_BYTE_TIMEOUT_S,
     IDLE_TIMEOUT_S,
 )
@@ -47,7 +47,7 @@ class TransportOptions:
     connect_timeout: float = CONNECT_TIMEOUT_S
     first_byte_timeout: float = FIRST_BYTE_TIMEOUT_S
     idle_timeout: float = IDLE_TIMEOUT_S
-    connections: int = DEFAULT_CONCURRENCY
+    connections: int = EE_MAX_CONCURRENCY  # the scheduler's limiter is what binds
 
 
 def resolve_proxy(
@@ -85,7 +85,9 @@ def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
         entry = entry.lstrip(".")
         if host == entry or host.endswith("." + entry) or f"{host}:{port}" == entry:
             return True
-    return urllib.request.proxy_bypass_environment(host, {"no": no_proxy}) is True
+    # Not in typeshed's stubs, but public since Python 3.x: NO_PROXY parsed as curl does.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    return bypass(host, {"no": no_proxy}) is True
 
 
 def _in_network(host: str, network: str) -> bool:
@@ -273,7 +275,7 @@ class Decoder:
         self.encoding = encoding
         self.limit = limit
         self.decoded = 0
-        self._zlib: Any = None
+        self._zlib: zlib._Decompress | None = None
         self._head = b""
 
     def _start(self, data: bytes) -> None:
@@ -300,11 +302,13 @@ class Decoder:
             tail = self._decode(self._head)
         else:
             tail = b""
+        assert self._zlib is not None  # _start made it
         if not self._zlib.eof:
             raise FetchError(ErrorKind.BODY, f"truncated {self.encoding} body")
         return tail
 
     def _decode(self, data: bytes) -> bytes:
+        assert self._zlib is not None  # _start made it
         try:
             out = self._zlib.decompress(data, self.limit - self.decoded + 1)
         except zlib.error as exc:

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Programs the tests start as real peers, all from Debian's packages: an HTTP proxy (tinyproxy),
-# a SOCKS5 proxy (microsocks) and PostgreSQL's server programs (initdb, pg_ctl; the tests run
-# their own throwaway servers, see tests/pg.py). Idempotent: when all are there it only says
-# so. Otherwise it installs the missing packages with apt-get when run as root (as on a fresh
-# CI machine), or prints the command to run and fails.
+# Programs the tests start as real peers, all from Debian's packages: an HTTP proxy
+# (tinyproxy), a SOCKS5 proxy (microsocks), a headless browser (chromium) that loads
+# `eefetch serve`'s page, and PostgreSQL's server programs (initdb, pg_ctl: the tests run their
+# own throwaway servers, see tests/pg.py). Idempotent: when all are there it only says so.
+# Otherwise it installs the missing packages with apt-get when run as root (as on a fresh CI
+# machine), waiting up to 10 minutes for another apt to finish, or prints the command to run
+# and fails.
 set -euo pipefail
+programs=(tinyproxy microsocks chromium)
 
 have_postgresql() {
   local bin
@@ -17,7 +20,7 @@ have_postgresql() {
 }
 
 missing=()
-for program in tinyproxy microsocks; do
+for program in "${programs[@]}"; do
   if ! command -v "$program" >/dev/null 2>&1; then
     missing+=("$program")
   fi
@@ -26,7 +29,7 @@ if ! have_postgresql; then
   missing+=(postgresql)
 fi
 if [ "${#missing[@]}" -eq 0 ]; then
-  echo "system_deps: tinyproxy microsocks postgresql already installed" >&2
+  echo "system_deps: ${programs[*]} postgresql already installed" >&2
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -46,9 +49,9 @@ if [ ! -e /etc/postgresql-common/createcluster.d/eefetch-no-main.conf ]; then
   echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/eefetch-no-main.conf
 fi
 echo "system_deps: apt-get update" >&2
-apt-get update -qq
+apt-get -o DPkg::Lock::Timeout=600 update -qq
 echo "system_deps: apt-get install ${missing[*]}" >&2
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for program in "${missing[@]}"; do
   if [ "$program" = postgresql ]; then
     if ! have_postgresql; then

@@ -193,7 +193,9 @@ def _set_wal(engine: Engine) -> None:
     """Switch the file to WAL; outside any transaction, as SQLite requires."""
     raw = engine.raw_connection()
     try:
-        raw.driver_connection.execute("PRAGMA journal_mode=WAL").fetchall()
+        driver = raw.driver_connection
+        assert driver is not None  # a pooled SQLite connection always has its sqlite3 one
+        driver.execute("PRAGMA journal_mode=WAL").fetchall()
     finally:
         raw.close()
 
@@ -386,6 +388,7 @@ class Database:
     def _classify(self, conn: Connection) -> str:
         """'fresh' (no schema at all), 'ours', or 'old' (an earlier schema this eefetch
         upgrades); raises StateError for anything else."""
+        names: list[str]
         if self.is_postgresql:
             names = inspect(conn).get_table_names()
             if not names:
@@ -395,7 +398,7 @@ class Database:
                 "was left unchanged: give an empty database or one that eefetch set up"
             )
         else:
-            names = conn.exec_driver_sql("SELECT name FROM sqlite_master").scalars().all()
+            names = list(conn.exec_driver_sql("SELECT name FROM sqlite_master").scalars())
             if not names:
                 app_id = conn.exec_driver_sql("PRAGMA application_id").scalar()
                 user_version = conn.exec_driver_sql("PRAGMA user_version").scalar()

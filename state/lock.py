@@ -14,15 +14,16 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Self
 
 from state.errors import JobLockedError, StateError
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows: no flock
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -384,7 +384,8 @@ def _check_update(u: TileUpdate) -> None:
     elif isinstance(u, TileRetry):
         if (u.not_before is None) == (u.delay is None):
             raise ValueError(f"tile {u.tile_id}: a retry needs not_before or delay, not both")
-        when = u.not_before if u.delay is None else u.delay
+        when = u.delay if u.delay is not None else u.not_before
+        assert when is not None
         if not math.isfinite(when) or (u.delay is not None and u.delay < 0):
             raise ValueError(f"tile {u.tile_id}: not_before must be finite and delay >= 0")
     elif isinstance(u, TileSplit):
@@ -597,7 +598,7 @@ class Store:
                     + " for another download"
                 )
             stamp = self._time(conn, now)
-            job_id = conn.execute(
+            inserted = conn.execute(
                 insert(job_t).values(
                     fingerprint=fingerprint,
                     spec=spec_json,
@@ -609,8 +610,9 @@ class Store:
                     uid=uid,
                     name=name,
                 )
-            ).inserted_primary_key[0]
-            self._insert_tiles(conn, job_id, None, tiles, stamp)
+            ).inserted_primary_key
+            assert inserted is not None
+            self._insert_tiles(conn, int(inserted[0]), None, tiles, stamp)
             record = self._named(conn, name)
             assert record is not None
             return record
@@ -679,8 +681,9 @@ class Store:
         import psycopg
 
         driver = conn.connection.driver_connection
+        assert driver is not None  # a pooled connection always has its psycopg one
         try:
-            with driver.cursor() as cursor, cursor.copy(_COPY_TILES_SQL) as copy:  # type: ignore[union-attr]
+            with driver.cursor() as cursor, cursor.copy(_COPY_TILES_SQL) as copy:
                 for row in rows:
                     copy.write_row(row)
         except psycopg.Error as exc:  # raw driver errors: wrapped as SQLAlchemy wraps its own
@@ -1228,7 +1231,7 @@ class Store:
             stmt = stmt.where(worker_t.c.owner == owner)
         return [
             WorkerRecord(
-                *row,
+                **row._asdict(),
                 alive=row.stopped_at is None and row.last_seen + row.lease_seconds > now,
             )
             for row in conn.execute(stmt).all()

@@ -149,8 +149,8 @@ CLI_CASES = [
     ),
     (
         "tile smaller than a pixel",
-        ["--scale", "30", "--max-tile-bytes", "4"],
-        "one float32 pixel",
+        ["--scale", "30", "--max-tile-bytes", "2"],
+        "one int16 pixel",
     ),
     ("tile bytes zero", ["--scale", "30", "--max-tile-bytes", "0"], "max tile bytes must be"),
     ("scale zero", ["--scale", "0"], "scale must be a positive"),

@@ -113,7 +113,7 @@ def test_download_urls_do_not_outlive_the_run(tmp_path: Path, failing: EmulatorT
     ee_adapter.initialize(ee_adapter.Connection(url=failing.url))
     output = tmp_path / "dem.tif"
     # More than 64 tiles: eefetch before this fix did write URLs then (in batches of 64).
-    spec = dem_job(failing.url, output, region=REGION, max_tile_bytes=4_000, concurrency=4)
+    spec = dem_job(failing.url, output, region=REGION, max_tile_bytes=2_400, concurrency=4)
     options = RunOptions(
         concurrency=2,
         scheduler=SchedulerOptions(concurrency=2, max_attempts=1, backoff_base=0.01),

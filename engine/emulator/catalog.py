@@ -55,7 +55,10 @@ CANDIDATE_LIMIT = 250_000
 _TEMPLATE_DATE = datetime(2022, 6, 1, tzinfo=UTC)
 COLLECTIONS = (S2_COLLECTION, *landsat.MISSIONS, GLO30_COLLECTION, LANDCOVER_COLLECTION)
 # The property that names a scene's place, per collection (equality filters on it are indexed).
-PLACE_KEYS = {S2_COLLECTION: ("MGRS_TILE",), GLO30_COLLECTION: ("system:index",)}
+PLACE_KEYS: dict[str, tuple[str, ...]] = {
+    S2_COLLECTION: ("MGRS_TILE",),
+    GLO30_COLLECTION: ("system:index",),
+}
 PLACE_KEYS.update({m: ("WRS_PATH", "WRS_ROW") for m in landsat.MISSIONS})
 
 
@@ -240,8 +243,8 @@ def _search_landsat(
     if area is not None:
         scenes = landsat.scenes_in(*_bounds(area))
     else:
-        path_list = sorted(int(p) for p in paths) if paths is not None else range(1, 234)
-        row_list = sorted(int(r) for r in rows) if rows is not None else landsat.DAY_ROWS
+        path_list = sorted(int(str(p)) for p in paths) if paths is not None else range(1, 234)
+        row_list = sorted(int(str(r)) for r in rows) if rows is not None else landsat.DAY_ROWS
         scenes = (
             landsat.scene(p, r)
             for p in path_list
@@ -325,7 +328,7 @@ def template(collection_id: str) -> Asset:
         s = landsat.scene(199, 26)
         return landsat.asset(s, mission, next(landsat.times(s, mission, 0.0, math.inf)))
     if collection_id == GLO30_COLLECTION:
-        tile = dems.glo30(2, 48)
-        assert tile is not None
-        return tile
+        dem = dems.glo30(2, 48)
+        assert dem is not None
+        return dem
     return dems.worldcover()

@@ -122,7 +122,7 @@ class _Evaluator:
             return fn.call(args)
         name = body.get("functionName")
         impl = _FUNCTIONS.get(name or "")
-        if impl is None:
+        if impl is None or name is None:
             raise EvaluationError(f"Unknown function: {name}")
         return impl(name, args)
 
@@ -249,7 +249,8 @@ def _projection_arg(fname: str, args: Args, name: str) -> Projection | None:
 def _transform_arg(fname: str, value: Any) -> Transform:
     if not isinstance(value, list | tuple) or len(value) != 6:
         raise EvaluationError(f"{fname}: crsTransform must be a list of 6 numbers.")
-    return tuple(float(v) for v in value)  # type: ignore[return-value]
+    a, b, c, d, e, f = (float(v) for v in value)
+    return (a, b, c, d, e, f)
 
 
 # --------------------------------------------------------------------------- images: loading
@@ -1598,15 +1599,15 @@ def _middle_values(
             values.append(arr if arr.shape == shape else np.broadcast_to(arr, shape).copy())
         ordered = _sorted_planes(values)
         return _pick(ordered, (count - 1) // 2, (n - 1) // 2), _pick(ordered, count // 2, n // 2)
-    itype = np.dtype(np.int32 if work == np.float32 else np.int64)
+    itype = np.dtype(np.int32) if work == np.float32 else np.dtype(np.int64)
     sign = itype.itemsize * 8 - 1
     low_bits = itype.type(np.iinfo(itype).max)
     keys = np.empty((*shape, n), dtype=itype)
     keys[...] = np.array(np.inf, dtype=work).view(itype)
     for i, (d, v) in enumerate(planes):
-        values = np.broadcast_to(d, shape).astype(work, copy=False)
-        key = values.view(itype)
-        if values.min(initial=0) < 0:  # only negative values need their bits turned
+        plane = np.broadcast_to(d, shape).astype(work, copy=False)
+        key = plane.view(itype)
+        if plane.min(initial=0) < 0:  # only negative values need their bits turned
             key = key ^ ((key >> sign) & low_bits)
         np.copyto(keys[..., i], key, where=np.broadcast_to(v, shape))
     keys.sort(axis=-1)

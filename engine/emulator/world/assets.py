@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,7 +70,7 @@ def utc(ms: float) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def ring_geojson(ring: list[tuple[float, float]]) -> dict[str, Any]:
+def ring_geojson(ring: Sequence[tuple[float, float]]) -> dict[str, Any]:
     """A closed GeoJSON Polygon from an unclosed lon/lat ring."""
     coords = [[float(x), float(y)] for x, y in ring]
     if coords and coords[0] != coords[-1]:

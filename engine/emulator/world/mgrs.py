@@ -274,8 +274,10 @@ def _squares_in_zone(zone: int, band: str, squares: list[tuple[int, int]]) -> li
     rows = np.array([r for _, r in squares], dtype=np.float64)[:, np.newaxis]
     xs, ys = _square_ring(0.0, 0.0, SQUARE, SQUARE, per_edge)
     lon, lat = from_utm(cols * SQUARE + xs, rows * SQUARE + ys, zone, band < "N")
-    inside = ((lon > rng[0]) & (lon < rng[1]) & (lat > south) & (lat < north)).all(axis=1)
-    outside = (
+    inside = np.asarray(
+        ((lon > rng[0]) & (lon < rng[1]) & (lat > south) & (lat < north)).all(axis=1)
+    )
+    outside = np.asarray(
         (lon <= rng[0]).all(axis=1)
         | (lon >= rng[1]).all(axis=1)
         | (lat <= south).all(axis=1)
@@ -283,7 +285,7 @@ def _squares_in_zone(zone: int, band: str, squares: list[tuple[int, int]]) -> li
     )
     # A square across a band edge is named (and tiled) once, in the band of its centre.
     _, centre_lat = from_utm((cols + 0.5) * SQUARE, (rows + 0.5) * SQUARE, zone, band < "N")
-    centred = ((centre_lat >= south) & (centre_lat < north)).ravel()
+    centred: np.ndarray = ((centre_lat >= south) & (centre_lat < north)).ravel()
     if band == "X":
         centred |= centre_lat.ravel() >= north
     if band == "C":

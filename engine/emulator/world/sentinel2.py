@@ -171,7 +171,7 @@ def passes(tile: mgrs.Tile) -> list[Pass]:
     reach_km = ORBIT.swath_km / 2 + 90.0
     reach = reach_km / (KM_PER_DEGREE * max(math.cos(math.radians(lat_c)), 0.05) * spacing)
     reach /= ORBIT.heading_cos(lat_c)
-    found = []
+    found: list[Pass] = []
     for k in range(math.floor(k_star - reach) - 1, math.ceil(k_star + reach) + 2):
         orbit = (_ANCHOR_ORBIT - 1 + 43 * k) % RELATIVE_ORBITS + 1
         footprint = _swath_cut(outline, orbit)
@@ -192,7 +192,7 @@ def _swath_cut(
     if min(distances) >= half or max(distances) <= -half:
         return None
     if max(distances) < half and min(distances) > -half:
-        return tuple(coords), 1.0
+        return tuple((float(x), float(y)) for x, y in coords), 1.0
     _, south, _, north = outline.bounds
     lats = [south - 0.05 + (north - south + 0.1) * i / 4 for i in range(5)]
     edges = []
@@ -205,12 +205,12 @@ def _swath_cut(
         + [(c + w, y) for (c, w), y in reversed(list(zip(edges, lats, strict=True)))]
     )
     cut = outline.intersection(strip)
-    if cut.is_empty or cut.geom_type != "Polygon":
+    if cut.is_empty or not isinstance(cut, Polygon):
         return None
     cover = cut.area / outline.area
     if cover < _MIN_COVER:
         return None
-    return tuple(cut.exterior.coords)[:-1], cover
+    return tuple((float(x), float(y)) for x, y in cut.exterior.coords)[:-1], cover
 
 
 def times(p: Pass, start_ms: float, end_ms: float) -> Iterator[tuple[float, int]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+
 from engine.emulator.world import land
 
 SEED = 20170328  # the catalog's seed; changing it changes every generated scene
@@ -23,7 +25,7 @@ def unit(*parts: object) -> float:
 
 def mean_cloudiness(lon: float, lat: float) -> float:
     """Mean cloud fraction of a scene at a place: humid ~0.45, deserts ~0.08, polar ~0.55."""
-    arid = float(land.aridity().sample([lon], [lat])[0])
+    arid = float(land.aridity().sample(np.array([lon]), np.array([lat]))[0])
     mean = 0.45 - 0.37 * arid
     if abs(lat) > 55:
         mean += 0.1
