@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +85,45 @@ def ee_emulator():  # type: ignore[no-untyped-def]
     yield start
     for emulator in started:
         emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """One throwaway PostgreSQL server for the session (tests/pg.py), or a skip saying why
+    there can be none here."""
+    from tests.pg import PostgresCluster, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return pg_cluster.create_database()
+
+
+class StateTargets:
+    """Calling it gives a new, empty state target of one kind: an SQLite path in the test's
+    folder, or the URL of a new database on the session's PostgreSQL server."""
+
+    def __init__(self, kind: str, make: Callable[[], Path | str]) -> None:
+        self.kind = kind
+        self._make = make
+
+    def __call__(self) -> Path | str:
+        return self._make()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_target(request: pytest.FixtureRequest, tmp_path: Path) -> StateTargets:
+    """New state targets, on SQLite and then on PostgreSQL (the test runs once for each)."""
+    if request.param == "sqlite":
+        count = iter(range(1_000_000))
+        return StateTargets("sqlite", lambda: tmp_path / f"state-{next(count)}.eefetch")
+    cluster = request.getfixturevalue("pg_cluster")
+    return StateTargets("postgresql", cluster.create_database)
