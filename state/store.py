@@ -1101,15 +1101,16 @@ class Store:
         return self._read(query, None)
 
     def next_wakeup(self) -> float | None:
-        """The earliest `not_before` among pending tiles, or None if none is waiting.
+        """The earliest time a pending tile may be claimed, or None if no tile is pending.
 
-        It may lie in the past (such a tile is claimable now); on the database's clock, compare
-        it with `now()`.
+        It may lie in the past (such a tile is claimable now: a tile with no `not_before`, as
+        the parts of a split or a released claim, counts as claimable since time 0); on the
+        database's clock, compare it with `now()`.
         """
 
         def query(conn: Connection, job_id: int) -> float | None:
             return conn.execute(
-                select(func.min(tile_t.c.not_before)).where(
+                select(func.min(func.coalesce(tile_t.c.not_before, 0.0))).where(
                     tile_t.c.job_id == job_id, tile_t.c.status == "pending"
                 )
             ).scalar()

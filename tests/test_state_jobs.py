@@ -96,7 +96,9 @@ def test_jobs_in_one_database_stay_apart(two_jobs: tuple[Store, Store]) -> None:
     assert a.tile(b_ids[0]) is None
     assert a.release_all_claims() == 4 and b.counts()["in_flight"] == 0
     b.apply([TileRetry(b_ids[0], "503", 9.0)], now=1.0)
-    assert a.next_wakeup() is None and b.next_wakeup() == 9.0
+    assert a.next_wakeup() == 0.0 and b.next_wakeup() == 0.0  # released or new: claimable now
+    assert len(a.claim("w", 0.0, 30, 10)) == 4 and len(b.claim("w", 0.0, 30, 10)) == 2
+    assert a.next_wakeup() is None and b.next_wakeup() == 9.0  # b's retry is not a's
     assert a.reset_failed() == 0 and b.bytes_done() == 0
 
 
