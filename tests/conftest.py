@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Started in the background (``nohup``, ``cmd &`` in a script), pytest inherits an ignored
+    SIGINT, and so would every eefetch a test starts: the tests of Ctrl-C would then meet a run
+    that cannot be interrupted, and it would finish instead. The children get the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -360,4 +360,3 @@ def test_the_last_wave_is_cut_once_when_fewer_tiles_than_connections_are_left(
     assert summary.tail_splits == 1
     assert counts["split"] == 1 and counts["done"] == 7
     assert all(n == 1 for n in fetch.calls.values())
-

@@ -437,7 +437,6 @@ def test_not_before_delays_a_retry(store: Store) -> None:
     assert store.next_wakeup() is None
 
 
-
 def test_the_parts_of_a_split_are_claimable_at_once(store: Store) -> None:
     """A scheduler with nothing in flight asks next_wakeup whether to wait or stop: parts of a
     split (no not_before) must count as claimable now, or a run ends with them unfetched (a
@@ -454,6 +453,7 @@ def test_the_parts_of_a_split_are_claimable_at_once(store: Store) -> None:
     store.apply([TileSplit(parent.id, children, "request too large")], now=2.0)
     assert store.next_wakeup() == 0.0
     assert len(store.claim("A", 2.0, 30, 6)) == 2 and store.next_wakeup() is None
+
 
 # ---- updates ---------------------------------------------------------------------------------
 
