@@ -135,8 +135,8 @@ def creation_options(
     if compress != "none":
         options["compress"] = compress
         options["predictor"] = 3 if np.dtype(dtype).kind == "f" else 2
-        # The fastest level of each: on a GB-sized output the default levels cost twice the
-        # CPU of everything else eefetch does per byte, for files 1-2 % smaller (BENCHMARKS.md).
+        # The fastest level of each: GDAL's defaults (6, 9) cost 1.4-4x the CPU for files
+        # about 1 % smaller, and the merge is most of a job's CPU (BENCHMARKS.md, compression).
         if compress == "deflate":
             options["zlevel"] = 1
         elif compress == "zstd":
