@@ -40,6 +40,7 @@ class EmulatorStats:
         self.requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.faults: Counter[str] = Counter()
         self.tiles: Counter[str] = Counter()
+        self.workload_tags: Counter[str] = Counter()  # by endpoint and tag: "endpoint tag"
         self.bytes_served = 0
         self.client_aborts = 0
         self.quota_rejections = 0
@@ -66,6 +67,11 @@ class EmulatorStats:
         """A tile's body went out completely with a 200."""
         self.tiles[key] += 1
 
+    def record_workload_tag(self, endpoint: str, tag: Any) -> None:
+        """A request carried a workload tag (``workloadTag``), as Cloud Monitoring would see."""
+        if tag:
+            self.workload_tags[f"{endpoint} {tag}"] += 1
+
     def enter(self, project: str) -> None:
         """A quota-counted request started."""
         self.in_flight += 1
@@ -89,6 +95,7 @@ class EmulatorStats:
             "client_aborts": self.client_aborts,
             "quota_rejections": self.quota_rejections,
             "faults": dict(self.faults),
+            "workload_tags": dict(self.workload_tags),
             "tiles_served": [
                 {"key": key, "count": count} for key, count in sorted(self.tiles.items())
             ],
