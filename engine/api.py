@@ -27,7 +27,6 @@ from engine.errors import (
     CollectionIncomplete,
     DownloadIncomplete,
     EefetchError,
-    InvalidJob,
 )
 from engine.job import JobResult, run_job
 from engine.paths import default_state_path
@@ -77,6 +76,9 @@ def download_ee_image(
     compress: str = DEFAULT_COMPRESSION,
     cog: bool = False,
     keep_tiles: bool = False,
+    like: str | os.PathLike[str] | None = None,
+    mask_band: bool = False,
+    workload_tag: str | None = None,
     ee_url: str | None = None,
     project: str | None = None,
     high_volume: bool = False,
@@ -95,15 +97,18 @@ def download_ee_image(
     geemap's arguments keep their meaning: ``scale`` is in metres also for geographic CRSs,
     ``shape`` is (height, width) with ``crs_transform``, ``num_threads`` is the concurrency,
     ``max_tile_size`` is in MB and ``max_tile_dim`` in pixels, ``unmask_value`` is the value
-    masked pixels take. Returns a :class:`JobResult`; raises :class:`DownloadIncomplete` when
-    tiles failed (call again to retry them) and another :class:`EefetchError` when the job
-    cannot run as asked.
+    masked pixels take (default: the type's maximum for unsigned types, else its lowest
+    value), ``scale_offset`` applies the bands' scales and offsets (float32). eefetch's own:
+    ``like`` (a raster whose grid to take), ``mask_band`` (EE's mask as the GeoTIFF's
+    internal mask), ``workload_tag`` (labels the requests). Returns a :class:`JobResult`; raises
+    :class:`DownloadIncomplete` when tiles failed (call again to retry them) and another
+    :class:`EefetchError` when the job cannot run as asked.
     """
     del kwargs  # geemap passes extra keywords through to geedim; none change the result
     request, settings, connection = _from_arguments(locals(), Path(filename))
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
-    with ee_adapter.client_settings():
+    with ee_adapter.client_settings(workload_tag=request.workload_tag):
         spec = build_job(image, request, connection, concurrency=settings.concurrency)
         state_path = Path(state) if state else default_state_path(Path(spec.output))
         result = run_sync(run_job(spec, state_path, options, progress or choose_progress(quiet)))
@@ -139,6 +144,9 @@ def download_ee_image_collection(
     compress: str = DEFAULT_COMPRESSION,
     cog: bool = False,
     keep_tiles: bool = False,
+    like: str | os.PathLike[str] | None = None,
+    mask_band: bool = False,
+    workload_tag: str | None = None,
     ee_url: str | None = None,
     project: str | None = None,
     high_volume: bool = False,
@@ -170,7 +178,7 @@ def download_ee_image_collection(
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
     folder.mkdir(parents=True, exist_ok=True)
-    with ee_adapter.client_settings():
+    with ee_adapter.client_settings(workload_tag=request.workload_tag):
         members = images_of.list_images(collection, filenames, column)
         jobs = images_of.collection_specs(
             collection,
@@ -210,14 +218,21 @@ def plan(
     max_tile_bytes: int = EE_MAX_REQUEST_BYTES,
     max_tile_dim: int | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
+    scale_offset: bool = False,
+    like: str | os.PathLike[str] | None = None,
+    mask_band: bool = False,
+    compress: str = DEFAULT_COMPRESSION,
     ee_url: str | None = None,
     project: str | None = None,
 ) -> PlanReport:
-    """What ``download_ee_image`` with the same arguments would fetch; nothing is downloaded.
+    """What ``download_ee_image`` with the same arguments would fetch; no pixels of the
+    download are fetched.
 
-    One ``getInfo`` call (the image's bands); the tiles are planned locally.
+    One ``getInfo`` call (the image's bands), then one small sample tile for the compressed
+    size estimate (``engine.sample``); the tiles are planned locally.
     """
     from engine.estimate import plan_spec
+    from engine.sample import measure
 
     connection = Connection(url=ee_url, project=project)
     request = DownloadRequest(
@@ -233,10 +248,15 @@ def plan(
         endpoint=endpoint,
         max_tile_bytes=max_tile_bytes,
         max_tile_dim=max_tile_dim,
+        compress=compress,
+        like=like,
+        scale_offset=scale_offset,
+        mask_band=mask_band,
     )
     request.check(concurrency)
     ee_adapter.connect(connection)
-    return plan_spec(build_job(image, request, connection, concurrency=concurrency))
+    spec = build_job(image, request, connection, concurrency=concurrency)
+    return plan_spec(spec, measure(spec, connection))
 
 
 def _from_arguments(
@@ -244,11 +264,6 @@ def _from_arguments(
 ) -> tuple[DownloadRequest, RunSettings, Connection]:
     """What a download call asked for, by the names both download functions share, checked
     as far as it can be without Earth Engine."""
-    if arguments["scale_offset"]:
-        raise InvalidJob(
-            "scale_offset is not supported yet; apply the scale and offset to "
-            "the image in Earth Engine before downloading"
-        )
     request = DownloadRequest(
         output=output,
         region=arguments["region"],
@@ -266,6 +281,10 @@ def _from_arguments(
         compress=arguments["compress"],
         cog=arguments["cog"],
         keep_tiles=arguments["keep_tiles"],
+        like=arguments["like"],
+        scale_offset=bool(arguments["scale_offset"]),
+        mask_band=arguments["mask_band"],
+        workload_tag=arguments["workload_tag"],
     )
     settings = RunSettings(
         concurrency=concurrency_from(arguments["concurrency"], arguments["num_threads"]),

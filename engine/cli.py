@@ -53,6 +53,8 @@ Examples:
 
   eefetch download --asset USGS/SRTMGL1_003 --region 118.5,31.8,119.2,32.3 \\
       --scale 30 -o dem.tif --dry-run     # grid, tiles and size only
+  eefetch download --asset USGS/SRTMGL1_003 --like landcover.tif -o dem.tif
+                                          # the grid of another raster, pixel for pixel
 
 Run the same command again after any interruption: it resumes where it stopped.
 """
@@ -252,8 +254,10 @@ def plan(
 
     Same options as `download`; `download --dry-run` and `composite --dry-run` print the same.
     """
+    from engine import ee_adapter
     from engine.estimate import plan_spec
     from engine.request import build_job
+    from engine.sample import measure
 
     if not source.given():
         raise click.UsageError("give exactly one of --asset, --expression or --script")
@@ -261,8 +265,9 @@ def plan(
     request = job.request(output)
     request.check(concurrency)
     connection = network.connect()
+    ee_adapter.set_workload_tag(request.workload_tag)
     spec = build_job(source.image(), request, connection, concurrency=concurrency, warn=_warn)
-    report = plan_spec(spec)
+    report = plan_spec(spec, measure(spec, connection))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
 
 
@@ -331,6 +336,7 @@ def collection(
     settings = run.settings(overwrite)
     request.check(settings.concurrency)
     connection = network.connect()
+    ee_adapter.set_workload_tag(request.workload_tag)
     if script:
         chosen = ee_adapter.collection_from_script(Path(script))
         if job.band_list():
@@ -448,6 +454,7 @@ def resume(
 
     spec = _stored_spec(state)
     connection = network.connect(spec.ee_url, spec.project)
+    ee_adapter.set_workload_tag(spec.extra.get("workload_tag"))
     # The service reached now, which --ee-url may have changed: the job refuses another.
     spec = replace(spec, service=service_identity(ee_adapter.current_base_url()))
     _run_spec(spec, state, run.settings(overwrite), connection, quiet)
@@ -641,14 +648,17 @@ def _download(
     quiet: bool,
 ) -> None:
     """What download and composite share: plan (--dry-run), or fetch and merge."""
+    from engine import ee_adapter
     from engine.estimate import plan_spec
     from engine.request import build_job
+    from engine.sample import measure
 
     request.check(settings.concurrency)
     settings.run_options(connection)  # refuse impossible settings before Earth Engine's calls
+    ee_adapter.set_workload_tag(request.workload_tag)
     spec = build_job(image, request, connection, concurrency=settings.concurrency, warn=_warn)
     if dry_run:
-        click.echo(plan_spec(spec).text())
+        click.echo(plan_spec(spec, measure(spec, connection)).text())
         return
     _run_spec(spec, state, settings, connection, quiet)
 

@@ -178,6 +178,10 @@ class RequestArgs:
     compress: str
     cog: bool
     keep_tiles: bool
+    like: str | None
+    scale_offset: bool
+    mask_band: bool
+    workload_tag: str | None
 
     def check(self) -> None:
         """Read the region now: a typo should not wait for Earth Engine to answer first."""
@@ -213,6 +217,10 @@ class RequestArgs:
             compress=self.compress,
             cog=self.cog,
             keep_tiles=self.keep_tiles,
+            like=self.like,
+            scale_offset=self.scale_offset,
+            mask_band=self.mask_band,
+            workload_tag=self.workload_tag,
         )
 
 
@@ -238,8 +246,8 @@ request_options = _grouped(
         click.option(
             "--nodata",
             type=float,
-            help="Value of masked pixels (geemap's unmask_value; default: 0 for unsigned "
-            "types, the type's lowest value otherwise).",
+            help="Value of masked pixels (geemap's unmask_value; default: the type's maximum "
+            "for unsigned types, its lowest value otherwise; `plan` shows it).",
         ),
         click.option(
             "--resampling",
@@ -269,6 +277,28 @@ request_options = _grouped(
         ),
         click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews."),
         click.option("--keep-tiles", is_flag=True, help="Keep tile files after the merge."),
+        click.option(
+            "--like",
+            type=click.Path(dir_okay=False),
+            help="Take CRS, transform and shape from this raster (any file GDAL opens), so "
+            "the download lines up with it pixel for pixel.",
+        ),
+        click.option(
+            "--scale-offset",
+            is_flag=True,
+            help="Apply each band's scale and offset (physical values, float32).",
+        ),
+        click.option(
+            "--mask-band",
+            is_flag=True,
+            help="Write Earth Engine's mask as the GeoTIFF's internal mask instead of a "
+            "nodata value.",
+        ),
+        click.option(
+            "--workload-tag",
+            help="Label the requests (Earth Engine's workload tag: costs per tag in Cloud "
+            "Monitoring).",
+        ),
     ],
 )
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from engine.filemodes import open_private
 from engine.merge import OutputBuilder, choose_interleave
+from engine.outputs import TileOutput, geotiff_builder
 from engine.spec import JobSpec
 from engine.tiles import tile_expectation, tile_name, tile_plan
 from engine.tilestore import TileStore
@@ -140,7 +141,7 @@ class LiveMerge:
         self.failure: BaseException | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eefetch-merge")
         self._submitted: list[Future[None]] = []
-        self._builder: OutputBuilder | None = None
+        self._builder: TileOutput | None = None
         self._written: dict[int, str | None] = {}  # tile id -> checksum of the file written
         self._changed: list[TileReset] = []
         self._lock = threading.Lock()  # guards _changed and failure across the two threads
@@ -221,22 +222,17 @@ class LiveMerge:
         self._builder = self._new_builder(reopen=False).__enter__()
 
     def _new_builder(self, *, reopen: bool) -> OutputBuilder:
-        return OutputBuilder(
-            self.spec.grid,
-            self.spec.band_ids,
-            self.spec.dtype,
-            Path(self.spec.output),
-            nodata=self.spec.nodata,
-            compress=self.spec.compress,
-            cog=self.spec.cog,
+        return geotiff_builder(
+            self.spec,
             overwrite=self.overwrite,
             progress=self._check_stop,
             interleave=self.interleave,
             reopen=reopen,
-            before_publish=publish_recorder(
-                Path(self.spec.output), self.job_uid, self.spec.fingerprint()
-            ),
+            before_publish=self._recorder(),
         )
+
+    def _recorder(self) -> Callable[[Path], None]:
+        return publish_recorder(Path(self.spec.output), self.job_uid, self.spec.fingerprint())
 
     def _read_checkpoint(self) -> dict[int, str]:
         """The tiles the last run's unfinished output holds, if that file is untouched since."""
@@ -262,6 +258,7 @@ class LiveMerge:
             return
         if self.failure is None:
             try:
+                assert isinstance(self._builder, OutputBuilder)
                 size, mtime_ns = self._builder.suspend()
                 self._builder = None
                 self._write_checkpoint(size, mtime_ns)
@@ -304,6 +301,7 @@ class LiveMerge:
                     self._changed.append(TileReset(tile.id, problem))
                 return
         self._builder.add(tile_plan(tile), self.tiles.final_path(name))
+        self._builder.record(tile.id, checksum)
         self._written[tile.id] = checksum
 
     def _finish(self, done: list[TileRecord]) -> Path:

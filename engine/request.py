@@ -12,6 +12,8 @@ command line and the Python API offer the same set.
 from __future__ import annotations
 
 import math
+import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,7 +33,7 @@ from engine.defaults import (
     ENDPOINTS,
     RESAMPLINGS,
 )
-from engine.ee_adapter import BandInfo, Connection
+from engine.ee_adapter import MASK_BAND, BandInfo, Connection
 from engine.errors import GridError, InvalidJob, SpecError
 from engine.grid import (
     METRES_PER_DEGREE,
@@ -40,16 +42,22 @@ from engine.grid import (
     grid_from_transform,
 )
 from engine.job import RunOptions
+from engine.like import grid_of
+from engine.metadata import image_properties
+from engine.nodata import choose_nodata
 from engine.region_input import load_region
+from engine.scaling import apply_factors, band_factors
 from engine.scheduler import SchedulerOptions
 from engine.service import service_identity
-from engine.spec import Endpoint, JobSpec, default_nodata, nodata_value
+from engine.spec import Endpoint, JobSpec
 from engine.transport import TransportOptions
 
 if TYPE_CHECKING:
     import ee
 
 T = TypeVar("T")
+# Earth Engine's rule for workload tags (ee.data.setWorkloadTag).
+WORKLOAD_TAG = re.compile(r"[a-z0-9]([-_a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,10 @@ class DownloadRequest:
     ``region`` is what the user gave (a GeoJSON file or dict, ``west,south,east,north``, an
     ``ee.Geometry``); ``shape`` is (height, width) with ``crs_transform``; ``nodata`` is the
     value masked pixels take (geemap's ``unmask_value``); ``resampling`` is applied in Earth
-    Engine before the image is reprojected onto the grid.
+    Engine before the image is reprojected onto the grid. ``like`` is a raster whose grid the
+    download takes; ``scale_offset`` applies the bands' scales and offsets
+    (``engine.scaling``); ``mask_band`` writes EE's mask as a GDAL mask instead of a nodata
+    value; ``workload_tag`` labels the requests in Cloud Monitoring.
     """
 
     output: Path
@@ -78,6 +89,10 @@ class DownloadRequest:
     compress: str = DEFAULT_COMPRESSION
     cog: bool = False
     keep_tiles: bool = False
+    like: str | os.PathLike[str] | None = None
+    scale_offset: bool = False
+    mask_band: bool = False
+    workload_tag: str | None = None
 
     def for_output(self, output: Path) -> DownloadRequest:
         """The same request written elsewhere (one image of a collection)."""
@@ -161,19 +176,34 @@ def build_job(
     without a transform, a sheared transform, a tile size below one pixel, and so on.
     ``warn`` hears about choices that are allowed but probably not meant (a ``dtype`` that
     cannot hold the bands); by default it issues a :class:`LossyCastWarning`. One ``getInfo``
-    call (the image's bands); the client must be initialised (``ee_adapter.connect``).
+    call (the image's bands and properties); the client must be initialised
+    (``ee_adapter.connect``).
     """
     request.check(concurrency)
+    if request.like is not None:
+        template = grid_of(request.like)
+        request = replace(
+            request, crs=template.crs, crs_transform=template.transform, shape=template.shape
+        )
     if request.resampling and request.resampling != "near":
         image = image.resample(request.resampling)
-    info = ee_adapter.band_info(image)
-    band_ids = ee_adapter.select_bands([b.id for b in info], request.bands)
-    chosen = [b for b in info if b.id in band_ids]
-    out_dtype = request.dtype or common_dtype([b.dtype for b in chosen])
-    if request.nodata is None:
-        fill = default_nodata(out_dtype)
+    info = ee_adapter.describe_image(image)
+    band_ids = ee_adapter.select_bands([b.id for b in info.bands], request.bands)
+    chosen = [b for b in info.bands if b.id in band_ids]
+    factors = band_factors(band_ids, info.properties) if request.scale_offset else {}
+    if request.scale_offset:
+        image = apply_factors(image, band_ids, factors)
+        out_dtype = request.dtype or "float32"
     else:
-        fill = _invalid_job_on_spec_error(nodata_value, request.nodata, out_dtype)
+        out_dtype = request.dtype or common_dtype([b.dtype for b in chosen])
+    fill, nodata_note = _invalid_job_on_spec_error(
+        choose_nodata, out_dtype, chosen, request.nodata, mask_band=request.mask_band
+    )
+    if request.mask_band and MASK_BAND in band_ids:
+        raise InvalidJob(
+            f"the image has a band named {MASK_BAND}, the name --mask-band fetches the mask "
+            "as; rename that band, or drop --mask-band"
+        )
     pixel = np.dtype(out_dtype).itemsize + 1  # bytes of one sample in a request
     if request.max_tile_bytes < pixel:
         raise InvalidJob(
@@ -181,7 +211,7 @@ def build_job(
             f"band in a request ({pixel} bytes); raise it (Earth Engine allows up to "
             f"{EE_MAX_REQUEST_BYTES})"
         )
-    lossy = lossy_cast_message(chosen, out_dtype)
+    lossy = None if request.scale_offset else lossy_cast_message(chosen, out_dtype)
     if lossy is not None:
         (warn or _warn_lossy)(lossy)
     # In a GDAL environment, PROJ's complaints about an unknown CRS go to logging (and become
@@ -195,12 +225,11 @@ def build_job(
             request.scale,
             request.shape,
         )
-    extra = {} if request.max_tile_dim is None else {"max_tile_dim": int(request.max_tile_dim)}
     return _invalid_job_on_spec_error(
         JobSpec,
         expression=ee_adapter.serialize(image),
         grid=grid,
-        band_ids=tuple(band_ids),
+        band_ids=(*band_ids, MASK_BAND) if request.mask_band else tuple(band_ids),
         dtype=out_dtype,
         nodata=fill,
         output=str(request.output.expanduser().resolve()),
@@ -212,9 +241,32 @@ def build_job(
         keep_tiles=request.keep_tiles,
         ee_url=connection.url,
         project=connection.project,
-        extra=extra,
+        extra=_extra(request, factors, info.properties, nodata_note),
         service=service_identity(ee_adapter.current_base_url()),
     )
+
+
+def _extra(
+    request: DownloadRequest,
+    factors: dict[str, tuple[float, float]],
+    properties: dict[str, Any],
+    nodata_note: str,
+) -> dict[str, Any]:
+    """The spec's ``extra``: options that change the file (in the fingerprint) only when set,
+    so that jobs made before they existed keep their fingerprint; then what only describes
+    the job (``spec.DESCRIPTIVE_EXTRA``)."""
+    extra: dict[str, Any] = {}
+    if request.max_tile_dim is not None:
+        extra["max_tile_dim"] = int(request.max_tile_dim)
+    if request.mask_band:
+        extra["mask_band"] = True
+    if request.scale_offset:
+        extra["scale_offset"] = {band: list(factor) for band, factor in factors.items()}
+    extra["metadata"] = image_properties(properties)
+    extra["nodata_note"] = nodata_note
+    if request.workload_tag:
+        extra["workload_tag"] = request.workload_tag
+    return extra
 
 
 def region_geojson(region: Any) -> dict[str, Any] | None:
@@ -255,6 +307,45 @@ def check_arguments(request: DownloadRequest, concurrency: int) -> None:
     if scale is not None and not _positive_number(scale):
         raise InvalidJob(f"scale must be a positive, finite number of metres, got {scale!r}")
     _check_transform(request.crs_transform, request.shape)
+    _check_file_options(request)
+    if request.like is not None:
+        given = [
+            option
+            for option, value in (
+                ("--region", request.region),
+                ("--crs", request.crs),
+                ("--crs-transform", request.crs_transform),
+                ("--shape", request.shape),
+                ("--scale", request.scale),
+            )
+            if value is not None
+        ]
+        if given:
+            raise InvalidJob(
+                f"--like takes the grid from {request.like}; drop {', '.join(given)} (or "
+                "drop --like and give the grid yourself)"
+            )
+        grid_of(request.like)
+    tag = request.workload_tag
+    if tag is not None and (not isinstance(tag, str) or not WORKLOAD_TAG.fullmatch(tag)):
+        raise InvalidJob(
+            f"workload tag {tag!r} is not one Earth Engine takes: 1 to 63 characters, lowercase "
+            "letters, digits, - and _, starting and ending with a letter or digit"
+        )
+
+
+def _check_file_options(request: DownloadRequest) -> None:
+    """The options of the output file, alone and together."""
+    if request.mask_band and request.nodata is not None:
+        raise InvalidJob(
+            "--mask-band marks masked pixels in a mask instead of with a nodata value; drop "
+            "--nodata (or --mask-band)"
+        )
+    if request.scale_offset and request.dtype is not None and request.dtype[0] != "f":
+        raise InvalidJob(
+            f"scale_offset gives fractional values, which dtype {request.dtype} cannot hold; "
+            "use float32 or float64 (the default is float32)"
+        )
     if request.output.expanduser().is_dir():
         raise InvalidJob(
             f"{request.output} is a folder; give the GeoTIFF file to write (-o FILE.tif)"
