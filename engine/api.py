@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,7 @@ def download_ee_image(
     keep_tiles: bool = False,
     like: str | os.PathLike[str] | None = None,
     mask_band: bool = False,
+    output_format: str | None = None,
     workload_tag: str | None = None,
     ee_url: str | None = None,
     project: str | None = None,
@@ -100,7 +102,8 @@ def download_ee_image(
     masked pixels take (default: the type's maximum for unsigned types, else its lowest
     value), ``scale_offset`` applies the bands' scales and offsets (float32). eefetch's own:
     ``like`` (a raster whose grid to take), ``mask_band`` (EE's mask as the GeoTIFF's
-    internal mask), ``workload_tag`` (labels the requests). Returns a :class:`JobResult`; raises
+    internal mask), ``output_format`` (``"zarr"``, or a file name ending in .zarr: a Zarr
+    store), ``workload_tag`` (labels the requests). Returns a :class:`JobResult`; raises
     :class:`DownloadIncomplete` when tiles failed (call again to retry them) and another
     :class:`EefetchError` when the job cannot run as asked.
     """
@@ -136,6 +139,7 @@ def download_ee_image_collection(
     unmask_value: float | None = None,
     column: str | None = None,
     *,
+    zarr: bool = False,
     bands: Sequence[str] | None = None,
     parallel_images: int | None = None,
     concurrency: int | None = None,
@@ -146,6 +150,7 @@ def download_ee_image_collection(
     keep_tiles: bool = False,
     like: str | os.PathLike[str] | None = None,
     mask_band: bool = False,
+    output_format: str | None = None,
     workload_tag: str | None = None,
     ee_url: str | None = None,
     project: str | None = None,
@@ -166,7 +171,9 @@ def download_ee_image_collection(
     geemap's arguments keep their meaning: ``filenames`` is a list (one per image) or a
     prefix, ``column`` names files by an image property (default: ``system:index``).
     ``concurrency`` (or ``num_threads``) is the budget for the whole collection;
-    ``parallel_images`` how many images are in progress at once. Raises
+    ``parallel_images`` how many images are in progress at once. With ``zarr=True`` (or
+    ``output_format="zarr"``, or an ``out_dir`` ending in .zarr) the images go to one Zarr
+    store with a time dimension, ``out_dir/collection.zarr`` (``engine.stack``). Raises
     :class:`CollectionIncomplete` when an image did not finish.
     """
     from engine import collection as images_of
@@ -175,6 +182,8 @@ def download_ee_image_collection(
     folder = Path(out_dir or os.getcwd()).expanduser().resolve()
     # Each image's own file name replaces the output's.
     request, settings, connection = _from_arguments(locals(), folder / "image.tif")
+    if zarr or request.format == "zarr" or folder.suffix.lower() == ".zarr":
+        return _stack(collection, request, settings, connection, progress, quiet, filenames)
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
     folder.mkdir(parents=True, exist_ok=True)
@@ -202,6 +211,37 @@ def download_ee_image_collection(
     return result
 
 
+def _stack(
+    collection: ee.ImageCollection,
+    request: DownloadRequest,
+    settings: RunSettings,
+    connection: Connection,
+    progress: Progress | None,
+    quiet: bool,
+    filenames: Sequence[str] | str | None,
+) -> CollectionResult:
+    """``download_ee_image_collection`` to one Zarr store: one job for all the images."""
+    from engine import collection as images_of
+    from engine.collection import CollectionResult
+    from engine.stack import stack_job, stack_output
+
+    output = stack_output(request.output.parent)
+    request = replace(request, output=output, output_format="zarr")
+    options = settings.run_options(connection)
+    ee_adapter.connect(connection)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with ee_adapter.client_settings(workload_tag=request.workload_tag):
+        members = images_of.list_images(collection, filenames)
+        spec = stack_job(collection, members, request, connection, concurrency=settings.concurrency)
+        result = run_sync(
+            run_job(spec, default_state_path(output), options, progress or choose_progress(quiet))
+        )
+    outcome = CollectionResult(output.parent, {output.name: result})
+    if not outcome.complete:
+        raise CollectionIncomplete(outcome)
+    return outcome
+
+
 def plan(
     image: ee.Image,
     filename: str | os.PathLike[str] = "download.tif",
@@ -221,6 +261,7 @@ def plan(
     scale_offset: bool = False,
     like: str | os.PathLike[str] | None = None,
     mask_band: bool = False,
+    output_format: str | None = None,
     compress: str = DEFAULT_COMPRESSION,
     ee_url: str | None = None,
     project: str | None = None,
@@ -252,6 +293,7 @@ def plan(
         like=like,
         scale_offset=scale_offset,
         mask_band=mask_band,
+        output_format=output_format,
     )
     request.check(concurrency)
     ee_adapter.connect(connection)
@@ -284,6 +326,7 @@ def _from_arguments(
         like=arguments["like"],
         scale_offset=bool(arguments["scale_offset"]),
         mask_band=arguments["mask_band"],
+        output_format=arguments["output_format"],
         workload_tag=arguments["workload_tag"],
     )
     settings = RunSettings(

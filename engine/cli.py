@@ -55,6 +55,8 @@ Examples:
       --scale 30 -o dem.tif --dry-run     # grid, tiles and size only
   eefetch download --asset USGS/SRTMGL1_003 --like landcover.tif -o dem.tif
                                           # the grid of another raster, pixel for pixel
+  eefetch download --asset USGS/SRTMGL1_003 --region 118.5,31.8,119.2,32.3 \\
+      --scale 30 -o dem.zarr              # a Zarr store (xarray, rioxarray)
 
 Run the same command again after any interruption: it resumes where it stopped.
 """
@@ -78,6 +80,7 @@ Examples:
       --start 2022-01-01 --end 2022-12-31 --max-cloud 10 --bands B4,B3,B2 \\
       --region city.geojson --scale 20 --crs EPSG:4326 -o scenes/
   eefetch collection --script my_collection.py --region city.geojson --scale 30 -o scenes/
+  eefetch collection ... -o scenes.zarr   # one Zarr store, dimensions (time, band, y, x)
   eefetch status scenes/        # one row per image
 
 One GeoTIFF and one state file per image, named from the image ids. All images share one
@@ -350,6 +353,9 @@ def collection(
     if limit:
         chosen = chosen.limit(limit)
     members = images_of.list_images(chosen, None, name_property)
+    if request.format == "zarr" or folder.suffix.lower() == ".zarr":
+        _stack(chosen, members, request, settings, connection, dry_run, quiet)
+        return
 
     def build(image: Any, output: Path) -> Any:
         return build_job(
@@ -684,6 +690,34 @@ def _run_spec(spec: Any, state: str | None, settings: Any, connection: Any, quie
     if not quiet:
         click.echo(f"eefetch: {line}", err=True)
     click.echo(str(result.output))
+
+
+def _stack(
+    chosen: Any,
+    members: Any,
+    request: Any,
+    settings: Any,
+    connection: Any,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    """A collection to one Zarr store with a time dimension: one job (``engine.stack``)."""
+    from dataclasses import replace
+
+    from engine.estimate import plan_spec
+    from engine.stack import stack_job, stack_output
+
+    output = stack_output(request.output.parent)
+    request = replace(request, output=output, output_format="zarr")
+    spec = stack_job(
+        chosen, members, request, connection, concurrency=settings.concurrency, warn=_warn
+    )
+    if dry_run:
+        click.echo(f"{len(members)} images, stacked along time into {output}")
+        click.echo(plan_spec(spec).text())
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _run_spec(spec, None, settings, connection, quiet)
 
 
 def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:

@@ -33,6 +33,7 @@ from engine.defaults import (
     IDLE_TIMEOUT_S,
     MAX_ATTEMPTS,
     MAX_BACKOFF_S,
+    OUTPUT_FORMATS,
     RESAMPLINGS,
     SENTINEL2_SCALE,
 )
@@ -181,6 +182,7 @@ class RequestArgs:
     like: str | None
     scale_offset: bool
     mask_band: bool
+    output_format: str | None
     workload_tag: str | None
 
     def check(self) -> None:
@@ -220,6 +222,7 @@ class RequestArgs:
             like=self.like,
             scale_offset=self.scale_offset,
             mask_band=self.mask_band,
+            output_format=self.output_format,
             workload_tag=self.workload_tag,
         )
 
@@ -293,6 +296,12 @@ request_options = _grouped(
             is_flag=True,
             help="Write Earth Engine's mask as the GeoTIFF's internal mask instead of a "
             "nodata value.",
+        ),
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(OUTPUT_FORMATS),
+            help="geotiff or zarr (default: zarr for an output ending in .zarr).",
         ),
         click.option(
             "--workload-tag",

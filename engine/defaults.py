@@ -23,6 +23,8 @@ ENDPOINTS: Final = ("urls", "compute")
 COMPRESSIONS: Final = ("deflate", "lzw", "zstd", "none")
 DEFAULT_COMPRESSION: Final = "deflate"
 RESAMPLINGS: Final = ("near", "bilinear", "bicubic")
+OUTPUT_FORMATS: Final = ("geotiff", "zarr")  # the default: zarr for a name ending .zarr
+ZARR_SUFFIX: Final = ".zarr"
 
 # How a run goes.
 DEFAULT_CONCURRENCY: Final = 16  # 8 left a realistic link half used (BENCHMARKS.md)

@@ -48,6 +48,7 @@ class PlanReport:
     free_disk_bytes: int | None
     warnings: tuple[str, ...] = ()
     advice: tuple[str, ...] = field(default=())
+    output_format: str = "geotiff"
     compress: str = "deflate"
     nodata: float | int | None = None
     nodata_note: str = ""
@@ -82,7 +83,7 @@ class PlanReport:
         return f"{value} ({self.nodata_note})" if self.nodata_note else value
 
     def _compressed_text(self) -> str:
-        what = "GeoTIFF"
+        what = "Zarr store" if self.output_format == "zarr" else "GeoTIFF"
         if self.compressed_bytes is None:
             return f"the {what} is compressed ({self.compress}), usually smaller"
         return (
@@ -162,6 +163,7 @@ def plan_spec(spec: JobSpec, sample: CompressionSample | None = None) -> PlanRep
         free_disk_bytes=free,
         warnings=tuple(warnings),
         advice=tuple(advice),
+        output_format=spec.output_format,
         compress=spec.compress,
         nodata=None if spec.mask_band else spec.nodata,
         nodata_note=str(spec.extra.get("nodata_note") or ""),

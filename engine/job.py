@@ -481,6 +481,7 @@ def _merge(
     pieces = [(tile_plan(t), tiles.final_path(t.path)) for t in done if t.path is not None]
     return merge_job(
         spec,
+        job.uid,
         pieces,
         overwrite=overwrite,
         progress=progress,

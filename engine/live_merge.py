@@ -30,7 +30,7 @@ from pathlib import Path
 
 from engine.filemodes import open_private
 from engine.merge import OutputBuilder, choose_interleave
-from engine.outputs import TileOutput, geotiff_builder
+from engine.outputs import TileOutput, geotiff_builder, is_zarr, zarr_builder
 from engine.spec import JobSpec
 from engine.tiles import tile_expectation, tile_name, tile_plan
 from engine.tilestore import TileStore
@@ -53,7 +53,7 @@ def publish_recorder(output: Path, job_uid: str, fingerprint: str) -> Callable[[
     from a file someone else put there."""
 
     def record(finished: Path) -> None:
-        stat = finished.stat()
+        stat = _identity_file(finished).stat()
         _write_durably(
             checkpoint_path(output),
             {
@@ -71,7 +71,7 @@ def published_by(output: Path, job_uid: str, fingerprint: str) -> bool:
     """Whether ``output`` is the very file this job recorded it was publishing."""
     try:
         saved = json.loads(checkpoint_path(output).read_text())
-        stat = output.stat()
+        stat = _identity_file(output).stat()
         return bool(
             saved["version"] == CHECKPOINT_VERSION
             and saved["job_uid"] == job_uid
@@ -80,6 +80,12 @@ def published_by(output: Path, job_uid: str, fingerprint: str) -> bool:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _identity_file(output: Path) -> Path:
+    """The file whose (inode, size, mtime) identify an output: a GeoTIFF itself, a Zarr
+    store's root metadata (renaming the store's folder keeps that file as it is)."""
+    return output / "zarr.json" if output.is_dir() else output
 
 
 def _write_durably(path: Path, record: dict[str, object]) -> None:
@@ -142,6 +148,7 @@ class LiveMerge:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eefetch-merge")
         self._submitted: list[Future[None]] = []
         self._builder: TileOutput | None = None
+        self._zarr = is_zarr(spec)  # a Zarr store journals each tile: no checkpoint needed
         self._written: dict[int, str | None] = {}  # tile id -> checksum of the file written
         self._changed: list[TileReset] = []
         self._lock = threading.Lock()  # guards _changed and failure across the two threads
@@ -210,6 +217,16 @@ class LiveMerge:
             raise MergeStopped
 
     def _open(self) -> None:
+        if self._zarr:
+            builder = zarr_builder(
+                self.spec,
+                self.job_uid,
+                overwrite=self.overwrite,
+                progress=self._check_stop,
+                before_publish=self._recorder(),
+            ).__enter__()
+            self._builder, self._kept = builder, builder.kept()
+            return
         kept = self._read_checkpoint()
         self._checkpoint.unlink(missing_ok=True)  # the file is about to change
         if kept:
@@ -258,6 +275,10 @@ class LiveMerge:
             return
         if self.failure is None:
             try:
+                if self._zarr:  # its journal already holds every tile written
+                    self._builder.suspend()
+                    self._builder = None
+                    return
                 assert isinstance(self._builder, OutputBuilder)
                 size, mtime_ns = self._builder.suspend()
                 self._builder = None

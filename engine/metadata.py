@@ -1,11 +1,11 @@
 """What an output says about itself: Earth Engine's image properties and the job's identity.
 
-A GeoTIFF gets them as metadata tags (``gdalinfo`` and ``rasterio``'s ``tags()`` show them):
-the image's properties as EE gives them (``system:time_start``, ``CLOUDY_PIXEL_PERCENTAGE``,
-...), the collection the image belongs to (``EE_COLLECTION``), the job's fingerprint and a
-hash of the expression, so a file can be traced back to what made it. GDAL reads ``:`` in a
-metadata name as the end of the name, so a GeoTIFF's tag names have ``_`` for it
-(``system_time_start``). Pure.
+A GeoTIFF gets them as metadata tags (``gdalinfo`` and ``rasterio``'s ``tags()`` show them), a
+Zarr store as attributes (``xarray``'s ``Dataset.attrs``): the image's properties as EE gives
+them (``system:time_start``, ``CLOUDY_PIXEL_PERCENTAGE``, ...), the collection the image
+belongs to (``EE_COLLECTION``), the job's fingerprint and a hash of the expression, so a file
+can be traced back to what made it. GDAL reads ``:`` in a metadata name as the end of the
+name, so a GeoTIFF's tag names have ``_`` for it (``system_time_start``). Pure.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def expression_hash(expression: str) -> str:
 
 
 def output_attributes(spec: JobSpec) -> dict[str, Any]:
-    """Everything an output records about itself, as JSON values."""
+    """Everything an output records about itself, as JSON values (a Zarr's attributes)."""
     properties = dict(spec.extra.get("metadata") or {})
     attributes: dict[str, Any] = dict(properties)
     collection = collection_of(properties)

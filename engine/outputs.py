@@ -1,9 +1,11 @@
-"""Which writer makes a job's output, in one place: the GeoTIFF of ``engine.merge``.
+"""Which writer makes a job's output, chosen in one place from the spec's format.
 
-``engine.live_merge`` drives a :class:`TileOutput` while the tiles arrive (a context manager;
-``add`` tiles in any order; ``record`` a tile once it is durable, nothing for a GeoTIFF;
-``adopt`` a tile an earlier run wrote; ``finish`` checks coverage and publishes atomically),
-and ``engine.job`` merges with :func:`merge_job` when it could not.
+A GeoTIFF is ``engine.merge.OutputBuilder``; a Zarr store is ``engine.zarr_output.ZarrBuilder``
+(imported only for a Zarr job: the GeoTIFF path never loads zarr). Both keep one contract,
+:class:`TileOutput`: a context manager; ``add`` tiles in any order; ``record`` a tile once it
+is durable (the Zarr journal; nothing for a GeoTIFF); ``adopt`` a tile an earlier run wrote;
+``finish`` checks coverage and publishes atomically. ``engine.live_merge`` drives one while
+the tiles arrive, and ``engine.job`` merges with :func:`merge_job` when it could not.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.merge import OutputBuilder, merge_tiles
-from engine.metadata import output_tags
+from engine.metadata import output_attributes, output_tags
 
 if TYPE_CHECKING:
     from engine.grid import TilePlan
     from engine.spec import JobSpec
+    from engine.zarr_output import ZarrBuilder, ZarrLayout
 
 Progress = Callable[[int, int], None]
 
@@ -38,6 +41,10 @@ class TileOutput(Protocol):
     def finish(self) -> Path: ...
 
     def suspend(self) -> object: ...
+
+
+def is_zarr(spec: JobSpec) -> bool:
+    return spec.output_format == "zarr"
 
 
 def geotiff_builder(
@@ -75,8 +82,59 @@ def _geotiff_layout(spec: JobSpec) -> dict[str, Any]:
     }
 
 
+def zarr_builder(
+    spec: JobSpec,
+    job_uid: str,
+    *,
+    overwrite: bool,
+    progress: Progress | None,
+    before_publish: Callable[[Path], None] | None,
+) -> ZarrBuilder:
+    """The Zarr store of a job; it continues the store an earlier run of the job kept."""
+    from engine.zarr_output import ZarrBuilder
+
+    return ZarrBuilder(
+        zarr_layout(spec),
+        Path(spec.output),
+        identity={"job_uid": job_uid, "fingerprint": spec.fingerprint()},
+        attributes=output_attributes(spec),
+        time_properties=spec.extra.get("time_properties"),
+        overwrite=overwrite,
+        progress=progress,
+        before_publish=before_publish,
+    )
+
+
+def zarr_layout(spec: JobSpec) -> ZarrLayout:
+    """The store's layout: chunks on the edges of the job's planned tiles (``job.plan``, a
+    pure function of the spec, so every run of the job finds the same layout)."""
+    from engine.job import plan
+    from engine.zarr_output import ZarrLayout, chunk_side
+
+    planned = plan(spec)
+    grid = spec.grid
+    chunk = (
+        chunk_side([t.window.row_off for t in planned], grid.height),
+        chunk_side([t.window.col_off for t in planned], grid.width),
+    )
+    stack = spec.extra.get("stack")
+    if stack is None:
+        return ZarrLayout(grid, spec.band_ids, spec.dtype, spec.nodata, spec.compress, chunk)
+    return ZarrLayout(
+        grid,
+        tuple(stack["bands"]),
+        spec.dtype,
+        spec.nodata,
+        spec.compress,
+        chunk,
+        times=tuple(stack["times"]),
+        ids=tuple(stack["ids"]),
+    )
+
+
 def merge_job(
     spec: JobSpec,
+    job_uid: str,
     tiles: Iterable[tuple[TilePlan, Path]],
     *,
     overwrite: bool,
@@ -84,14 +142,21 @@ def merge_job(
     before_publish: Callable[[Path], None] | None,
 ) -> Path:
     """Write a job's output from all its tile files at once (the merge after the fetch)."""
-    return merge_tiles(
-        spec.grid,
-        spec.band_ids,
-        spec.dtype,
-        tiles,
-        Path(spec.output),
-        overwrite=overwrite,
-        progress=progress,
-        before_publish=before_publish,
-        **_geotiff_layout(spec),
-    )
+    if not is_zarr(spec):
+        return merge_tiles(
+            spec.grid,
+            spec.band_ids,
+            spec.dtype,
+            tiles,
+            Path(spec.output),
+            overwrite=overwrite,
+            progress=progress,
+            before_publish=before_publish,
+            **_geotiff_layout(spec),
+        )
+    with zarr_builder(
+        spec, job_uid, overwrite=overwrite, progress=progress, before_publish=before_publish
+    ) as builder:
+        for plan_, path in tiles:
+            builder.add(plan_, path)
+        return builder.finish()

@@ -31,7 +31,9 @@ from engine.defaults import (
     DTYPES,
     EE_MAX_REQUEST_BYTES,
     ENDPOINTS,
+    OUTPUT_FORMATS,
     RESAMPLINGS,
+    ZARR_SUFFIX,
 )
 from engine.ee_adapter import MASK_BAND, BandInfo, Connection
 from engine.errors import GridError, InvalidJob, SpecError
@@ -70,7 +72,8 @@ class DownloadRequest:
     Engine before the image is reprojected onto the grid. ``like`` is a raster whose grid the
     download takes; ``scale_offset`` applies the bands' scales and offsets
     (``engine.scaling``); ``mask_band`` writes EE's mask as a GDAL mask instead of a nodata
-    value; ``workload_tag`` labels the requests in Cloud Monitoring.
+    value; ``output_format`` is ``geotiff`` or ``zarr`` (None: from the output's name);
+    ``workload_tag`` labels the requests in Cloud Monitoring.
     """
 
     output: Path
@@ -92,7 +95,15 @@ class DownloadRequest:
     like: str | os.PathLike[str] | None = None
     scale_offset: bool = False
     mask_band: bool = False
+    output_format: str | None = None
     workload_tag: str | None = None
+
+    @property
+    def format(self) -> str:
+        """The output's format: the one asked for, else zarr for a name ending in .zarr."""
+        if self.output_format is not None:
+            return self.output_format
+        return "zarr" if self.output.suffix.lower() == ZARR_SUFFIX else "geotiff"
 
     def for_output(self, output: Path) -> DownloadRequest:
         """The same request written elsewhere (one image of a collection)."""
@@ -168,6 +179,7 @@ def build_job(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     warn: Callable[[str], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JobSpec:
     """Everything the job needs, checked before anything is fetched.
 
@@ -177,7 +189,8 @@ def build_job(
     ``warn`` hears about choices that are allowed but probably not meant (a ``dtype`` that
     cannot hold the bands); by default it issues a :class:`LossyCastWarning`. One ``getInfo``
     call (the image's bands and properties); the client must be initialised
-    (``ee_adapter.connect``).
+    (``ee_adapter.connect``). ``extra`` adds entries to the spec's ``extra`` (a stacked
+    collection's layout).
     """
     request.check(concurrency)
     if request.like is not None:
@@ -241,7 +254,7 @@ def build_job(
         keep_tiles=request.keep_tiles,
         ee_url=connection.url,
         project=connection.project,
-        extra=_extra(request, factors, info.properties, nodata_note),
+        extra=_extra(request, factors, info.properties, nodata_note) | (extra or {}),
         service=service_identity(ee_adapter.current_base_url()),
     )
 
@@ -258,6 +271,8 @@ def _extra(
     extra: dict[str, Any] = {}
     if request.max_tile_dim is not None:
         extra["max_tile_dim"] = int(request.max_tile_dim)
+    if request.format != "geotiff":
+        extra["format"] = request.format
     if request.mask_band:
         extra["mask_band"] = True
     if request.scale_offset:
@@ -335,7 +350,23 @@ def check_arguments(request: DownloadRequest, concurrency: int) -> None:
 
 
 def _check_file_options(request: DownloadRequest) -> None:
-    """The options of the output file, alone and together."""
+    """The output format and what goes with it."""
+    if request.output_format is not None and request.output_format not in OUTPUT_FORMATS:
+        raise InvalidJob(
+            f"unknown output format {request.output_format!r}; use one of "
+            f"{', '.join(OUTPUT_FORMATS)}"
+        )
+    zarr = request.format == "zarr"
+    if zarr:
+        if request.compress == "lzw":
+            raise InvalidJob("Zarr has no LZW codec; use --compress zstd (fast), deflate or none")
+        if request.cog:
+            raise InvalidJob("--cog makes a Cloud Optimized GeoTIFF; drop it for a Zarr store")
+        if request.mask_band:
+            raise InvalidJob(
+                "--mask-band writes a GDAL mask into a GeoTIFF; a Zarr store marks masked "
+                "pixels with its _FillValue (the nodata value): drop --mask-band"
+            )
     if request.mask_band and request.nodata is not None:
         raise InvalidJob(
             "--mask-band marks masked pixels in a mask instead of with a nodata value; drop "
@@ -346,10 +377,15 @@ def _check_file_options(request: DownloadRequest) -> None:
             f"scale_offset gives fractional values, which dtype {request.dtype} cannot hold; "
             "use float32 or float64 (the default is float32)"
         )
-    if request.output.expanduser().is_dir():
-        raise InvalidJob(
-            f"{request.output} is a folder; give the GeoTIFF file to write (-o FILE.tif)"
-        )
+    output = request.output.expanduser()
+    if output.is_dir() and not (zarr and _looks_like_zarr(output)):
+        what = "Zarr store (-o NAME.zarr)" if zarr else "GeoTIFF file to write (-o FILE.tif)"
+        raise InvalidJob(f"{request.output} is a folder; give the {what}")
+
+
+def _looks_like_zarr(folder: Path) -> bool:
+    """A folder that is (or was meant to be) a Zarr store: the job decides about replacing."""
+    return (folder / "zarr.json").is_file() or not any(folder.iterdir())
 
 
 def _check_transform(crs_transform: Sequence[float] | None, shape: Sequence[int] | None) -> None:

@@ -3,14 +3,16 @@
 The plan knows the raw size exactly, but the file's size depends on the data: a masked sea
 compresses to nothing, noisy reflectance to two thirds. One block (512 x 512 pixels, or the
 whole grid if smaller) from the middle of the grid is fetched through the same image and
-compressed the way the output will be (GeoTIFF blocks with its compression and predictor);
-the plan scales the raw size by that ratio. One request to Earth Engine; a
+compressed the way the output will be (GeoTIFF blocks with its predictor, or Zarr chunks
+with its codec); the plan scales the raw size by that ratio. One request to Earth Engine; a
 failure only leaves the estimate out.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -57,7 +59,8 @@ def measure(spec: JobSpec, connection: Connection, timeout: float = 120.0) -> Co
         url = ee_adapter.download_url(image, spec.grid.window_grid(window))
         body = http_get(url, connection.proxy, connection.ca_bundle, timeout)
         data = _decode(body)[: len(spec.data_bands)]
-        compressed = _tiff_bytes(spec, data)
+        zarr = spec.output_format == "zarr"
+        compressed = _zarr_bytes(spec, data) if zarr else _tiff_bytes(spec, data)
     except (EefetchError, FetchError, OSError, ValueError) as exc:
         return CompressionSample(0, 0, window.width, window.height, " ".join(str(exc).split()))
     return CompressionSample(int(data.nbytes), compressed, window.width, window.height)
@@ -100,3 +103,22 @@ def _tiff_bytes(spec: JobSpec, data: np.ndarray) -> int:
         ) as dataset:
             dataset.write(data)
         return len(memfile.getbuffer())
+
+
+def _zarr_bytes(spec: JobSpec, data: np.ndarray) -> int:
+    """The sample as chunks of the output's codec (zarr imported only for a Zarr job)."""
+    import zarr
+
+    from engine.zarr_output import compressors
+
+    with tempfile.TemporaryDirectory(prefix="eefetch-sample-") as folder:
+        array = zarr.create_array(
+            store=folder,
+            shape=data.shape,
+            chunks=(1, *data.shape[1:]),
+            dtype=spec.dtype,
+            fill_value=spec.nodata,
+            compressors=compressors(spec.compress),
+        )
+        array[...] = data
+        return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.name != "zarr.json")

@@ -29,8 +29,9 @@ Endpoint = Literal["urls", "compute"]
 PLAN_EXTRA = ("max_tile_dim",)  # keys of JobSpec.extra that only shape the plan
 # Keys of JobSpec.extra that describe the job without deciding a pixel: EE's image properties
 # (written as metadata; EE may update them between runs), the workload tag (labels the
-# requests' cost), why this nodata value was chosen. Not in the fingerprint.
-DESCRIPTIVE_EXTRA = ("metadata", "workload_tag", "nodata_note")
+# requests' cost), why this nodata value was chosen, a stack's per-image properties. Not in
+# the fingerprint.
+DESCRIPTIVE_EXTRA = ("metadata", "workload_tag", "nodata_note", "time_properties")
 NOT_IDENTITY_EXTRA = PLAN_EXTRA + DESCRIPTIVE_EXTRA
 
 
@@ -59,6 +60,11 @@ class JobSpec:
         object.__setattr__(self, "nodata", nodata_value(self.nodata, self.dtype))
         if self.service is None:
             object.__setattr__(self, "service", service_identity(self.ee_url))
+
+    @property
+    def output_format(self) -> str:
+        """``geotiff`` or ``zarr`` (``engine.outputs`` picks the writer from it)."""
+        return str(self.extra.get("format", "geotiff"))
 
     @property
     def mask_band(self) -> bool:

@@ -191,10 +191,12 @@ def test_mask_band_writes_ees_mask_as_the_geotiffs_mask_and_a_valid_cog(
     assert valid and not errors
 
 
-def test_mask_band_refuses_a_nodata_value(tmp_path: Path) -> None:
+def test_mask_band_refuses_a_nodata_value_and_zarr(tmp_path: Path) -> None:
     image = ee.Image.constant(1)
     with pytest.raises(InvalidJob, match="drop --nodata"):
         api.download_ee_image(image, tmp_path / "x.tif", mask_band=True, unmask_value=0)
+    with pytest.raises(InvalidJob, match="drop --mask-band"):
+        api.download_ee_image(image, tmp_path / "x.zarr", mask_band=True)
 
 
 # ------------------------------------------------------------------------------- scale_offset
@@ -314,6 +316,8 @@ def test_plan_estimates_the_compressed_size_from_a_sample_tile(
     output = coast_dem(emulator, tmp_path / "dem.tif")
     actual = output.stat().st_size
     assert 0.5 < report["compressed_bytes"] / actual < 2.0, (report["compressed_bytes"], actual)
+    zarr_plan = CliRunner().invoke(main, [*args[:-2], "-o", str(tmp_path / "dem.zarr")])
+    assert json.loads(zarr_plan.stdout)["output_format"] == "zarr"
 
 
 # ------------------------------------------------------------------------------- workload tag
