@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from engine import ee_adapter
 from engine.defaults import (
-    DEFAULT_COMPRESSION,
     DEFAULT_CONCURRENCY,
     DEFAULT_PARALLEL_IMAGES,
     EE_MAX_REQUEST_BYTES,
@@ -74,7 +73,7 @@ def download_ee_image(
     concurrency: int | None = None,
     endpoint: Endpoint = "urls",
     max_tile_bytes: int | None = None,
-    compress: str = DEFAULT_COMPRESSION,
+    compress: str | None = None,
     cog: bool = False,
     keep_tiles: bool = False,
     like: str | os.PathLike[str] | None = None,
@@ -145,7 +144,7 @@ def download_ee_image_collection(
     concurrency: int | None = None,
     endpoint: Endpoint = "urls",
     max_tile_bytes: int | None = None,
-    compress: str = DEFAULT_COMPRESSION,
+    compress: str | None = None,
     cog: bool = False,
     keep_tiles: bool = False,
     like: str | os.PathLike[str] | None = None,
@@ -262,7 +261,7 @@ def plan(
     like: str | os.PathLike[str] | None = None,
     mask_band: bool = False,
     output_format: str | None = None,
-    compress: str = DEFAULT_COMPRESSION,
+    compress: str | None = None,
     ee_url: str | None = None,
     project: str | None = None,
 ) -> PlanReport:

@@ -25,6 +25,7 @@ from engine.defaults import (
     DEFAULT_COLLECTION,
     DEFAULT_COMPRESSION,
     DEFAULT_CONCURRENCY,
+    DEFAULT_ZARR_COMPRESSION,
     DTYPES,
     EE_MAX_CONCURRENCY,
     EE_MAX_REQUEST_BYTES,
@@ -176,7 +177,7 @@ class RequestArgs:
     endpoint: Endpoint  # click.Choice(ENDPOINTS)
     max_tile_bytes: int
     max_tile_dim: int | None
-    compress: str
+    compress: str | None
     cog: bool
     keep_tiles: bool
     like: str | None
@@ -275,8 +276,9 @@ request_options = _grouped(
         click.option(
             "--compress",
             type=click.Choice(COMPRESSIONS),
-            default=DEFAULT_COMPRESSION,
-            show_default=True,
+            default=None,
+            help=f"Codec (default: {DEFAULT_COMPRESSION} for a GeoTIFF, "
+            f"{DEFAULT_ZARR_COMPRESSION} for a Zarr store).",
         ),
         click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews."),
         click.option("--keep-tiles", is_flag=True, help="Keep tile files after the merge."),

@@ -28,6 +28,7 @@ from engine.defaults import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     DEFAULT_CONCURRENCY,
+    DEFAULT_ZARR_COMPRESSION,
     DTYPES,
     EE_MAX_REQUEST_BYTES,
     ENDPOINTS,
@@ -89,7 +90,7 @@ class DownloadRequest:
     endpoint: Endpoint = "urls"
     max_tile_bytes: int = EE_MAX_REQUEST_BYTES
     max_tile_dim: int | None = None
-    compress: str = DEFAULT_COMPRESSION
+    compress: str | None = None  # None: the format's default (compression)
     cog: bool = False
     keep_tiles: bool = False
     like: str | os.PathLike[str] | None = None
@@ -104,6 +105,13 @@ class DownloadRequest:
         if self.output_format is not None:
             return self.output_format
         return "zarr" if self.output.suffix.lower() == ZARR_SUFFIX else "geotiff"
+
+    @property
+    def compression(self) -> str:
+        """The codec asked for, else the format's own default (deflate, or zstd for Zarr)."""
+        if self.compress is not None:
+            return self.compress
+        return DEFAULT_ZARR_COMPRESSION if self.format == "zarr" else DEFAULT_COMPRESSION
 
     def for_output(self, output: Path) -> DownloadRequest:
         """The same request written elsewhere (one image of a collection)."""
@@ -249,7 +257,7 @@ def build_job(
         endpoint=request.endpoint,
         max_tile_bytes=request.max_tile_bytes,
         plan_concurrency=concurrency,
-        compress=request.compress,
+        compress=request.compression,
         cog=request.cog,
         keep_tiles=request.keep_tiles,
         ee_url=connection.url,
@@ -294,7 +302,7 @@ def region_geojson(region: Any) -> dict[str, Any] | None:
 
 def check_arguments(request: DownloadRequest, concurrency: int) -> None:
     """Refuse, one line each, what cannot work whatever Earth Engine answers."""
-    if request.compress not in COMPRESSIONS:
+    if request.compress is not None and request.compress not in COMPRESSIONS:
         raise InvalidJob(
             f"unknown compression {request.compress!r}; use one of {', '.join(COMPRESSIONS)}"
         )
