@@ -48,7 +48,7 @@ from zarr.codecs import BloscCodec
 from engine.errors import MergeError, OutputExistsError
 from engine.filemodes import PRIVATE_DIR, current_umask
 from engine.grid import Grid, TilePlan
-from engine.merge import CHUNK_BYTES, check_tiles_cover, write_failure
+from engine.merge import check_tiles_cover, write_failure
 
 VARIABLE = "band_data"  # what xarray's rasterio engine calls a GeoTIFF's bands
 JOURNAL = "eefetch-journal.jsonl"
@@ -56,6 +56,9 @@ JOURNAL_VERSION = 1
 CHUNK_SIDE = 512
 MIN_CHUNK_SIDE = 64
 TIME_UNITS = "milliseconds since 1970-01-01 00:00:00"
+STRIP_BYTES = 4 << 20
+"""Pixels read from a tile and handed to zarr at once (one band; zarr encodes its chunks
+concurrently and holds their copies meanwhile)."""
 
 Progress = Callable[[int, int], None]
 
@@ -396,8 +399,8 @@ class ZarrBuilder:
     # ------------------------------------------------------------------ writing
 
     def _write_tile(self, plan: TilePlan, path: Path) -> None:
-        """Copy a tile into the array strip by strip (whole chunks, all bands of a strip in one
-        read), then make its chunks durable."""
+        """Copy a tile into the array band by band, strip by strip (whole chunks of one band,
+        at most STRIP_BYTES), then make its chunks durable."""
         assert self._array is not None
         w = plan.window
         bands = plan.band_stop - plan.band_start
@@ -408,45 +411,29 @@ class ZarrBuilder:
                     f"tile {path} is {src.width}x{src.height} with {src.count} band(s); "
                     f"expected {w.width}x{w.height} with {bands}"
                 )
-            for top, left, height, width in self._strips(plan, bands * itemsize):
-                window = RioWindow(left - w.col_off, top - w.row_off, width, height)
-                data = src.read(window=window, out_dtype=self.layout.dtype)
-                rows, cols = slice(top, top + height), slice(left, left + width)
-                for lo, hi in self._runs(plan.band_start, plan.band_stop):
-                    *step, band = self.layout.place(lo)
-                    target: tuple[int | slice, ...] = (
-                        *step,
-                        slice(band, band + hi - lo),
-                        rows,
-                        cols,
-                    )
-                    self._array[target] = data[lo - plan.band_start : hi - plan.band_start]
-                self.done += data.nbytes
-                if self.progress is not None:
-                    self.progress(self.done, 0)
+            for band in range(plan.band_start, plan.band_stop):
+                for top, left, height, width in self._strips(plan, itemsize):
+                    window = RioWindow(left - w.col_off, top - w.row_off, width, height)
+                    data = src.read(band - plan.band_start + 1, window=window)
+                    rows, cols = slice(top, top + height), slice(left, left + width)
+                    target: tuple[int | slice, ...] = (*self.layout.place(band), rows, cols)
+                    self._array[target] = data
+                    self.done += data.nbytes
+                    if self.progress is not None:
+                        self.progress(self.done, 0)
         self._sync_chunks(plan)
 
-    def _strips(self, plan: TilePlan, pixel_bytes: int) -> Iterator[tuple[int, int, int, int]]:
-        """Sub-windows of a tile on chunk lines, each within CHUNK_BYTES (at least one chunk)."""
+    def _strips(self, plan: TilePlan, itemsize: int) -> Iterator[tuple[int, int, int, int]]:
+        """Sub-windows of a tile on chunk lines, each within STRIP_BYTES for one band (but at
+        least one chunk): every chunk is written once, whole."""
         w = plan.window
         ch, cw = self.layout.chunk
         rows = _cuts(w.row_off, w.row_off + w.height, ch, 1)
-        per_chunk = ch * cw * pixel_bytes
-        cols = _cuts(w.col_off, w.col_off + w.width, cw, max(1, CHUNK_BYTES // per_chunk))
+        per_chunk = ch * cw * itemsize
+        cols = _cuts(w.col_off, w.col_off + w.width, cw, max(1, STRIP_BYTES // per_chunk))
         for top, bottom in itertools.pairwise(rows):
             for left, right in itertools.pairwise(cols):
                 yield top, left, bottom - top, right - left
-
-    def _runs(self, start: int, stop: int) -> Iterator[tuple[int, int]]:
-        """The tile's bands [start, stop) cut where a stack's time step changes."""
-        if self.layout.times is None:
-            yield start, stop
-            return
-        step, lo = len(self.layout.bands), start
-        while lo < stop:
-            hi = min(stop, (lo // step + 1) * step)
-            yield lo, hi
-            lo = hi
 
     def _sync_chunks(self, plan: TilePlan) -> None:
         """fsync the chunk files of a tile and the folders that name them."""
