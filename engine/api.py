@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from engine import ee_adapter
 from engine.defaults import (
-    DEFAULT_CONCURRENCY,
     DEFAULT_PARALLEL_IMAGES,
     EE_MAX_REQUEST_BYTES,
 )
@@ -256,7 +255,7 @@ def plan(
     endpoint: Endpoint = "urls",
     max_tile_bytes: int = EE_MAX_REQUEST_BYTES,
     max_tile_dim: int | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     scale_offset: bool = False,
     like: str | os.PathLike[str] | None = None,
     mask_band: bool = False,

@@ -19,6 +19,7 @@ from engine import __version__
 from engine import cli_options as opt
 from engine.cli_command import Group, OneLineError
 from engine.cli_output import report_preview, show_job, show_jobs, status_json
+from engine.emulator.config import PROFILES as EMULATOR_PROFILES
 
 if TYPE_CHECKING:
     from engine.recipes import Clip, Reducer
@@ -248,7 +249,7 @@ def plan(
     source: opt.Source,
     job: opt.RequestArgs,
     output: str,
-    concurrency: int,
+    concurrency: int | None,
     as_json: bool,
     network: opt.ConnectionArgs,
     debug: bool,
@@ -471,6 +472,7 @@ Examples:
   eefetch status nanjing.tif.eefetch.db      # one job: tiles, bytes, last errors
   eefetch status scenes/                     # every job under a folder, one row each
   eefetch status scenes/ --json | jq '.[] | select(.tiles.failed > 0)'
+  eefetch status nanjing.tif.eefetch.db --map status.png   # and a picture of the tiles
 
 \b
 STATE: done, fetching (a process is on it), merging, stopped (run the same command again),
@@ -478,20 +480,41 @@ failed tiles (run again to retry them), fetched, not merged (`eefetch merge`).
 """
 
 
+EPILOG_SERVE = """\b
+Examples:
+  eefetch serve nanjing.tif.eefetch.db       # one job; open the URL it prints
+  eefetch serve scenes/ --port 0             # every job under a folder, on a free port
+
+\b
+The page refreshes itself every few seconds while jobs run. It only reads state files (never
+their lock) and shows no download URL; it listens on 127.0.0.1 unless --host says otherwise.
+"""
+
+
 @main.command(epilog=EPILOG_STATUS)
 @click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
 @opt.as_json
+@click.option(
+    "--map",
+    "map_png",
+    type=click.Path(dir_okay=False),
+    help="Also draw the job's tiles, coloured by state, into this PNG.",
+)
 @opt.debug
-def status(path: str, as_json: bool, debug: bool) -> None:
+def status(path: str, as_json: bool, map_png: str | None, debug: bool) -> None:
     """Show a job (tiles done / pending / failed, bytes, last errors), or every job in a folder."""
     from engine import inventory
 
     if Path(path).is_dir():
+        if map_png:
+            raise click.UsageError("--map draws one job: give its state file, not a folder")
         show_jobs(inventory.find_state_files(path), path, as_json, totals=True)
         return
     row = inventory.read_job(path)
     if row.status == "empty":
         raise OneLineError(f"{path} holds no job yet; start one with `eefetch download`")
+    if map_png:
+        _write_map(path, map_png)
     if as_json:
         click.echo(json.dumps(status_json(row), indent=2))
         return
@@ -542,6 +565,27 @@ def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
     click.echo(f"{verb} {len(removed)} item(s), {format_bytes(total)}", err=True)
 
 
+@main.command(epilog=EPILOG_SERVE)
+@click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
+@click.option("--port", default=8765, type=int, show_default=True, help="0 picks a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@opt.debug
+def serve(path: str, port: int, host: str, debug: bool) -> None:
+    """A live, read-only web page of a job or of the jobs in a folder (Ctrl-C stops it)."""
+    from engine.runner import run_until_signalled
+    from engine.webview import serve_forever
+
+    def ready(url: str) -> None:
+        click.echo(f"eefetch: serving {url} (read-only; Ctrl-C to stop)", err=True)
+        click.echo(url)
+        sys.stdout.flush()
+
+    try:
+        run_until_signalled(serve_forever(Path(path), host, port, ready))
+    except KeyboardInterrupt:
+        click.echo("eefetch: stopped serving", err=True)
+
+
 @main.command()
 @click.argument("state", type=click.Path(dir_okay=False))
 @opt.overwrite
@@ -560,10 +604,22 @@ def merge(state: str, overwrite: bool, debug: bool) -> None:
     "--profile",
     default="realistic",
     show_default=True,
-    type=click.Choice(["clean", "realistic", "flaky", "hostile"]),
+    type=click.Choice(sorted(EMULATOR_PROFILES)),
+    help="A server model (README, 'The emulator'); realistic is the default.",
 )
 @click.option("--seed", default=0, type=int, show_default=True, help="Seed of the fault model.")
 @click.option("--no-limits", is_flag=True, help="No size limits, quota or faults: an oracle.")
+@click.option(
+    "--no-shaping", is_flag=True, help="No latency or bandwidth shaping (limits are kept)."
+)
+@click.option("--tile-cache", type=click.Path(file_okay=False), help="Keep rendered tiles here.")
+@click.option(
+    "--render-processes",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Render in N worker processes (0: threads).",
+)
 @click.option(
     "--certfile",
     type=click.Path(exists=True, dir_okay=False),
@@ -580,6 +636,9 @@ def emulator(
     profile: str,
     seed: int,
     no_limits: bool,
+    no_shaping: bool,
+    tile_cache: str | None,
+    render_processes: int,
     certfile: str | None,
     keyfile: str | None,
 ) -> None:
@@ -601,7 +660,14 @@ def emulator(
                 f"cannot use {certfile} as the emulator's certificate: {exc}; give a PEM "
                 "certificate and its key (--keyfile)"
             ) from exc
-    config = EmulatorConfig.from_profile(profile, seed=seed, no_limits=no_limits)
+    config = EmulatorConfig.from_profile(
+        profile,
+        seed=seed,
+        no_limits=no_limits,
+        shaping=not no_shaping,
+        tile_cache_dir=tile_cache,
+        render_processes=render_processes,
+    )
     serve_forever(config, host, port, ssl_context=context)
 
 
@@ -736,6 +802,18 @@ def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:
             "bands, a coarser --scale or a smaller --region would shrink it",
             err=True,
         )
+
+
+def _write_map(state: str, picture: str) -> None:
+    from engine.jobmap import write_map
+
+    if not Path(picture).parent.is_dir():
+        raise OneLineError(
+            f"--map {picture}: folder {Path(picture).parent} does not exist; create it or "
+            "choose another path"
+        )
+    result = write_map(state, picture)
+    click.echo(f"eefetch: wrote {picture} ({result.width} x {result.height})", err=True)
 
 
 def _stored_spec(state: str) -> Any:

@@ -318,9 +318,10 @@ request_options = _grouped(
 concurrency = click.option(
     "--concurrency",
     type=click.IntRange(1, EE_MAX_CONCURRENCY),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help=f"Tiles in flight at once (EE allows {EE_MAX_CONCURRENCY} per project).",
+    default=None,
+    help=f"Tiles in flight at once [default: found while running, from {DEFAULT_CONCURRENCY} "
+    f"up to the {EE_MAX_CONCURRENCY} EE allows a project, as long as more connections move "
+    "more bytes; 429s lower it].",
 )
 
 
@@ -328,7 +329,7 @@ concurrency = click.option(
 class RunArgs:
     """How hard to push and how long to wait: ``engine.request.RunSettings``."""
 
-    concurrency: int
+    concurrency: int | None
     idle_timeout: float
     first_byte_timeout: float
     max_attempts: int

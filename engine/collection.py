@@ -24,8 +24,7 @@ import ee
 from engine import ee_adapter
 from engine.defaults import DEFAULT_PARALLEL_IMAGES
 from engine.errors import EarthEngineError, EefetchError, InvalidJob
-from engine.job import JobResult, RunOptions, run_job
-from engine.pacing import AdaptiveLimiter
+from engine.job import JobResult, RunOptions, new_limiter, run_job
 from engine.paths import default_state_path
 from engine.progress import Progress, SilentProgress
 from engine.spec import JobSpec
@@ -159,7 +158,7 @@ async def run_collection(
 ) -> CollectionResult:
     """Run every image's job, ``parallel_images`` at once, under one shared limiter."""
     progress = progress or SilentProgress()
-    shared = replace(options, limiter=options.limiter or AdaptiveLimiter(options.concurrency))
+    shared = replace(options, limiter=options.limiter or new_limiter(options.concurrency))
     gate = asyncio.Semaphore(max(1, parallel_images))
     overall = CollectionProgress(progress)
     result = CollectionResult(out_dir)

@@ -36,6 +36,8 @@ MAX_ATTEMPTS: Final = 8
 BACKOFF_BASE_S: Final = 2.0
 MAX_BACKOFF_S: Final = 120.0
 DEFAULT_PARALLEL_IMAGES: Final = 4
+TAIL_PART_BYTES: Final = 4 << 20  # the smallest part a tile is cut into at a job's end
+OUTPUT_BLOCK: Final = 512  # pixels per side of the output's blocks (and of tile alignment)
 
 # The tutorial's recipe.
 DEFAULT_COLLECTION: Final = "COPERNICUS/S2_SR_HARMONIZED"

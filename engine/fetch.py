@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, TypeVar
 
 from engine import ee_adapter
 from engine.errors import ErrorKind, FetchError
 from engine.grid import Grid
+from engine.pacing import Meter
 from engine.service import url_is_for
 from engine.spec import JobSpec
 from engine.tiles import tile_expectation, tile_grid, tile_name
@@ -43,7 +44,12 @@ class TileFetcher:
         executor: Executor,
         record: Callable[[TileUpdate], None],
         clock: Callable[[], float] = time.time,
+        *,
+        meter: Meter | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``meter`` hears how long each tile waited for its first byte and how many bytes
+        arrive (the concurrency probe measures goodput with them)."""
         self.spec = spec
         self.job_uid = job_uid
         self.image = image
@@ -52,6 +58,8 @@ class TileFetcher:
         self.executor = executor
         self.record = record
         self.clock = clock
+        self.meter = meter
+        self.monotonic = monotonic
         self.band_count = len(spec.band_ids)
 
     async def __call__(self, tile: TileRecord) -> StoredTile:
@@ -68,8 +76,9 @@ class TileFetcher:
         ):
             url = await self._in_thread(ee_adapter.download_url, image, grid)
             self.record(TileUrl(tile.id, url, self.clock()))
+        asked = self.monotonic()
         async with self.transport.stream("GET", url) as body:
-            return await self._store(tile, body)
+            return await self._store(tile, body, asked)
 
     async def _compute(self, tile: TileRecord, image: ee.Image, grid: Grid) -> StoredTile:
         url, payload = await self._in_thread(
@@ -80,21 +89,26 @@ class TileFetcher:
             ee_adapter.current_base_url(),
         )
         headers = await self._in_thread(ee_adapter.auth_headers)
+        asked = self.monotonic()
         async with self.transport.stream(
             "POST", url, json=payload, headers=headers, during_download=False
         ) as body:
-            return await self._store(tile, body)
+            return await self._store(tile, body, asked)
 
     def _tile_image(self, tile: TileRecord) -> ee.Image:
         if tile.band_start == 0 and tile.band_stop == self.band_count:
             return self.image
         return self.image.slice(tile.band_start, tile.band_stop)
 
-    async def _store(self, tile: TileRecord, body: Body) -> StoredTile:
+    async def _store(self, tile: TileRecord, body: Body, asked: float) -> StoredTile:
         expect = tile_expectation(self.spec, tile)
+        chunks = body.chunks()
+        if self.meter is not None:
+            self.meter.first_byte(self.monotonic() - asked)
+            chunks = _metered(chunks, self.meter)
         try:
             return await self.tiles.write_stream(
-                tile_name(self.job_uid, tile.id), body.chunks(), expect, body.length
+                tile_name(self.job_uid, tile.id), chunks, expect, body.length
             )
         except TileValidationError as exc:
             raise FetchError(ErrorKind.BODY, str(exc)) from exc
@@ -111,3 +125,10 @@ class TileFetcher:
     async def _in_thread(self, function: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, function, *args)
+
+
+async def _metered(chunks: AsyncIterator[bytes], meter: Meter) -> AsyncIterator[bytes]:
+    """The chunks, counted as they arrive."""
+    async for chunk in chunks:
+        meter.observe(len(chunk))
+        yield chunk

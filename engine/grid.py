@@ -399,18 +399,9 @@ def grid_from_region(
     crs_text = _crs_text(crs, "crs")
     dst = _parse_crs(crs_text, "crs")
     pixel = _pixel_size(dst, size)
-    sequences, src = _region_sequences(region, region_crs)
-
-    if src != dst:
-        if src.is_geographic:
-            sequences = [_unwrap_longitudes(s) for s in sequences]
-        extent = np.vstack(sequences)
-        span = float(np.ptp(extent, axis=0).max())
-        sequences = [_densify(s, span / _DENSIFY_PARTS) for s in sequences]
-        sequences = [_project(src, dst, s) for s in sequences]
+    sequences = _sequences_in(region, dst, region_crs)
 
     if dst.is_geographic:
-        sequences = [_unwrap_longitudes(s) for s in sequences]
         minx, maxx = _longitude_range(sequences)
     else:
         minx = min(float(s[:, 0].min()) for s in sequences)
@@ -423,6 +414,29 @@ def grid_from_region(
     width, height = max(col1 - col0, 1), max(row1 - row0, 1)
     top = max(row1, row0 + 1)
     return Grid(crs_text, (pixel, 0.0, col0 * pixel, 0.0, -pixel, top * pixel), width, height)
+
+
+def region_outline(region: Mapping[str, Any], crs: str) -> list[np.ndarray]:
+    """The region's outline (exterior rings, lines, points) as (N, 2) arrays in ``crs``.
+
+    The coordinates ``grid_from_region`` measures: edges densified before projecting, and
+    longitudes in a geographic ``crs`` unwrapped the short way round.
+    """
+    return _sequences_in(region, _parse_crs(_crs_text(crs, "crs"), "crs"), None)
+
+
+def _sequences_in(region: Mapping[str, Any], dst: CRS, region_crs: str | None) -> list[np.ndarray]:
+    sequences, src = _region_sequences(region, region_crs)
+    if src != dst:
+        if src.is_geographic:
+            sequences = [_unwrap_longitudes(s) for s in sequences]
+        extent = np.vstack(sequences)
+        span = float(np.ptp(extent, axis=0).max())
+        sequences = [_densify(s, span / _DENSIFY_PARTS) for s in sequences]
+        sequences = [_project(src, dst, s) for s in sequences]
+    if dst.is_geographic:
+        sequences = [_unwrap_longitudes(s) for s in sequences]
+    return sequences
 
 
 def _project(src: CRS, dst: CRS, seq: np.ndarray) -> np.ndarray:
@@ -670,6 +684,45 @@ def split_tile(
             Window(w.row_off + first, w.col_off, w.height - first, w.width),
         ]
     return [TilePlan(p, tile.band_start, tile.band_stop) for p in parts]
+
+
+def split_for_slots(
+    tiles: Sequence[TilePlan],
+    itemsizes: Sequence[int],
+    slots: int,
+    *,
+    min_part_bytes: int,
+    block: int = 512,
+) -> list[list[TilePlan]]:
+    """Cut the last tiles of a job so that ``slots`` connections have one part each.
+
+    At a job's end a few large tiles would keep a few connections busy while the others idle.
+    The largest part is halved (on a multiple of ``block``, so parts stay block-aligned in the
+    output) until there are ``slots`` parts, or no part is larger than two of
+    ``min_part_bytes`` (below that a request's latency costs more than it saves), or no part
+    has a side longer than two blocks. Bands are never cut. Returns each tile's parts, in the
+    order given (a tile left whole is a list of itself).
+    """
+    parts = [[tile] for tile in tiles]
+    count = len(tiles)
+
+    def size(plan: TilePlan) -> int:
+        bytes_per_pixel = sum(itemsizes[plan.band_start : plan.band_stop])
+        return plan.window.height * plan.window.width * bytes_per_pixel
+
+    while count < slots:
+        candidates = [
+            (size(p), i, j)
+            for i, group in enumerate(parts)
+            for j, p in enumerate(group)
+            if size(p) >= 2 * min_part_bytes and max(p.window.height, p.window.width) > 2 * block
+        ]
+        if not candidates:
+            break
+        _, i, j = max(candidates)
+        parts[i][j : j + 1] = split_tile(parts[i][j], itemsizes, block)
+        count += 1
+    return parts
 
 
 def _split_bands(tile: TilePlan, itemsizes: Sequence[int] | None) -> list[TilePlan]:

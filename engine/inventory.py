@@ -77,8 +77,6 @@ def read_job(state_path: str | os.PathLike[str], errors: int = 5) -> JobRow:
         done_bytes = store.bytes_done()
         last = [{"tile": t, "error": e} for t, e in store.last_errors(errors)]
     spec = job.spec
-    leaves = sum(counts[k] for k in ("pending", "in_flight", "done", "failed"))
-    percent = 100.0 * counts["done"] / leaves if leaves else 0.0
     running = is_running(path)
     output = Path(job.output_path)
     return JobRow(
@@ -89,13 +87,21 @@ def read_job(state_path: str | os.PathLike[str], errors: int = 5) -> JobRow:
         state_label=label(job.status, counts, running, output.exists()),
         running=running,
         tiles=counts,
-        percent=100.0 if job.status == "merged" else percent,
+        percent=percent_done(job.status, counts),
         bytes_done=done_bytes,
-        expected_bytes=_expected_bytes(spec),
+        expected_bytes=expected_bytes(spec),
         tiles_on_disk=_folder_bytes(tiles_folder(path)),
         output_exists=output.exists(),
         last_errors=last,
     )
+
+
+def percent_done(status: str, counts: dict[str, int]) -> float:
+    """Share of the tiles to fetch (split parents are not) that are done; 100 once merged."""
+    if status == "merged":
+        return 100.0
+    leaves = sum(counts.get(k, 0) for k in ("pending", "in_flight", "done", "failed"))
+    return 100.0 * counts.get("done", 0) / leaves if leaves else 0.0
 
 
 def label(status: str, counts: dict[str, int], running: bool, output_exists: bool) -> str:
@@ -300,7 +306,8 @@ _ITEMSIZES = {"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int3
 fifth of a second."""
 
 
-def _expected_bytes(spec: dict[str, Any]) -> int:
+def expected_bytes(spec: dict[str, Any]) -> int:
+    """Bytes of the job's pixels uncompressed (0 for a spec this eefetch cannot read)."""
     try:
         grid = spec["grid"]
         return (

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import __version__, ee_adapter
-from engine.defaults import DEFAULT_CONCURRENCY, EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS
+from engine.defaults import EE_MAX_CONCURRENCY, EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS
 from engine.errors import JobError, SpecError
 from engine.fetch import TileFetcher
 from engine.grid import TilePlan, plan_tiles
@@ -55,7 +55,7 @@ LOG = logging.getLogger(__name__)
 class RunOptions:
     """How a run goes, as opposed to what it fetches (see JobSpec)."""
 
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int | None = None  # None: found by probing (engine.pacing.ConcurrencyProbe)
     transport: TransportOptions = field(default_factory=TransportOptions)
     scheduler: SchedulerOptions | None = None
     overwrite: bool = False
@@ -272,6 +272,7 @@ async def _run_locked(
                 notes.append(f"trying {retried} failed tile(s) again")
             await state(store.release_all_claims)
             notes.extend(await uninterrupted(reconcile, store, tiles, spec, job.uid))
+        await uninterrupted(tiles.reserve)
         for note in notes:
             progress.note(note)
         overwrite = options.overwrite or job.status == "merged"
@@ -291,9 +292,16 @@ async def _run_locked(
         finally:
             if live is not None:
                 await uninterrupted(live.close)
-        if not spec.keep_tiles:
+        if spec.keep_tiles:
+            await uninterrupted(tiles.free_reserve)
+        else:
             await uninterrupted(tiles.remove_all)
         return JobResult(merged, state_path, await state(store.counts), summary, True, notes)
+
+
+def new_limiter(concurrency: int | None) -> AdaptiveLimiter:
+    """A job's (or a collection's) concurrency budget: pinned, or found by probing."""
+    return AdaptiveLimiter.unpinned() if concurrency is None else AdaptiveLimiter(concurrency)
 
 
 def _start_live_merge(
@@ -355,7 +363,9 @@ async def _fetch_all(
     # Reading a large expression back takes the client a while: not on the event loop.
     image = await asyncio.to_thread(ee_adapter.prepared_image, spec)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    scheduler_options = options.scheduler or SchedulerOptions(concurrency=options.concurrency)
+    slots = options.concurrency or EE_MAX_CONCURRENCY
+    scheduler_options = options.scheduler or SchedulerOptions(concurrency=slots)
+    limiter = options.limiter or new_limiter(options.concurrency)
     rng = random.Random(options.seed)
     base_url = ee_adapter.current_base_url()
     executor = await asyncio.to_thread(started_pool, scheduler_options.concurrency, "eefetch-ee")
@@ -363,7 +373,15 @@ async def _fetch_all(
         async with Transport(options.transport, base_url) as transport:
             updates = UpdateBuffer(store, state, options.clock)
             fetcher: Fetch = TileFetcher(
-                spec, job_uid, image, transport, tiles, executor, updates.record, options.clock
+                spec,
+                job_uid,
+                image,
+                transport,
+                tiles,
+                executor,
+                updates.record,
+                options.clock,
+                meter=limiter,
             )
             if live is not None:
                 fetcher = _offering(fetcher, live)
@@ -379,7 +397,8 @@ async def _fetch_all(
                     progress=progress,
                     rng=rng,
                     clock=options.clock,
-                    limiter=options.limiter,
+                    limiter=limiter,
+                    free_space=tiles.free_reserve,
                 )
                 summary = await scheduler.run()
                 _add(total, summary)
@@ -512,6 +531,7 @@ def _add(total: RunSummary, part: RunSummary) -> None:
     total.fetched_bytes += part.fetched_bytes
     total.retries += part.retries
     total.splits += part.splits
+    total.tail_splits += part.tail_splits
     total.failed += part.failed
     total.outages += part.outages
     total.errors.extend(part.errors)

@@ -31,7 +31,7 @@ from rasterio.windows import Window as RioWindow
 
 from engine.errors import MergeError, OutputExistsError
 from engine.filemodes import create_private, public_mode
-from engine.tilestore import block_extents
+from engine.tilestore import TileValidationError, block_ends, block_position
 
 if TYPE_CHECKING:
     from engine.grid import Grid, TilePlan
@@ -135,6 +135,12 @@ def creation_options(
     if compress != "none":
         options["compress"] = compress
         options["predictor"] = 3 if np.dtype(dtype).kind == "f" else 2
+        # The fastest level of each: GDAL's defaults (6, 9) cost 1.4-4x the CPU for files
+        # about 1 % smaller, and the merge is most of a job's CPU (BENCHMARKS.md, compression).
+        if compress == "deflate":
+            options["zlevel"] = 1
+        elif compress == "zstd":
+            options["zstd_level"] = 1
     return options
 
 
@@ -729,12 +735,15 @@ def _check_written(path: Path) -> None:
     a file would be published as the output.
     """
     size = path.stat().st_size
-    with rasterio.open(path) as dataset:
-        for band, row, col, end in block_extents(dataset):
-            if end is None or end > size:
-                raise OSError(
-                    errno.EIO, f"block ({row}, {col}) of band {band} was not written completely"
-                )
+    try:
+        ends = block_ends(path)
+    except TileValidationError as exc:
+        raise OSError(errno.EIO, f"the written file's block table is damaged: {exc}") from exc
+    bad = np.flatnonzero((ends == 0) | (ends > size))
+    if bad.size:
+        with rasterio.open(path) as dataset:
+            band, row, col = block_position(dataset, int(bad[0]))
+        raise OSError(errno.EIO, f"block ({row}, {col}) of band {band} was not written completely")
 
 
 def write_failure(output: Path, needed: int, exc: BaseException) -> MergeError:

@@ -158,3 +158,31 @@ def _looks_like_bbox(text: str) -> bool:
 
 def _short(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:120]
+
+
+MAX_REGION_POINTS = 4000  # vertices of the outline kept in the job spec
+
+
+def simplified_outline(geometry: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The region's outline to keep in a job spec: at most MAX_REGION_POINTS vertices.
+
+    A region file may hold millions of vertices; the map needs the outline to about a
+    thousandth of its extent. A ``crs`` member (projected regions) is kept.
+    """
+    if not geometry:
+        return None
+    import shapely
+    from shapely.geometry import mapping, shape
+
+    outline = shape(dict(geometry))
+    if outline.is_empty:
+        return None
+    minx, miny, maxx, maxy = outline.bounds
+    tolerance = max(maxx - minx, maxy - miny) / 2000
+    while shapely.get_num_coordinates(outline) > MAX_REGION_POINTS and tolerance > 0:
+        outline = shapely.simplify(outline, tolerance, preserve_topology=False)
+        tolerance *= 4
+    kept: dict[str, Any] = dict(mapping(outline))
+    if "crs" in geometry:
+        kept["crs"] = geometry["crs"]
+    return kept

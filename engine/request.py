@@ -27,9 +27,9 @@ from engine import ee_adapter
 from engine.defaults import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
-    DEFAULT_CONCURRENCY,
     DEFAULT_ZARR_COMPRESSION,
     DTYPES,
+    EE_MAX_CONCURRENCY,
     EE_MAX_REQUEST_BYTES,
     ENDPOINTS,
     OUTPUT_FORMATS,
@@ -48,11 +48,11 @@ from engine.job import RunOptions
 from engine.like import grid_of
 from engine.metadata import image_properties
 from engine.nodata import choose_nodata
-from engine.region_input import load_region
+from engine.region_input import load_region, simplified_outline
 from engine.scaling import apply_factors, band_factors
 from engine.scheduler import SchedulerOptions
 from engine.service import service_identity
-from engine.spec import Endpoint, JobSpec
+from engine.spec import REGION_EXTRA, Endpoint, JobSpec
 from engine.transport import TransportOptions
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class DownloadRequest:
         """The same request written elsewhere (one image of a collection)."""
         return replace(self, output=output)
 
-    def check(self, concurrency: int) -> None:
+    def check(self, concurrency: int | None) -> None:
         """The checks that need no answer from Earth Engine: they run before its first call,
         so nothing is fetched for a request that cannot work."""
         check_arguments(self, concurrency)
@@ -125,9 +125,13 @@ class DownloadRequest:
 
 @dataclass(frozen=True, slots=True)
 class RunSettings:
-    """How a run goes; none of it changes a pixel, so it may change between runs of a job."""
+    """How a run goes; none of it changes a pixel, so it may change between runs of a job.
 
-    concurrency: int = DEFAULT_CONCURRENCY
+    ``concurrency`` None (the default) lets the run find it: it probes from 16 up to Earth
+    Engine's 40 while more tiles in flight move more bytes (``engine.pacing``).
+    """
+
+    concurrency: int | None = None
     idle_timeout: float = field(default_factory=lambda: TransportOptions().idle_timeout)
     first_byte_timeout: float = field(default_factory=lambda: TransportOptions().first_byte_timeout)
     max_attempts: int = field(default_factory=lambda: SchedulerOptions().max_attempts)
@@ -142,7 +146,7 @@ class RunSettings:
                 raise InvalidJob(f"{name} must be a positive number of seconds, got {value!r}")
         if not _whole_at_least(self.max_attempts, 1):
             raise InvalidJob(f"max_attempts must be a whole number >= 1, got {self.max_attempts}")
-        if not _whole_at_least(self.concurrency, 1):
+        if self.concurrency is not None and not _whole_at_least(self.concurrency, 1):
             raise InvalidJob(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
         return RunOptions(
             concurrency=self.concurrency,
@@ -153,21 +157,26 @@ class RunSettings:
                 first_byte_timeout=self.first_byte_timeout,
             ),
             scheduler=SchedulerOptions(
-                concurrency=self.concurrency,
+                concurrency=self.slots,
                 max_attempts=self.max_attempts,
                 backoff_cap=self.max_backoff,
             ),
             overwrite=self.overwrite,
         )
 
+    @property
+    def slots(self) -> int:
+        """Tiles in flight at most: the pinned concurrency, else as many as EE allows."""
+        return self.concurrency if self.concurrency is not None else EE_MAX_CONCURRENCY
 
-def concurrency_from(concurrency: int | None, num_threads: int | None) -> int:
-    """eefetch's ``concurrency``, else geemap's ``num_threads``, else the default; a 0 given
-    is kept (and refused by the checks), not read as "not given"."""
+
+def concurrency_from(concurrency: int | None, num_threads: int | None) -> int | None:
+    """eefetch's ``concurrency``, else geemap's ``num_threads``, else None (found by probing);
+    a 0 given is kept (and refused by the checks), not read as "not given"."""
     for value in (concurrency, num_threads):
         if value is not None:
             return value
-    return DEFAULT_CONCURRENCY
+    return None
 
 
 def tile_bytes_from(max_tile_bytes: int | None, max_tile_size_mb: float | None) -> int:
@@ -185,7 +194,7 @@ def build_job(
     request: DownloadRequest,
     connection: Connection,
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     warn: Callable[[str], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JobSpec:
@@ -237,15 +246,17 @@ def build_job(
         (warn or _warn_lossy)(lossy)
     # In a GDAL environment, PROJ's complaints about an unknown CRS go to logging (and become
     # our one-line error) instead of being printed to stderr.
+    geometry = region_geojson(request.region)
     with rasterio.Env():
         grid = resolve_grid(
             chosen,
-            region_geojson(request.region),
+            geometry,
             request.crs,
             request.crs_transform,
             request.scale,
             request.shape,
         )
+    outline = simplified_outline(geometry)
     return _invalid_job_on_spec_error(
         JobSpec,
         expression=ee_adapter.serialize(image),
@@ -256,13 +267,13 @@ def build_job(
         output=str(request.output.expanduser().resolve()),
         endpoint=request.endpoint,
         max_tile_bytes=request.max_tile_bytes,
-        plan_concurrency=concurrency,
+        plan_concurrency=concurrency if concurrency is not None else EE_MAX_CONCURRENCY,
         compress=request.compression,
         cog=request.cog,
         keep_tiles=request.keep_tiles,
         ee_url=connection.url,
         project=connection.project,
-        extra=_extra(request, factors, info.properties, nodata_note) | (extra or {}),
+        extra=_extra(request, factors, info.properties, nodata_note, outline) | (extra or {}),
         service=service_identity(ee_adapter.current_base_url()),
     )
 
@@ -272,6 +283,7 @@ def _extra(
     factors: dict[str, tuple[float, float]],
     properties: dict[str, Any],
     nodata_note: str,
+    outline: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The spec's ``extra``: options that change the file (in the fingerprint) only when set,
     so that jobs made before they existed keep their fingerprint; then what only describes
@@ -289,6 +301,8 @@ def _extra(
     extra["nodata_note"] = nodata_note
     if request.workload_tag:
         extra["workload_tag"] = request.workload_tag
+    if outline is not None:  # for pictures of the job (status --map, serve); not an identity
+        extra[REGION_EXTRA] = outline
     return extra
 
 
@@ -300,7 +314,7 @@ def region_geojson(region: Any) -> dict[str, Any] | None:
     return from_ee if from_ee is not None else load_region(region)
 
 
-def check_arguments(request: DownloadRequest, concurrency: int) -> None:
+def check_arguments(request: DownloadRequest, concurrency: int | None) -> None:
     """Refuse, one line each, what cannot work whatever Earth Engine answers."""
     if request.compress is not None and request.compress not in COMPRESSIONS:
         raise InvalidJob(
@@ -314,7 +328,7 @@ def check_arguments(request: DownloadRequest, concurrency: int) -> None:
         raise InvalidJob(
             f"unknown resampling {request.resampling!r}; use one of {', '.join(RESAMPLINGS)}"
         )
-    if not _whole_at_least(concurrency, 1):
+    if concurrency is not None and not _whole_at_least(concurrency, 1):
         raise InvalidJob(f"concurrency must be a whole number >= 1, got {concurrency!r}")
     tile_bytes = request.max_tile_bytes
     if not _whole_at_least(tile_bytes, 1) or tile_bytes > EE_MAX_REQUEST_BYTES:

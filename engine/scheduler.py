@@ -17,9 +17,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.clocks import ClockWatch
-from engine.defaults import BACKOFF_BASE_S, DEFAULT_CONCURRENCY, MAX_ATTEMPTS, MAX_BACKOFF_S
+from engine.defaults import (
+    BACKOFF_BASE_S,
+    DEFAULT_CONCURRENCY,
+    MAX_ATTEMPTS,
+    MAX_BACKOFF_S,
+    OUTPUT_BLOCK,
+    TAIL_PART_BYTES,
+)
 from engine.errors import ErrorKind, FetchError, JobStopped
-from engine.grid import split_tile
+from engine.grid import split_for_slots, split_tile
 from engine.offload import StateThread, uninterrupted
 from engine.pacing import AdaptiveLimiter, OutageMonitor
 from engine.progress import Progress, SilentProgress
@@ -55,6 +62,7 @@ class SchedulerOptions:
     backoff_base: float = BACKOFF_BASE_S
     backoff_cap: float = MAX_BACKOFF_S
     outage_threshold: int = 3
+    split_tail: bool = True  # cut the last tiles when connections would idle
     first_probe_interval: float = 2.0
     max_probe_interval: float = 300.0
     min_split_side: int = 1
@@ -66,6 +74,7 @@ class RunSummary:
     fetched_bytes: int = 0
     retries: int = 0
     splits: int = 0
+    tail_splits: int = 0
     failed: int = 0
     outages: int = 0
     stopped_by: str | None = None
@@ -126,12 +135,14 @@ class Scheduler:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limiter: AdaptiveLimiter | None = None,
+        free_space: Callable[[], None] | None = None,
     ) -> None:
         """``limiter`` shares one concurrency budget between jobs (a collection's images);
         by default the scheduler has its own of ``options.concurrency`` slots. ``clock`` is
         the wall clock of the times stored in the state; ``monotonic`` measures intervals and
         notices when the wall clock steps. ``updates`` (and its state thread) may be shared
-        with the fetcher; by default the scheduler has its own for the run."""
+        with the fetcher; by default the scheduler has its own for the run. ``free_space``
+        gives back disk space kept in reserve, when the run ends on an error."""
         self.store = store
         self.fetch = fetch
         self.probe = probe
@@ -144,6 +155,7 @@ class Scheduler:
         self.monotonic = monotonic
         self.clock_watch = ClockWatch(clock, monotonic)
         self.sleep = sleep
+        self.free_space = free_space
         self.limiter = limiter or AdaptiveLimiter(self.options.concurrency)
         self.outage = OutageMonitor(
             self.options.outage_threshold,
@@ -158,6 +170,8 @@ class Scheduler:
         self.state = self.updates.state
         self._queue: list[TileRecord] = []
         self._in_flight = 0
+        self._store_drained = False  # the last claim got every tile the store could give
+        self._tail_cut = False
         self._changed = asyncio.Event()
         self._fatal: str | None = None
 
@@ -169,16 +183,20 @@ class Scheduler:
 
     async def run(self) -> RunSummary:
         """Fetch every claimable tile; return when none is left or the job must stop."""
+        ended_well = False
         try:
             async with asyncio.TaskGroup() as group:
                 housekeeping = group.create_task(self._housekeeping())
                 await self._dispatch(group)
                 housekeeping.cancel()
+            ended_well = self._fatal is None
         except BaseExceptionGroup as errors:
             # A task's own error (a state write on a full disk, say) is what the caller must
             # see, not a group of one: the command line turns it into one line.
             raise _first_error(errors) from None
         finally:
+            if not ended_well and self.free_space is not None:
+                self.free_space()  # a full disk must not keep the state from being settled
             for tile in self._queue:
                 self.updates.record(TileReleased(tile.id))
             self._queue.clear()
@@ -195,9 +213,13 @@ class Scheduler:
         """At the end of a run (in the state thread): write every queued update and give back
         the claims still held, whatever stopped the run."""
         pending = self.updates.take()
-        if pending:
-            self.store.apply(pending, self.clock())
-        self.store.release_claims(self.owner)
+        try:
+            if pending:
+                self.store.apply(pending, self.clock())
+        finally:
+            # Even when the updates cannot be written (a full disk): no claim may outlive the
+            # run, and giving them back is one small statement that may still get through.
+            self.store.release_claims(self.owner)
 
     async def _dispatch(self, group: asyncio.TaskGroup) -> None:
         while self._fatal is None:
@@ -227,15 +249,61 @@ class Scheduler:
         if not self._queue:
             await self.flush()
             await self._follow_clock_steps()
-            self._queue = await self.state(
-                self.store.claim,
-                self.owner,
-                self.clock(),
-                self.options.lease_seconds,
-                max(1, self.limiter.limit * 2),
-            )
+            self._queue = await self._claim()
             self._queue.reverse()
+        slots = self.limiter.limit
+        if self._at_last_wave(slots):
+            # Every tile left is queued here and fewer than the connections: cut them once so
+            # that the last wave has a part per connection, not a few tiles and idle slots.
+            self._tail_cut = True
+            self._queue = (await self._cut_last_wave(self._queue[::-1], slots))[::-1]
         return self._queue.pop() if self._queue else None
+
+    def _at_last_wave(self, slots: int) -> bool:
+        return (
+            self.options.split_tail
+            and not self._tail_cut
+            and self._store_drained
+            and 0 < len(self._queue) < slots
+        )
+
+    async def _claim(self) -> list[TileRecord]:
+        wanted = max(1, self.limiter.limit * 2)
+        claimed = await self.state(
+            self.store.claim,
+            self.owner,
+            self.clock(),
+            self.options.lease_seconds,
+            wanted,
+        )
+        self._store_drained = len(claimed) < wanted
+        return claimed
+
+    async def _cut_last_wave(self, claimed: list[TileRecord], slots: int) -> list[TileRecord]:
+        """The job's last tiles, cut so that ``slots`` connections get a part each (the cut is
+        recorded in the state, as a split Earth Engine asked for would be)."""
+        parts = split_for_slots(
+            [tile_plan(t) for t in claimed],
+            self.itemsizes,
+            slots,
+            min_part_bytes=TAIL_PART_BYTES,
+            block=OUTPUT_BLOCK,
+        )
+        cut = [(tile, group) for tile, group in zip(claimed, parts, strict=True) if len(group) > 1]
+        if not cut:
+            return claimed
+        for tile, group in cut:
+            reason = "cut to keep idle connections busy at the job's end"
+            self.record(TileSplit(tile.id, [new_tile(p, tile.id) for p in group], reason))
+            self.progress.tiles_added(len(group) - 1)
+        await self.flush()
+        self.summary.tail_splits += len(cut)
+        self.progress.note(
+            f"{len(cut)} of the last tiles cut into {sum(len(g) for _, g in cut)} parts "
+            "to keep idle connections busy"
+        )
+        whole = [tile for tile, group in zip(claimed, parts, strict=True) if len(group) == 1]
+        return whole + await self._claim()
 
     async def _follow_clock_steps(self) -> None:
         """After a suspend or a clock step, move stored retry times and this run's leases by
@@ -366,11 +434,13 @@ class Scheduler:
             self.progress.note("network is back; carrying on")
 
     async def _housekeeping(self) -> None:
-        """Flush batched updates and renew leases while the run lasts."""
+        """Flush batched updates, let the limiter's probe look, renew leases, while the run
+        lasts."""
         renew_every = max(1.0, self.options.lease_seconds / 3)
         last_renew = self.monotonic()
         while True:
             await asyncio.sleep(self.options.flush_every)
+            self.limiter.tick()
             await self.flush()
             await self._follow_clock_steps()
             if self.monotonic() - last_renew >= renew_every:

@@ -32,7 +32,10 @@ PLAN_EXTRA = ("max_tile_dim",)  # keys of JobSpec.extra that only shape the plan
 # requests' cost), why this nodata value was chosen, a stack's per-image properties. Not in
 # the fingerprint.
 DESCRIPTIVE_EXTRA = ("metadata", "workload_tag", "nodata_note", "time_properties")
-NOT_IDENTITY_EXTRA = PLAN_EXTRA + DESCRIPTIVE_EXTRA
+# Key of JobSpec.extra holding the region's outline (GeoJSON, simplified) for pictures of the
+# job (engine.jobmap). The grid already holds what the region decides of the pixels.
+REGION_EXTRA = "region"
+NOT_IN_IDENTITY = (*PLAN_EXTRA, REGION_EXTRA, *DESCRIPTIVE_EXTRA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,7 @@ class JobSpec:
             "nodata": repr(self.nodata),
             "output": self.output,
             "service": self.service,
-            "extra": {k: v for k, v in self.extra.items() if k not in NOT_IDENTITY_EXTRA},
+            "extra": {k: v for k, v in self.extra.items() if k not in NOT_IN_IDENTITY},
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,6 +120,13 @@ class JobSpec:
                 f"the job it holds cannot be finished ({exc}); delete the state file and its "
                 "tile folder, then start the download again"
             ) from exc
+
+
+def with_region(spec: JobSpec, outline: dict[str, Any] | None) -> JobSpec:
+    """``spec`` that also keeps the region's outline for pictures (same fingerprint)."""
+    if outline is None:
+        return spec
+    return replace(spec, extra={**spec.extra, REGION_EXTRA: outline})
 
 
 def identity_differences(stored: JobSpec, wanted: JobSpec) -> list[str]:

@@ -21,7 +21,7 @@ import ee
 
 from engine import ee_adapter
 from engine.collection import CollectionImage, member
-from engine.defaults import DEFAULT_CONCURRENCY, ZARR_SUFFIX
+from engine.defaults import ZARR_SUFFIX
 from engine.ee_adapter import Connection
 from engine.errors import InvalidJob
 from engine.metadata import collection_of
@@ -47,7 +47,7 @@ def stack_job(
     request: DownloadRequest,
     connection: Connection,
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> JobSpec:
     """The job that writes ``images`` of ``collection`` to ``request.output`` as one store.

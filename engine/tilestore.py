@@ -16,9 +16,10 @@ import os
 import re
 import secrets
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import aiofiles
 import numpy as np
@@ -32,6 +33,8 @@ from rasterio.windows import Window as RioWindow
 from engine.grid import Transform
 
 PART_SUFFIX = ".part"
+RESERVE_NAME = ".eefetch-reserve"
+RESERVE_BYTES = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 _SNIFF_BYTES = 8
 _SNIPPET_BYTES = 120
@@ -180,36 +183,82 @@ def _same_transform(actual: Sequence[float], wanted: Sequence[float]) -> bool:
     )
 
 
-def block_extents(
-    dataset: rasterio.io.DatasetReader,
-) -> Iterator[tuple[int, int, int, int | None]]:
-    """(band, row, col, end byte or None when absent) of every data block of a GeoTIFF.
+_BLOCK_TAGS = {273: "offsets", 279: "counts", 324: "offsets", 325: "counts"}
+_INTEGER_TYPES = {3: "u2", 4: "u4", 16: "u8"}  # SHORT, LONG, LONG8
 
-    Both the tile check (a truncated download) and the merge (a write that failed on a full
-    disk) ask the same question: does every block lie inside the file?
+
+def block_ends(path: Path) -> np.ndarray:
+    """The end byte (offset + length) of every data block of a TIFF's first image, in file
+    order; 0 where a block is absent.
+
+    Read from the block tables themselves (a few reads, whatever the number of blocks): both
+    the tile check (a truncated download) and the merge (a write that failed on a full disk)
+    ask whether every block lies inside the file, and asking GDAL block by block costs two
+    calls per block, tens of milliseconds per tile. Raises TileValidationError for a table
+    that cannot be read.
     """
-    interleave = dataset.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "PIXEL")
-    bands = range(1, dataset.count + 1) if interleave == "BAND" else range(1, 2)
+    try:
+        with path.open("rb") as handle:
+            return _read_block_ends(handle)
+    except (struct.error, ValueError, KeyError, OverflowError) as exc:
+        raise TileValidationError(f"the TIFF's block table cannot be read: {exc}") from exc
+
+
+def _read_block_ends(handle: BinaryIO) -> np.ndarray:
+    head = handle.read(16)
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\x00", b"\x00+")
+    pointer, entry, count_format = ("Q", 20, "Q") if big else ("I", 12, "H")
+    (ifd,) = struct.unpack(order + pointer, head[8:16] if big else head[4:8])
+    handle.seek(ifd)
+    (entries,) = struct.unpack(order + count_format, handle.read(8 if big else 2))
+    table = handle.read(entries * entry)
+    found: dict[str, np.ndarray] = {}
+    for start in range(0, len(table) - entry + 1, entry):
+        tag, kind = struct.unpack(order + "HH", table[start : start + 4])
+        if tag not in _BLOCK_TAGS:
+            continue
+        (count,) = struct.unpack(order + pointer, table[start + 4 : start + (12 if big else 8)])
+        inline = table[start + (12 if big else 8) : start + entry]
+        dtype = np.dtype(order + _INTEGER_TYPES[kind])
+        size = count * dtype.itemsize
+        if size <= len(inline):
+            raw = inline[:size]
+        else:
+            (offset,) = struct.unpack(order + pointer, inline)
+            handle.seek(offset)
+            raw = handle.read(size)
+        if len(raw) < size:
+            raise ValueError("the block table runs past the end of the file")
+        found[_BLOCK_TAGS[tag]] = np.frombuffer(raw, dtype=dtype).astype(np.uint64)
+    offsets, counts = found["offsets"], found["counts"]
+    if len(offsets) != len(counts):
+        raise ValueError(f"{len(offsets)} block offsets for {len(counts)} block sizes")
+    present = (offsets > 0) & (counts > 0)
+    return np.where(present, offsets + counts, np.uint64(0))
+
+
+def block_position(dataset: rasterio.io.DatasetReader, index: int) -> tuple[int, int, int]:
+    """(band, row, col) of the block at ``index`` of the block table."""
     block_h, block_w = dataset.block_shapes[0]
-    rows = -(-dataset.height // block_h)
     cols = -(-dataset.width // block_w)
-    for band in bands:
-        for row in range(rows):
-            for col in range(cols):
-                offset = dataset.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
-                length = dataset.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
-                end = int(offset) + int(length) if offset and length else None
-                yield band, row, col, end
+    per_band = -(-dataset.height // block_h) * cols
+    interleave = dataset.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE", "PIXEL")
+    band = index // per_band + 1 if interleave == "BAND" else 1
+    row, col = divmod(index % per_band, cols)
+    return band, row, col
 
 
-def _check_blocks(dataset: rasterio.io.DatasetReader, size: int) -> None:
+def _check_blocks(path: Path, dataset: rasterio.io.DatasetReader, size: int) -> None:
     """Every data block must end inside the file; catches truncation without decoding."""
-    for band, row, col, end in block_extents(dataset):
-        if end is not None and end > size:
-            raise TileValidationError(
-                f"truncated: band {band} block ({row}, {col}) ends at byte {end}, "
-                f"file is {size} bytes"
-            )
+    ends = block_ends(path)
+    beyond = np.flatnonzero(ends > size)
+    if beyond.size:
+        band, row, col = block_position(dataset, int(beyond[0]))
+        raise TileValidationError(
+            f"truncated: band {band} block ({row}, {col}) ends at byte {int(ends[beyond[0]])}, "
+            f"file is {size} bytes"
+        )
 
 
 def _decode_all(dataset: rasterio.io.DatasetReader) -> None:
@@ -230,16 +279,18 @@ def _decode_all(dataset: rasterio.io.DatasetReader) -> None:
 def validate_geotiff(path: Path, expect: TileExpectation, *, decode: bool) -> None:
     """Raise TileValidationError unless ``path`` is a readable GeoTIFF matching ``expect``.
 
-    Blocking (GDAL); run it in a worker thread from async code. With ``decode`` every pixel is
-    read, which also catches corrupt compressed data inside an intact-looking file.
+    Blocking (GDAL); run it in a worker thread from async code. With ``decode`` every pixel of
+    a compressed file is read, which also catches corrupt data inside an intact-looking file.
     """
     size = path.stat().st_size
     _check_tiff_header(path, size)
     try:
         with rasterio.Env(**_GDAL_OPEN_ENV), rasterio.open(path) as dataset:
             _check_metadata(dataset, expect)
-            _check_blocks(dataset, size)
-            if decode:
+            _check_blocks(path, dataset, size)
+            # An uncompressed block holds nothing that could be corrupt but its length (just
+            # checked): only compressed data needs decoding to be trusted.
+            if decode and dataset.compression is not None:
                 _decode_all(dataset)
     except (RasterioError, CPLE_BaseError) as exc:
         raise TileValidationError(f"not a readable GeoTIFF: {exc}") from exc
@@ -438,12 +489,34 @@ class TileStore:
                 removed += 1
         return removed
 
+    def reserve(self, nbytes: int = RESERVE_BYTES) -> None:
+        """Keep ``nbytes`` of the disk for the end of a run: ``free_reserve`` gives them back
+        when the disk fills up, so that the state can still record how the run ended (the
+        claims it gives back, the tiles it finished) instead of failing on the same full disk.
+        """
+        self._ensure_root()
+        path = self.root / RESERVE_NAME
+        with contextlib.suppress(OSError):  # a disk too full for it: nothing to give back
+            if not path.exists() or path.stat().st_size != nbytes:
+                temp = path.with_name(RESERVE_NAME + PART_SUFFIX)
+                with temp.open("wb") as handle:
+                    handle.write(b"\0" * nbytes)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+
+    def free_reserve(self) -> None:
+        """Give the reserved bytes back to the disk (the run is ending on an error)."""
+        _unlink_quietly(self.root / RESERVE_NAME)
+
     def remove_all(self) -> None:
-        """Delete the tile files (``*.tif``, ``*.tiff``, ``*.part``) and the folder if now empty."""
+        """Delete the tile files (``*.tif``, ``*.tiff``, ``*.part``), the reserve, and the
+        folder if now empty."""
         if not self.root.is_dir():
             return
         for entry in self.root.iterdir():
-            if entry.suffix in (".tif", ".tiff", PART_SUFFIX) and entry.is_file():
+            ours = entry.suffix in (".tif", ".tiff", PART_SUFFIX) or entry.name == RESERVE_NAME
+            if ours and entry.is_file():
                 _unlink_quietly(entry)
         with contextlib.suppress(OSError):
             self.root.rmdir()

@@ -23,7 +23,7 @@ import aiohttp
 
 from engine.defaults import (
     CONNECT_TIMEOUT_S,
-    DEFAULT_CONCURRENCY,
+    EE_MAX_CONCURRENCY,
     FIRST_BYTE_TIMEOUT_S,
     IDLE_TIMEOUT_S,
 )
@@ -47,7 +47,7 @@ class TransportOptions:
     connect_timeout: float = CONNECT_TIMEOUT_S
     first_byte_timeout: float = FIRST_BYTE_TIMEOUT_S
     idle_timeout: float = IDLE_TIMEOUT_S
-    connections: int = DEFAULT_CONCURRENCY
+    connections: int = EE_MAX_CONCURRENCY  # the scheduler's limiter is what binds
 
 
 def resolve_proxy(

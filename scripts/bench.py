@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -98,6 +99,16 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a live process and of its live descendants."""
+    total = _proc_cpu(pid)
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            for child in children.read_text().split():
+                total += _tree_cpu(int(child))
+    return total
+
+
 def loadavg() -> float:
     return os.getloadavg()[0]
 
@@ -134,7 +145,8 @@ class Emulator:
         self.profile = profile
 
     def cpu(self) -> float:
-        return _proc_cpu(self.process.pid)
+        """CPU seconds of the emulator and of its live worker processes."""
+        return _tree_cpu(self.process.pid)
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_emulator/stats", timeout=30) as answer:
@@ -196,7 +208,8 @@ def run_child(
     killed = threading.Event()
 
     def watch() -> None:
-        while process.poll() is None and not killed.is_set():
+        # Never poll() here: that reaps the child, and the wait4 below then fails (ECHILD).
+        while not killed.is_set():
             if time.monotonic() - started > timeout:
                 process.kill()
                 result["timed_out"] = True
@@ -242,6 +255,8 @@ def run_child(
         result["tiles_served_twice"] = sum(1 for t in snap["tiles_served"] if t["count"] > 1)
         result["faults"] = snap["faults"]
         result["max_in_flight"] = snap["max_in_flight"]
+        for key in ("projects", "tile_cache", "loop_lag", "quota_rejections"):
+            result[key] = snap.get(key)
     return result
 
 
@@ -378,11 +393,40 @@ def drive_geedim(args: argparse.Namespace) -> None:
     _dump(args.result, seen, t0)
 
 
-def drive_bare(args: argparse.Namespace) -> None:
-    """The bound: eefetch's tiles fetched by a bare aiohttp loop with eefetch's concurrency.
+def even_splits(total: int, parts: int) -> list[int]:
+    """`total` cut into `parts` sizes that differ by at most one."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
 
-    A download URL per tile (the EE client, in threads, as eefetch does), then a GET whose
-    body is counted and dropped: no state, no checks, no files, no merge.
+
+def bare_windows(height: int, width: int, tile_bytes: int, pixel_cost: int) -> list[Any]:
+    """Square-ish windows with all bands, each within `tile_bytes` of EE request bytes
+    (`pixel_cost` = sum over bands of itemsize + 1, as EE counts a request), row-major."""
+    from engine.grid import Window
+
+    side = max(1, math.isqrt(tile_bytes // pixel_cost))
+    heights = even_splits(height, -(-height // side))
+    widths = even_splits(width, -(-width // side))
+    windows = []
+    row = 0
+    for h in heights:
+        col = 0
+        for w in widths:
+            windows.append(Window(row, col, h, w))
+            col += w
+        row += h
+    return windows
+
+
+def drive_bare(args: argparse.Namespace) -> None:
+    """The bound: a bare aiohttp loop with exactly `--concurrency` tiles in flight.
+
+    Per tile: a download URL (the EE client's getDownloadURL, in a thread, as eefetch does),
+    then a GET whose body is written to `--write-dir` (or counted and dropped without it).
+    No state, no checks, no merge. Tiles are eefetch's own plan, or with `--tile-mib T`
+    square-ish windows of all bands within T MiB of EE request bytes (what eefetch's
+    `max_tile_bytes` counts). A 429 or 5xx is retried after its Retry-After (0.5 s without
+    one), so a loop above a server's quota still finishes.
     """
     t0 = time.monotonic()
     import asyncio
@@ -392,7 +436,8 @@ def drive_bare(args: argparse.Namespace) -> None:
 
     from engine import ee_adapter
     from engine.ee_adapter import Connection
-    from engine.job import plan
+    from engine.errors import FetchError
+    from engine.job import itemsizes, plan
     from engine.request import DownloadRequest, build_job
     from engine.spec import default_nodata
 
@@ -407,46 +452,91 @@ def drive_bare(args: argparse.Namespace) -> None:
         Connection(url=args.url),
         concurrency=concurrency,
     )
-    tiles = plan(spec)
+    nbands = len(spec.band_ids)
+    if args.tile_mib:
+        cost = sum(int(size) + 1 for size in itemsizes(spec))
+        windows = bare_windows(spec.grid.height, spec.grid.width, int(args.tile_mib * 2**20), cost)
+        jobs = [(w, 0, nbands) for w in windows]
+    else:
+        jobs = [(t.window, t.band_start, t.band_stop) for t in plan(spec)]
     prepared = ee_adapter.prepare_image(
         ee_adapter.deserialize(spec.expression),
         spec.band_ids,
         spec.dtype,
         default_nodata(spec.dtype) if spec.nodata is None else spec.nodata,
     )
-    received = 0
+    write_dir = Path(args.write_dir) if args.write_dir else None
+    if write_dir is not None:
+        write_dir.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, Any] = {"tiles": len(jobs), "bytes": 0, "retries": 0, "statuses": {}}
     started = time.monotonic() - t0
 
     async def main() -> None:
-        nonlocal received
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(concurrency)
-        limit = asyncio.Semaphore(concurrency)
-        connector = aiohttp.TCPConnector(limit=16)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        pending = list(enumerate(jobs))[::-1]
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+        connector = aiohttp.TCPConnector(limit=concurrency)
 
-            async def one(t: Any) -> None:
-                nonlocal received
-                image = prepared
-                if (t.band_start, t.band_stop) != (0, len(spec.band_ids)):
-                    image = prepared.slice(t.band_start, t.band_stop)
-                grid = spec.grid.window_grid(t.window)
-                async with limit:
-                    url = await loop.run_in_executor(executor, ee_adapter.download_url, image, grid)
-                    async with session.get(url) as response:
-                        response.raise_for_status()
-                        async for chunk in response.content.iter_chunked(256 * 1024):
-                            received += len(chunk)
+        async def backoff(retry_after: str | float | None) -> None:
+            seen["retries"] += 1
+            await asyncio.sleep(float(retry_after) if retry_after else 0.5)
 
-            await asyncio.gather(*(one(t) for t in tiles))
+        async def one(session: aiohttp.ClientSession, index: int, job: Any) -> None:
+            window, lo, hi = job
+            tile_image = prepared if (lo, hi) == (0, nbands) else prepared.slice(lo, hi)
+            grid = spec.grid.window_grid(window)
+            while True:
+                try:
+                    url = await asyncio.wait_for(
+                        loop.run_in_executor(executor, ee_adapter.download_url, tile_image, grid),
+                        300,
+                    )
+                except FetchError as exc:
+                    if exc.status == 429 or (exc.status or 0) >= 500:
+                        await backoff(exc.retry_after)
+                        continue
+                    raise
+                async with session.get(url) as response:
+                    key = str(response.status)
+                    seen["statuses"][key] = seen["statuses"].get(key, 0) + 1
+                    if response.status == 429 or response.status >= 500:
+                        await backoff(response.headers.get("Retry-After"))
+                        continue
+                    response.raise_for_status()
+                    out = open(write_dir / f"{index}.tif", "wb") if write_dir else None  # noqa: SIM115
+                    try:
+                        async for chunk in response.content.iter_chunked(1 << 20):
+                            seen["bytes"] += len(chunk)
+                            if out is not None:
+                                out.write(chunk)
+                    finally:
+                        if out is not None:
+                            out.close()
+                    return
+
+        async with aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, timeout=timeout
+        ) as session:
+
+            async def worker() -> None:
+                while pending:
+                    index, job = pending.pop()
+                    await one(session, index, job)
+
+            async with asyncio.TaskGroup() as group:
+                for _ in range(concurrency):
+                    group.create_task(worker())
         executor.shutdown()
 
     asyncio.run(main())
-    _dump(
-        args.result,
-        {"tiles": len(tiles), "bytes": received, "fetch_started_at": started, "complete": True},
-        t0,
+    seen.update(
+        fetch_started_at=started,
+        fetch_s=time.monotonic() - t0 - started,
+        pixel_bytes=spec.grid.width * spec.grid.height * sum(itemsizes(spec)),
+        complete=True,
     )
+    _dump(args.result, seen, t0)
 
 
 def _merge_inputs(state_path: Path) -> tuple[Any, list[tuple[Any, Path]]]:
@@ -752,18 +842,35 @@ class Bench:
         interrupt: Any = None,
         fresh: bool = True,
         env: dict[str, str] | None = None,
+        region: Path | None = None,
+        bare: tuple[float, int] | None = None,
     ) -> dict[str, Any]:
+        """One measured run; `bare=(tile MiB, concurrency)` runs the bare loop on square
+        tiles of that size, writing them to disk (without it: eefetch's plan, bodies dropped)."""
         output = output or self.path(f"{tool}.tif")
         if fresh:
             clean_outputs(output)
         result_file = output.with_suffix(".json")
         result_file.unlink(missing_ok=True)
-        common = ["--url", emulator.url, "--region", str(self.region), "--output", str(output)]
+        region = region or self.region
+        common = ["--url", emulator.url, "--region", str(region), "--output", str(output)]
         if tool == "eefetch":
             extra = {**json.loads(self.args.eefetch_extra or "{}"), **(extra or {})}
             command = driver("_eefetch", *common, "--extra", json.dumps(extra))
         elif tool == "geedim":
             command = driver("_geedim", *common)
+        elif tool == "bare" and bare is not None:
+            tiles_dir = Path(str(output) + "-tiles")
+            command = driver(
+                "_bare",
+                *common,
+                "--tile-mib",
+                str(bare[0]),
+                "--concurrency",
+                str(bare[1]),
+                "--write-dir",
+                str(tiles_dir),
+            )
         elif tool == "bare":
             command = driver("_bare", *common, "--concurrency", str(self.args.concurrency))
         else:
@@ -1023,6 +1130,122 @@ class Bench:
             shutil.rmtree(self.work / "bigmerge.tif.eefetch-tiles", ignore_errors=True)
         self.save()
 
+    # the server-model sweep (issue 12) ---------------------------------------------------
+
+    def sweep_run(
+        self,
+        tool: str,
+        emulator: Emulator,
+        region: Path,
+        bare: tuple[float, int] | None = None,
+    ) -> dict[str, Any]:
+        """One sweep run, its outputs removed afterwards (the log is kept)."""
+        stem = tool if bare is None else f"bare-{bare[0]:g}x{bare[1]}"
+        result = self.run_tool(
+            tool, emulator, output=self.path(f"{stem}.tif"), region=region, bare=bare
+        )
+        result["bare"] = list(bare) if bare else None
+        clean_outputs(Path(result["output"]), keep_log=True)
+        self.save()
+        return result
+
+    def scenario_sweep(self) -> None:
+        """Issue 12: per server model, the best bare loop over (tile size, concurrency), the
+        emulator's capacity with the model's shaping off, and eefetch's and geedim's
+        defaults, alternating, medians over repeats."""
+        from engine.emulator.config import EmulatorConfig
+
+        args = self.args
+        models = args.sweep_models.split(",")
+        tiles = [float(t) for t in args.sweep_tiles.split(",")]
+        concurrencies = sorted((int(c) for c in args.sweep_concurrency.split(",")), reverse=True)
+        region = write_region(self.work / "sweep-region.geojson", sweep_box(args.sweep_mb))
+        cache = self.work / "tile-cache"
+        if not args.keep_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        base = {"tile_cache_dir": str(cache), "render_processes": args.render_processes}
+        out: dict[str, Any] = {
+            "job_mb": args.sweep_mb,
+            "box": sweep_box(args.sweep_mb),
+            "tiles_mib": tiles,
+            "concurrency": concurrencies,
+            "reps": args.reps,
+            "full_grid": args.sweep_full,
+            "emulator": base,
+            "models": {},
+        }
+        self.results["scenarios"]["sweep"] = out
+        started = time.monotonic()
+        # Warm the tile cache: every tiling the sweep will ask for, rendered once, unshaped.
+        with Emulator("clean", 1, {**base, **self.overrides()}, self.emulator_cpus) as emulator:
+            self.log(f"sweep: warming the tile cache at {emulator.url}")
+            warm = [self.sweep_run("bare", emulator, region, (t, 8)) for t in tiles]
+            warm += [self.sweep_run(tool, emulator, region) for tool in ("eefetch", "geedim")]
+        out["warmup"] = warm
+        out["pixel_bytes"] = next(
+            (r["inside"].get("pixel_bytes") for r in warm if r["inside"].get("pixel_bytes")), None
+        )
+        for model in models:
+            quota = EmulatorConfig.from_profile(model).max_concurrent or max(concurrencies)
+            # A client that knows the quota may use exactly it: try it too.
+            steps = sorted({*concurrencies, min(quota, max(concurrencies))}, reverse=True)
+            entry: dict[str, Any] = {"quota": quota, "grid": [], "reps": [], "steps": steps}
+            out["models"][model] = entry
+            overrides = {**base, **self.overrides()}
+            with Emulator(model, 1, overrides, self.emulator_cpus) as emulator:
+                self.log(f"sweep: model {model} at {emulator.url}")
+                for tile in tiles:
+                    previous: dict[str, Any] | None = None
+                    for concurrency in steps:
+                        run = self.sweep_run("bare", emulator, region, (tile, concurrency))
+                        entry["grid"].append(run)
+                        if not args.sweep_full and previous and not gained(run, previous):
+                            break  # fewer in flight did not help: fewer still will not
+                        previous = run
+                best = max(entry["grid"], key=fetch_mbps)
+                entry["best"] = best["bare"]
+                tools = ["bare", "eefetch", "geedim"]
+                for rep in range(args.reps):
+                    for tool in tools if rep % 2 == 0 else tools[::-1]:
+                        bare = tuple(best["bare"]) if tool == "bare" else None
+                        run = self.sweep_run(tool, emulator, region, bare)
+                        run["rep"] = rep
+                        entry["reps"].append(run)
+            # The same server with the model's latency and bandwidth shaping off (its quota
+            # kept): what it can serve at most, through the best loop's tiles, all slots used.
+            unshaped = {**overrides, "shaping": False}
+            with Emulator(model, 1, unshaped, self.emulator_cpus) as emulator:
+                capacity_bare = (best["bare"][0], min(quota, max(concurrencies)))
+                entry["capacity"] = [
+                    self.sweep_run("bare", emulator, region, capacity_bare) for _ in range(3)
+                ]
+            self.log(f"sweep: model {model} done; {time.monotonic() - started:.0f} s so far")
+        out["elapsed_s"] = time.monotonic() - started
+        self.save()
+        if args.write_benchmarks:
+            write_sweep_section(REPO / "BENCHMARKS.md", sweep_report(self.results))
+            self.log("sweep: table written to BENCHMARKS.md")
+
+    def scenario_render(self) -> None:
+        """The emulator's render in threads or in 2 worker processes: cold tiles (no tile
+        cache), clean profile, the bare loop at 8 MiB x 8 on the sweep's job, alternating."""
+        region = write_region(self.work / "sweep-region.geojson", sweep_box(self.args.sweep_mb))
+        runs: dict[str, list[dict[str, Any]]] = {"threads": [], "processes": []}
+        for rep in range(self.args.reps):
+            for mode in list(runs) if rep % 2 == 0 else list(runs)[::-1]:
+                overrides = {
+                    **self.overrides(),
+                    "render_processes": 2 if mode == "processes" else 0,
+                }
+                with Emulator("clean", 1, overrides, self.emulator_cpus) as emulator:
+                    time.sleep(3)  # both modes start serving with their workers ready
+                    result = self.sweep_run("bare", emulator, region, (8, 8))
+                result["mode"] = mode
+                runs[mode].append(result)
+                self.log(f"render {mode}: {fetch_mbps(result):.1f} MB/s")
+        self.results["scenarios"]["render"] = {"runs": runs}
+        self.save()
+
     def profile(self) -> None:
         """One eefetch run (clean profile) under py-spy: on-CPU samples of all threads."""
         spy = shutil.which("py-spy") or str(BENCH_VENV / "bin" / "py-spy")
@@ -1107,6 +1330,167 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
         f"{n / max(total, 1):6.1%} {k}" for k, n in sorted(by_frame.items(), key=lambda x: -x[1])
     ][:25]
     return {"total": total, "table": table}
+
+
+SWEEP_BEGIN = "<!-- sweep:begin (written by scripts/bench.py --scenarios sweep) -->"
+SWEEP_END = "<!-- sweep:end -->"
+SWEEP_CENTRE = (118.8, 32.0)
+
+
+def sweep_box(megabytes: float) -> tuple[float, float, float, float]:
+    """A square lon/lat box around the sweep's centre holding `megabytes` of 8 float32 bands
+    at SCALE metres (about: the grid snaps to whole pixels)."""
+    side_px = math.sqrt(megabytes * 1e6 / 32)
+    half = side_px * SCALE / 111319.49079327357 / 2
+    x, y = SWEEP_CENTRE
+    return (round(x - half, 6), round(y - half, 6), round(x + half, 6), round(y + half, 6))
+
+
+def fetch_mbps(run: dict[str, Any]) -> float:
+    """A bare run's fetch rate: body MB over the time from first request to last byte."""
+    inside = run.get("inside") or {}
+    if not run.get("complete") or not inside.get("fetch_s"):
+        return 0.0
+    return inside["bytes"] / 1e6 / inside["fetch_s"]
+
+
+def gained(run: dict[str, Any], previous: dict[str, Any], margin: float = 0.05) -> bool:
+    """Whether `run` fetched faster than `previous` by more than `margin` (noise)."""
+    return fetch_mbps(run) > (1 + margin) * fetch_mbps(previous)
+
+
+def job_mbps(run: dict[str, Any], pixel_bytes: float) -> float | None:
+    """End to end: the image's MB of pixels over the whole program's wall time."""
+    if not run.get("complete") or not run.get("wall_s"):
+        return None
+    return pixel_bytes / 1e6 / run["wall_s"]
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "–"
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def write_sweep_section(path: Path, block: str) -> None:
+    """Replace what lies between the sweep markers of `path` (temporary file, then rename)."""
+    text = path.read_text()
+    begin, end = text.find(SWEEP_BEGIN), text.find(SWEEP_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"bench: {path} has no sweep markers; add {SWEEP_BEGIN} and {SWEEP_END}")
+    updated = text[: begin + len(SWEEP_BEGIN)] + "\n" + block + text[end:]
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(updated)
+    os.replace(temp, path)
+
+
+def sweep_report(results: dict[str, Any]) -> str:
+    """The sweep's markdown: summary per model, per-tool figures, the bare grid."""
+    sweep = results["scenarios"]["sweep"]
+    meta = results["meta"]
+    pixels = sweep.get("pixel_bytes") or 0
+    workers = sweep["emulator"].get("render_processes")
+    render = f"{workers} worker processes" if workers else "threads of its own process"
+    lines = [
+        f"Generated {meta['date']} by `{meta['command']}` at eefetch commit "
+        f"`{meta['eefetch_commit']}` ({sweep.get('elapsed_s', 0) / 60:.0f} min).",
+        f"Machine: {meta['cpu']}, {meta['cpus']} CPUs, {meta['mem_gb']} GB, {meta['platform']}, "
+        f"Python {meta['python']}; load average at start {meta['load_at_start'][0]:.1f}; "
+        f"geedim {meta['versions'].get('geedim')}, earthengine-api "
+        f"{meta['versions'].get('earthengine-api')}, aiohttp {meta['versions'].get('aiohttp')}.",
+        f"Job: the tutorial's Sentinel-2 median composite (8 bands, float32) over the box "
+        f"{sweep['box']}, {CRS}, {SCALE:g} m: {pixels / 1e6:.0f} MB of pixels. Tile cache warm "
+        f"(every tiling rendered once before the measured runs); the emulator renders in "
+        f"{render}. {sweep['reps']} alternating repetitions of (best bare loop, eefetch, "
+        "geedim) per model; medians.",
+        "",
+        "| model | best bare loop (tile MiB x in flight) | best bare MB/s | eefetch MB/s | "
+        "geedim MB/s | eefetch / best bare | eefetch / geedim | geedim / best bare | "
+        "emulator capacity MB/s (shaping off) | capacity / best bare (fetch) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    details = [
+        "",
+        "| model | tool | MB/s (median) | wall s median (runs) | CPU s per GB | peak RSS MB | "
+        "vs best bare | vs geedim | 429s for concurrency | tiles rendered (cache misses) | "
+        "emulator loop lag ms (median of each run's max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    grids = [
+        "",
+        "Bare-loop grid (fetch MB/s, one run each; from the most tiles in flight down, a tile "
+        "size stops at the first step that is not 5 % faster, unless `--sweep-full`; the "
+        "model's quota is one of the steps; · = not run). Tiles are square-ish windows of all "
+        "bands within that many MiB of EE request bytes, evened out over the grid:",
+        "",
+    ]
+    tiles = sweep["tiles_mib"]
+    grids.append("| model | in flight | " + " | ".join(f"{t:g} MiB" for t in tiles) + " |")
+    grids.append("|---|---|" + "---|" * len(tiles))
+    for model, entry in sweep["models"].items():
+        reps = entry.get("reps", [])
+        by_tool: dict[str, list[dict[str, Any]]] = {}
+        for run in reps:
+            by_tool.setdefault(run["tool"], []).append(run)
+        speed = {tool: med([job_mbps(r, pixels) for r in runs]) for tool, runs in by_tool.items()}
+        bare_fetch = med([fetch_mbps(r) for r in by_tool.get("bare", [])])
+        capacity = med([fetch_mbps(r) for r in entry.get("capacity", [])])
+        best = entry.get("best") or [0, 0]
+        lines.append(
+            f"| {model} | {best[0]:g} x {best[1]} | {number(speed.get('bare'))} | "
+            f"{number(speed.get('eefetch'))} | {number(speed.get('geedim'))} | "
+            f"{ratio(speed.get('eefetch'), speed.get('bare'))} | "
+            f"{ratio(speed.get('eefetch'), speed.get('geedim'))} | "
+            f"{ratio(speed.get('geedim'), speed.get('bare'))} | {number(capacity)} | "
+            f"{ratio(capacity, bare_fetch)} |"
+        )
+        for tool, runs in by_tool.items():
+            ok = [r for r in runs if r["complete"]]
+            per_gb = med([r["cpu_s"] / (pixels / 1e9) for r in ok]) if pixels else None
+            rejected = sum(
+                sum(p.get("quota_rejections", 0) for p in (r.get("projects") or {}).values())
+                for r in runs
+            )
+            misses = sum((r.get("tile_cache") or {}).get("misses", 0) for r in runs)
+            lag = med([(r.get("loop_lag") or {}).get("max_s") for r in runs])
+            label = f"bare {best[0]:g} MiB x {best[1]}" if tool == "bare" else tool
+            walls = ", ".join(f"{r['wall_s']:.1f}" + ("" if r["complete"] else "!") for r in runs)
+            details.append(
+                f"| {model} | {label} | {number(speed.get(tool))} | "
+                f"{number(med([r['wall_s'] for r in ok]))} ({walls}) | {number(per_gb)} | "
+                f"{max((r['peak_rss_mb'] for r in runs), default=0):.0f} | "
+                f"{ratio(speed.get(tool), speed.get('bare'))} | "
+                f"{ratio(speed.get(tool), speed.get('geedim'))} | {rejected} | {misses} | "
+                f"{lag * 1000:.0f} |"
+            )
+        cells: dict[tuple[int, float], float] = {}
+        for run in entry.get("grid", []):
+            cells[(run["bare"][1], run["bare"][0])] = fetch_mbps(run)
+        for concurrency in entry.get("steps", sweep["concurrency"]):
+            row = [
+                number(cells.get((concurrency, t)), 0) if (concurrency, t) in cells else "·"
+                for t in tiles
+            ]
+            grids.append(f"| {model} | {concurrency} | " + " | ".join(row) + " |")
+    warm = sweep.get("warmup") or []
+    cold = ", ".join(
+        f"{r['bare'][0]:g} MiB {fetch_mbps(r):.0f}" for r in warm if r.get("bare") and r["bare"]
+    )
+    notes = [
+        "",
+        f"Warm-up, cold tile cache (clean profile, 8 in flight, fetch MB/s): {cold}: what the "
+        "emulator serves while it renders every pixel on these 2 cores.",
+        "",
+        "MB/s = the image's MB of pixels over the program's whole wall time (start-up, "
+        "getInfo, fetch, and for eefetch and geedim the GeoTIFF written); the bare loop only "
+        "fetches and writes its tiles to disk. Capacity: the bare loop at the best tile size "
+        "with every slot of the quota in flight, against the same model with latency and "
+        "bandwidth shaping off; compared with the best bare loop's fetch rate (same measure). "
+        "`!` marks a run that did not finish.",
+    ]
+    return "\n".join(lines + details + grids + notes) + "\n"
 
 
 def clean_outputs(output: Path, keep_log: bool = False) -> None:
@@ -1314,6 +1698,21 @@ def report(results: dict[str, Any]) -> str:
             f"{made.get('tile_bytes', 0) / 1e9:.2f} GB of tile files)\n"
         )
         lines += merge_table(big)
+    if "render" in scenarios:
+        lines.append("\n### The emulator's render: threads or 2 worker processes (cold)\n")
+        lines.append("| mode | fetch MB/s median (runs) | emulator CPU s | loop lag max ms |")
+        lines.append("|---|---|---|---|")
+        for mode, runs in scenarios["render"]["runs"].items():
+            speeds = [fetch_mbps(r) for r in runs]
+            lines.append(
+                f"| {mode} | {med(speeds):.1f} ({', '.join(f'{v:.1f}' for v in speeds)}) | "
+                f"{listed(runs, 'emulator_cpu_s', 1)} | "
+                + ", ".join(f"{(r.get('loop_lag') or {}).get('max_s', 0) * 1000:.0f}" for r in runs)
+                + " |"
+            )
+    if "sweep" in scenarios and scenarios["sweep"].get("models"):
+        lines.append("\n### Server-model sweep\n")
+        lines.append(sweep_report(results))
     if "profile" in results:
         lines.append("\n### Profile (py-spy, all threads, one eefetch run, clean profile)\n")
         lines.append("```")
@@ -1371,8 +1770,10 @@ def main() -> None:
             "--side",
             "--overrides",
             "--profile",
+            "--write-dir",
         ):
             parser.add_argument(option)
+        parser.add_argument("--tile-mib", type=float, default=None)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--concurrency", type=int, default=8)
         sys.path.insert(0, str(REPO))
@@ -1387,7 +1788,8 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="1,2,4,3,merge,5,profile",
-        help="comma-separated, run in this order: 1,2,4,3,merge,5,profile (also: rss)",
+        help="comma-separated, run in this order: 1,2,4,3,merge,5,profile "
+        "(also: rss, sweep, render)",
     )
     parser.add_argument("--workdir", default=str(REPO / ".bench-work"))
     parser.add_argument(
@@ -1408,6 +1810,24 @@ def main() -> None:
         "--eefetch-extra", default=None, help="JSON of extra download_ee_image keywords"
     )
     parser.add_argument("--no-venv", action="store_true", help="run in the current interpreter")
+    sweep = parser.add_argument_group("server-model sweep (--scenarios sweep)")
+    sweep.add_argument(
+        "--sweep-models",
+        default="realistic,per-connection,high-latency,slow-connections,compute-heavy,"
+        "quota-10,link-20",
+        help="emulator profiles to sweep",
+    )
+    sweep.add_argument("--sweep-mb", type=float, default=256, help="job size, MB of pixels")
+    sweep.add_argument("--sweep-tiles", default="2,4,8,16,48", help="bare tile sizes, MiB")
+    sweep.add_argument("--sweep-concurrency", default="8,16,24,40", help="bare tiles in flight")
+    sweep.add_argument("--sweep-full", action="store_true", help="every grid point, no pruning")
+    sweep.add_argument("--render-processes", type=int, default=0, help="emulator render processes")
+    sweep.add_argument("--keep-cache", action="store_true", help="reuse WORKDIR/tile-cache")
+    sweep.add_argument(
+        "--write-benchmarks",
+        action="store_true",
+        help="write the sweep's tables into BENCHMARKS.md between its markers",
+    )
     args = parser.parse_args()
     if not args.no_venv:
         ensure_bench_venv()
@@ -1430,6 +1850,8 @@ def main() -> None:
         "5": bench.scenario5,
         "rss": bench.scenario_rss,
         "profile": bench.profile,
+        "sweep": bench.scenario_sweep,
+        "render": bench.scenario_render,
     }
     for key in wanted:
         try:

@@ -121,7 +121,7 @@ def test_disk_full_during_the_download_stops_cleanly_and_resumes_after_space_is_
     with Store.open(state, create=False) as store:  # the state is readable and consistent
         counts = store.counts()
         done = store.tiles("done")
-    assert counts["in_flight"] == 0 and counts["failed"] == 0
+    assert counts["in_flight"] == 0 and counts["failed"] == 0, full.stderr
     # Not finished; how many tiles were done before the disk filled depends on which of the
     # three writers (tiles, state, the output being merged) met the limit first.
     assert counts["done"] < counts["pending"] + counts["done"]

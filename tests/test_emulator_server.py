@@ -411,36 +411,6 @@ def test_download_ids_expire(emulator: EmulatorThread) -> None:
     assert status == 404 and envelope(body)["status"] == "NOT_FOUND"
 
 
-@pytest.mark.parametrize("emulator", [{"max_concurrent": 2, "latency_fixed_s": 0.6}], indirect=True)
-def test_concurrency_quota(emulator: EmulatorThread) -> None:
-    urls = [download_url(["B1"], 4, 4 + i) for i in range(4)]
-    results: list[tuple[int, bytes]] = []
-    lock = threading.Lock()
-
-    def fetch(url: str) -> None:
-        status, _, body = http_get(url)
-        with lock:
-            results.append((status, body))
-
-    threads = [threading.Thread(target=fetch, args=(u,)) for u in urls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    statuses = sorted(s for s, _ in results)
-    assert statuses == [200, 200, 429, 429]
-    for status, body in results:
-        if status == 429:
-            assert envelope(body) == {
-                "code": 429,
-                "message": "Too Many Requests: Request was rejected because the request rate "
-                "or concurrency limit was exceeded.",
-                "status": "RESOURCE_EXHAUSTED",
-            }
-    stats = emulator.stats()
-    assert stats["max_in_flight"] == 2 and stats["quota_rejections"] == 2
-
-
 @pytest.mark.parametrize(
     "emulator",
     [{"no_limits": True, "max_concurrent": 1, "latency_fixed_s": 5.0, "memory_budget": 1}],

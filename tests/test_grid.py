@@ -27,6 +27,7 @@ from engine.grid import (
     plan_tiles,
     request_bytes,
     scale_to_crs_units,
+    split_for_slots,
     split_tile,
 )
 
@@ -671,3 +672,37 @@ def test_split_tile_repeatedly_reaches_single_pixels() -> None:
         else:
             pending.extend(split_tile(tile, block=4))
     assert len(leaves) == len(set(leaves)) == 9 * 6 * 2
+
+
+# ---- cutting the last tiles for idle connections ---------------------------------------------
+
+
+def _covers_exactly(tile: TilePlan, parts: list[TilePlan]) -> bool:
+    w = tile.window
+    seen = np.zeros((w.height, w.width), dtype=int)
+    for p in parts:
+        assert (p.band_start, p.band_stop) == (tile.band_start, tile.band_stop)  # bands uncut
+        r, c = p.window.row_off - w.row_off, p.window.col_off - w.col_off
+        seen[r : r + p.window.height, c : c + p.window.width] += 1
+    return bool((seen == 1).all())
+
+
+def test_the_last_tiles_are_cut_into_one_part_per_idle_slot() -> None:
+    big = TilePlan(Window(0, 0, 2048, 4096), 0, 8)  # 8 x 2 bytes: 128 MiB
+    small = TilePlan(Window(2048, 0, 2048, 2048), 0, 8)
+    parts = split_for_slots([big, small], [2] * 8, slots=12, min_part_bytes=4 << 20, block=512)
+    assert sum(len(g) for g in parts) == 12
+    assert len(parts[0]) > len(parts[1])  # the larger tile takes more of the cuts
+    for tile, group in zip([big, small], parts, strict=True):
+        assert _covers_exactly(tile, group)
+        for p in group:  # block-aligned, so each output block is still written once
+            assert p.window.row_off % 512 == 0 and p.window.col_off % 512 == 0
+
+
+def test_tiles_are_not_cut_below_the_smallest_worthwhile_part() -> None:
+    tile = TilePlan(Window(0, 0, 1024, 1024), 0, 1)  # 1 MiB of uint8
+    assert split_for_slots([tile], [1], slots=40, min_part_bytes=4 << 20) == [[tile]]
+    bigger = TilePlan(Window(0, 0, 4096, 4096), 0, 1)  # 16 MiB
+    parts = split_for_slots([bigger], [1], slots=40, min_part_bytes=4 << 20)
+    assert len(parts[0]) == 4 and _covers_exactly(bigger, parts[0])
+    assert split_for_slots([bigger], [1], slots=1, min_part_bytes=1) == [[bigger]]

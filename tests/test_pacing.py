@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from engine.pacing import AdaptiveLimiter, OutageMonitor
+from engine.pacing import AdaptiveLimiter, ConcurrencyProbe, OutageMonitor, ProbeSettings
 
 
 class FakeClock:
@@ -102,3 +102,144 @@ def test_probe_interval_doubles_up_to_a_cap_and_resets_on_recovery() -> None:
     monitor.record_recovery()
     assert not monitor.down
     assert monitor.next_probe_delay() == 2.0
+
+
+# ---- the probe against server models, in simulated time ------------------------------------
+
+
+class Model:
+    """A server and link as a fluid model: each tile waits ``latency`` seconds, then streams at
+    the smallest of the per-connection rate and its share of the link; beyond ``quota``
+    concurrent requests the server answers 429 at once."""
+
+    def __init__(
+        self,
+        *,
+        per_connection: float,
+        link: float = float("inf"),
+        latency: float = 1.0,
+        quota: int = 10_000,
+    ) -> None:
+        self.per_connection = per_connection
+        self.link = link
+        self.latency = latency
+        self.quota = quota
+
+
+def simulate(
+    model: Model, limiter: AdaptiveLimiter, clock: FakeClock, tiles: int, tile_bytes: float
+) -> tuple[float, list[int], int]:
+    """Run a job of ``tiles`` tiles through ``limiter`` on ``model``; returns (seconds,
+    the limit every second, 429s answered). Deterministic: a fixed time step, no threads."""
+    dt = 0.05
+    waiting: list[float] = []  # time each started tile starts streaming
+    streaming: list[float] = []  # bytes left per streaming tile
+    retry_at: list[float] = []  # tiles refused with a 429, retried at
+    pending = tiles
+    limits: list[int] = []
+    refused = 0
+    next_tick = 1.0
+    while pending or waiting or streaming or retry_at:
+        now = clock.now
+        ready = [t for t in retry_at if t <= now]
+        retry_at = [t for t in retry_at if t > now]
+        pending += len(ready)
+        while pending and limiter.in_use < limiter.limit:
+            pending -= 1
+            limiter.take()
+            if len(waiting) + len(streaming) >= model.quota:
+                refused += 1
+                limiter.on_rate_limited()
+                limiter.release()
+                retry_at.append(now + 2.0)
+                continue
+            waiting.append(now + model.latency)
+        started = [t for t in waiting if t <= now]
+        waiting = [t for t in waiting if t > now]
+        streaming += [tile_bytes] * len(started)
+        if streaming:
+            rate = min(model.per_connection, model.link / len(streaming))
+            streaming = [left - rate * dt for left in streaming]
+            limiter.observe(int(rate * dt * len(streaming)))
+            for _ in range(sum(1 for left in streaming if left <= 0)):
+                limiter.release()
+            streaming = [left for left in streaming if left > 0]
+        clock.now += dt
+        if clock.now >= next_tick:
+            next_tick += 1.0
+            limiter.tick()
+            limits.append(limiter.limit)
+    return clock.now, limits, refused
+
+
+MB = 1e6
+
+
+def fixed(model: Model, concurrency: int, tiles: int, tile_bytes: float) -> float:
+    """Seconds the same job takes at a fixed concurrency."""
+    clock = FakeClock()
+    seconds, _, _ = simulate(
+        model, AdaptiveLimiter(concurrency, clock=clock), clock, tiles, tile_bytes
+    )
+    return seconds
+
+
+def test_the_probe_grows_to_the_quota_when_each_connection_is_the_limit() -> None:
+    """The independent server model: 4 MB/s per connection, no cap on the link."""
+    clock = FakeClock()
+    limiter = AdaptiveLimiter.unpinned(clock=clock)
+    model = Model(per_connection=4 * MB, latency=1.0)
+    seconds, limits, _ = simulate(model, limiter, clock, tiles=600, tile_bytes=4 * MB)
+    assert limits[0] == 16 and max(limits) == 40
+    assert limits.index(40) <= 10  # reached within 10 s
+    assert fixed(model, 40, 600, 4 * MB) / seconds >= 0.85
+
+
+def test_the_probe_adds_connections_that_hide_latency_on_a_shared_link() -> None:
+    """A 20 MB/s link: more connections than the link needs still pay, since each waits a
+    second before its first byte; the probe finds that out instead of stopping at five."""
+    clock = FakeClock()
+    limiter = AdaptiveLimiter.unpinned(clock=clock)
+    model = Model(per_connection=4 * MB, link=20 * MB, latency=1.0)
+    seconds, limits, _ = simulate(model, limiter, clock, tiles=400, tile_bytes=4 * MB)
+    assert limits[-1] >= 32
+    best = min(fixed(model, n, 400, 4 * MB) for n in (8, 16, 40))
+    assert best / seconds >= 0.95
+
+
+def test_the_probe_climbs_back_to_just_below_a_quota_the_server_enforces() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter.unpinned(clock=clock)
+    model = Model(per_connection=4 * MB, latency=1.0, quota=10)
+    seconds, limits, refused = simulate(model, limiter, clock, tiles=400, tile_bytes=4 * MB)
+    assert 1 <= refused <= 4  # each 429 came from trying one level past the quota
+    assert limits[-1] == 10 and max(limits[-30:]) == 10
+    assert fixed(model, 10, 400, 4 * MB) / seconds >= 0.85
+
+
+def test_a_pinned_limiter_does_not_probe() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(16, clock=clock)
+    _, limits, _ = simulate(Model(per_connection=4 * MB), limiter, clock, 200, 4 * MB)
+    assert set(limits) == {16}
+
+
+def test_a_window_of_empty_slots_decides_nothing() -> None:
+    """The tail of a job (or an outage) leaves slots empty: that says nothing about what more
+    connections would bring."""
+    clock = FakeClock()
+    probe = ConcurrencyProbe(ProbeSettings(start=8), clock)
+    probe.slots(in_use=2, limit=8)
+    for second in range(1, 30):
+        clock.now = float(second)
+        probe.observe(10_000_000)
+        assert probe.sample() is None
+    assert probe.level == 8
+
+
+def test_probe_levels_are_checked() -> None:
+    with pytest.raises(ValueError):
+        ProbeSettings(start=50)
+        ConcurrencyProbe(ProbeSettings(start=50))
+    with pytest.raises(ValueError):
+        ConcurrencyProbe(ProbeSettings(floor=0))

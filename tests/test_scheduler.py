@@ -319,3 +319,44 @@ def test_the_429_ceiling_holds_across_runs(tmp_path: Path) -> None:
     summary = run(Scheduler(store, second, always_up, owner="b", itemsizes=[4], options=FAST))
     assert summary.failed == 1
     assert second.calls[busy] == 2
+
+
+def test_the_last_tiles_are_cut_when_connections_would_idle(tmp_path: Path) -> None:
+    """Two 32 MiB tiles and eight slots: instead of two connections working while six idle,
+    the tiles are cut (in the state, so a resume keeps the cut) and every part is fetched."""
+    store = Store.open(tmp_path / "job.db")
+    tiles = [NewTile(0, 0, 2048, 2048, 0, 4), NewTile(0, 2048, 2048, 2048, 0, 4)]
+    store.create_job("fp", {"test": True}, "0", str(tmp_path / "out.tif"), tiles)
+    fetch = ScriptedFetch()
+    options = replace(FAST, concurrency=8)
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[2] * 4, options=options))
+    counts = store.counts()
+    assert counts["split"] == 2 and counts["done"] == 8
+    assert summary.tail_splits == 2 and summary.failed == 0
+    assert sorted(fetch.calls) == sorted(t.id for t in store.tiles("done"))
+    assert all(n == 1 for n in fetch.calls.values())
+
+
+def test_the_cut_is_off_when_asked(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "job.db")
+    store.create_job("fp", {}, "0", str(tmp_path / "o.tif"), [NewTile(0, 0, 2048, 2048, 0, 4)])
+    options = replace(FAST, concurrency=8, split_tail=False)
+    run(Scheduler(store, ScriptedFetch(), always_up, owner="a", itemsizes=[2] * 4, options=options))
+    assert store.counts() == {**store.counts(), "split": 0, "done": 1}
+
+
+def test_the_last_wave_is_cut_once_when_fewer_tiles_than_connections_are_left(
+    tmp_path: Path,
+) -> None:
+    """Six 32 MiB tiles and four slots, all claimed at once: the first four go out whole, and
+    when three are left for four connections they are cut, once, into a part per slot."""
+    store = Store.open(tmp_path / "job.db")
+    tiles = [NewTile(0, 2048 * i, 2048, 2048, 0, 4) for i in range(6)]
+    store.create_job("fp", {}, "0", str(tmp_path / "out.tif"), tiles)
+    fetch = ScriptedFetch()
+    options = replace(FAST, concurrency=4)
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[2] * 4, options=options))
+    counts = store.counts()
+    assert summary.tail_splits == 1
+    assert counts["split"] == 1 and counts["done"] == 7
+    assert all(n == 1 for n in fetch.calls.values())

@@ -337,3 +337,17 @@ def test_remove_stale_parts_and_remove(store: TileStore) -> None:
     (store.root / "notes.txt").unlink()
     store.remove_all()
     assert not store.root.exists()
+
+
+def test_a_reserve_keeps_room_for_the_end_of_a_run(store: TileStore) -> None:
+    store.reserve(4096)
+    reserve = store.root / ".eefetch-reserve"
+    assert reserve.stat().st_size == 4096
+    assert store.sizes() == {".eefetch-reserve": 4096}  # listed, but never taken for a tile
+    store.reserve(4096)  # idempotent
+    store.free_reserve()
+    assert not reserve.exists()
+    store.free_reserve()  # already given back: nothing to do
+    store.reserve(4096)
+    store.remove_all()
+    assert not store.root.exists()

@@ -2,6 +2,25 @@
 
 Every behaviour the engine must survive is a field here, so a test or a benchmark can turn
 exactly one thing on. Profiles are named starting points; `from_profile` applies overrides.
+
+Server models (profiles). A tile request is answered after
+``latency_fixed_s + latency_per_mpix_s * Mpx`` (the modelled compute, render time included),
+then its body is paced at ``conn_bandwidth`` per connection and ``total_bandwidth`` over all
+connections together; ``max_concurrent`` requests per EE project (the project in the request
+path) are served at once, the next ones get EE's 429. Bandwidths in bytes per second; MB is
+10**6 bytes, MiB 2**20.
+
+- ``clean``: no shaping, EE's limits (40 concurrent per project), no faults.
+- ``realistic``: 0.7 s + 0.3 s/Mpx, 4 MiB/s per connection, 64 MiB/s in total, 0.2 s per API
+  call. The profile eefetch's first benchmarks were tuned on.
+- ``flaky``, ``hostile``: ``realistic`` plus seeded faults (10 % / 35 % of tile answers).
+- ``per-connection``: 1 s + 0.3 s/Mpx, 4 MB/s per connection, no aggregate cap, 0.2 s per API
+  call: the independent server model of issue 12, where only the connections limit.
+- ``high-latency``: ``per-connection`` with 3 s per request (3 s + 0.3 s/Mpx).
+- ``slow-connections``: ``per-connection`` with 1 MB/s per connection (quota 40 concurrent).
+- ``compute-heavy``: ``per-connection`` with 2 s per Mpx (1 s + 2 s/Mpx).
+- ``quota-10``: ``per-connection`` allowing 10 concurrent requests per project, 429 beyond.
+- ``link-20``: ``per-connection`` behind a link of 20 MB/s in total.
 """
 
 from __future__ import annotations
@@ -99,7 +118,8 @@ class EmulatorConfig:
     memory_budget: int | None = None
     download_ttl_s: float | None = 4 * 3600.0
 
-    # Performance model.
+    # Performance model (applied only while `shaping` is on and limits are).
+    shaping: bool = True
     latency_fixed_s: float = 0.0
     latency_per_mpix_s: float = 0.0
     api_latency_s: float = 0.0
@@ -107,7 +127,14 @@ class EmulatorConfig:
     total_bandwidth: float | None = None
     chunk_size: int = 64 * 1024
     tiff_compress: str | None = None
+    # Where pixels are rendered and encoded, always off the event loop: `render_workers`
+    # threads of the server process, or `render_processes` worker processes when > 0 (each
+    # evaluates the request's JSON expression with the bundled model itself). A
+    # `tile_cache_dir` keeps every encoded body on disk by request identity, so a tile is
+    # rendered once per directory (give a fresh folder whenever the pixel model may change).
     render_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 4))
+    render_processes: int = 0
+    tile_cache_dir: str | None = None
 
     # Fault model.
     fault_rate: float = 0.0
@@ -127,6 +154,14 @@ class EmulatorConfig:
             raise ValueError("fault rates must be within [0, 1]")
         if self.chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        if self.render_processes < 0 or self.render_workers < 1:
+            raise ValueError("render_processes must be >= 0 and render_workers >= 1")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1 (or None for no quota)")
+        for name in ("conn_bandwidth", "total_bandwidth"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None for no cap)")
 
     @classmethod
     def from_profile(cls, name: str = "clean", **overrides: Any) -> EmulatorConfig:
@@ -156,8 +191,8 @@ class EmulatorConfig:
 
     @property
     def shaping_on(self) -> bool:
-        """Whether latency and bandwidth shaping apply."""
-        return not self.no_limits
+        """Whether latency and bandwidth shaping apply (off to measure the server's capacity)."""
+        return self.shaping and not self.no_limits
 
 
 _REALISTIC: dict[str, Any] = {
@@ -166,6 +201,16 @@ _REALISTIC: dict[str, Any] = {
     "api_latency_s": 0.2,
     "conn_bandwidth": 4 * 1024 * 1024.0,
     "total_bandwidth": 64 * 1024 * 1024.0,
+}
+
+# The independent server model of issue 12, and the family of one-knob variations around it.
+_PER_CONNECTION: dict[str, Any] = {
+    "latency_fixed_s": 1.0,
+    "latency_per_mpix_s": 0.3,
+    "api_latency_s": 0.2,
+    "conn_bandwidth": 4e6,
+    "total_bandwidth": None,
+    "max_concurrent": EE_MAX_CONCURRENT,
 }
 
 PROFILES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
@@ -189,5 +234,23 @@ PROFILES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                 "stall_s": 300.0,
             }
         ),
+        "per-connection": MappingProxyType(dict(_PER_CONNECTION)),
+        "high-latency": MappingProxyType({**_PER_CONNECTION, "latency_fixed_s": 3.0}),
+        "slow-connections": MappingProxyType(
+            {**_PER_CONNECTION, "conn_bandwidth": 1e6, "max_concurrent": 40}
+        ),
+        "compute-heavy": MappingProxyType({**_PER_CONNECTION, "latency_per_mpix_s": 2.0}),
+        "quota-10": MappingProxyType({**_PER_CONNECTION, "max_concurrent": 10}),
+        "link-20": MappingProxyType({**_PER_CONNECTION, "total_bandwidth": 20e6}),
     }
 )
+SERVER_MODELS = (
+    "realistic",
+    "per-connection",
+    "high-latency",
+    "slow-connections",
+    "compute-heavy",
+    "quota-10",
+    "link-20",
+)
+"""The profiles that differ only in their performance model (no faults): the benchmark sweep's."""

@@ -17,6 +17,7 @@ from rasterio.io import MemoryFile
 
 FORMATS_DOWNLOAD = ("GEO_TIFF", "ZIPPED_GEO_TIFF", "ZIPPED_GEO_TIFF_PER_BAND", "NPY")
 FORMATS_COMPUTE = ("GEO_TIFF", "NPY")
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 CONTENT_TYPES = {
     "GEO_TIFF": "image/tiff",
     "ZIPPED_GEO_TIFF": "application/zip",
@@ -87,6 +88,11 @@ def npy(band_ids: Sequence[str], data: Sequence[np.ndarray], valid: Sequence[np.
     return buffer.getvalue()
 
 
+def _member(name: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed date: the same pixels give the same bytes at any time."""
+    return zipfile.ZipInfo(name, date_time=ZIP_DATE)
+
+
 def encode(
     file_format: str,
     crs: str,
@@ -108,11 +114,11 @@ def encode(
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
             if file_format == "ZIPPED_GEO_TIFF":
                 body = geotiff(crs, transform, band_ids, data, valid, compress=compress)
-                archive.writestr(f"{prefix}.tif", body)
+                archive.writestr(_member(f"{prefix}.tif"), body)
             else:
                 for band_id, band, mask in zip(band_ids, data, valid, strict=True):
                     body = geotiff(crs, transform, [band_id], [band], [mask], compress=compress)
-                    archive.writestr(f"{prefix}.{band_id}.tif", body)
+                    archive.writestr(_member(f"{prefix}.{band_id}.tif"), body)
         return buffer.getvalue()
     raise ValueError(f"unsupported file format {file_format!r}")
 

@@ -4,7 +4,9 @@ The official `earthengine-api` client talks to it unchanged through
 `ee.Initialize(credentials=None, project=P, url=EMULATOR_URL)`. The server answers with EE's
 shapes, limits and error texts, shapes latency and bandwidth, and injects seeded faults, so the
 engine can be tested against everything the real service does to it. Pixels and expressions
-come from the model half (`engine.emulator.evaluate`), reached only through `Evaluator`.
+come from the model half (`engine.emulator.evaluate`), reached only through `Evaluator`;
+tile bodies are rendered and encoded off the event loop (`engine.emulator.workers`), so the
+loop only paces answers and the server model, not the emulator's CPU, limits a client.
 
 Where limits apply: size, band and side limits are checked when a download id is created (as
 real EE does in `getDownloadURL`) and at `computePixels`; the memory budget is checked when
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import hashlib
 import importlib
 import importlib.resources
 import json
@@ -26,9 +30,8 @@ import struct
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +43,15 @@ from engine import imaging
 from engine.emulator import encode
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.faults import Fault, FaultModel, digest
+from engine.emulator.render import (
+    ImageFacts,
+    PixelGrid,
+    TileJob,
+    expression_text,
+    picture_levels,
+)
 from engine.emulator.stats import EmulatorStats, tile_key
+from engine.emulator.workers import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +99,9 @@ EXTENSIONS = {
 }
 # API calls that count against the per-project concurrency quota.
 QUOTA_ROUTES = frozenset({"value:compute", "thumbnails:create", "getPixels", "computePixels"})
+# Facts of evaluated images kept per server (never the images: see engine.emulator.render),
+# so a tile asked for again is not evaluated again. Small values, bounded in number.
+FACTS_KEPT = 16384
 # Set on a request whose connection was dropped before any status line (stats status "0").
 NO_RESPONSE = web.RequestKey("eefetch_emulator_no_response", bool)
 
@@ -127,32 +141,13 @@ def default_evaluator() -> Evaluator:
     return Evaluator(module.evaluate, module.to_info, module.EvaluationError)
 
 
-@dataclass(frozen=True)
-class PixelGrid:
-    """A request's pixel grid; the model's own `Grid` type is read by attribute only."""
-
-    crs: str
-    transform: tuple[float, ...]
-    width: int
-    height: int
-
-
-def as_pixel_grid(grid: Any) -> PixelGrid:
-    """Copy any grid-like object into plain values (hashable, JSON-able for identities)."""
-    return PixelGrid(
-        str(grid.crs),
-        tuple(float(v) for v in grid.transform),
-        int(grid.width),
-        int(grid.height),
-    )
-
-
 @dataclass
 class Download:
     """A download id: what `thumbnails.create` stored for a later `getPixels`."""
 
     name: str
-    image: Any
+    expression: str
+    work: int | None
     grid: PixelGrid
     file_format: str
     band_ids: list[str]
@@ -191,10 +186,13 @@ class EmulatorState:
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
     clock: Callable[[], float] = time.monotonic
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    executor: ThreadPoolExecutor | None = None
+    renderer: Renderer | None = None
     total_pacer: Pacer | None = None
     discovery: dict[str, Any] | None = None
     algorithms: bytes | None = None
+    facts: OrderedDict[tuple[str, PixelGrid | None], ImageFacts] = field(
+        default_factory=OrderedDict
+    )
 
     @property
     def evaluator(self) -> Evaluator:
@@ -221,7 +219,23 @@ def _state(request: web.Request) -> EmulatorState:
 
 async def _run(state: EmulatorState, func: Callable[..., Any], *args: Any) -> Any:
     """Run blocking model work off the loop so concurrency and stalls stay real."""
-    return await asyncio.get_running_loop().run_in_executor(state.executor, func, *args)
+    assert state.renderer is not None, "the app has not started"
+    return await state.renderer.run(func, *args)
+
+
+async def _describe(state: EmulatorState, expression: str, grid: PixelGrid | None) -> ImageFacts:
+    """The facts of an expression's image on `grid`, evaluated once per (text, grid)."""
+    key = (hashlib.sha256(expression.encode()).hexdigest(), grid)
+    facts = state.facts.get(key)
+    if facts is not None:
+        state.facts.move_to_end(key)
+        return facts
+    assert state.renderer is not None, "the app has not started"
+    facts = await state.renderer.describe(expression, grid)
+    state.facts[key] = facts
+    while len(state.facts) > FACTS_KEPT:
+        state.facts.popitem(last=False)
+    return facts
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -265,16 +279,18 @@ def check_size(
         )
 
 
-def check_memory(config: EmulatorConfig, image: Any, width: int, height: int) -> None:
+def check_memory(config: EmulatorConfig, work: int | None) -> None:
     """EE's memory error for a computation too heavy for the configured budget."""
     budget = config.memory_budget
-    if config.limits_on and budget is not None and image.work(width, height) > budget:
+    if config.limits_on and budget is not None and work is not None and work > budget:
         raise ApiError(400, MEMORY_MESSAGE)
 
 
-def select_bands(image: Any, band_ids: Sequence[str] | None) -> tuple[list[str], list[np.dtype]]:
+def select_bands(
+    facts: ImageFacts, band_ids: Sequence[str] | None
+) -> tuple[list[str], list[np.dtype]]:
     """The requested bands (all when none are named) and their types."""
-    bands = {b.id: np.dtype(b.dtype) for b in image.bands}
+    bands = {band_id: np.dtype(dtype) for band_id, dtype in facts.bands}
     if not band_ids:
         return list(bands), list(bands.values())
     for band_id in band_ids:
@@ -428,16 +444,19 @@ async def send_tile(
 # ----------------------------------------------------------------------------- routes
 
 
+def _client_file(name: str) -> bytes:
+    """A file the earthengine-api package ships (importing `ee` takes a while: off the loop)."""
+    return importlib.resources.files("ee").joinpath("tests", name).read_bytes()
+
+
 async def discovery(request: web.Request) -> web.Response:
     """The client's discovery document, pointed back at this server."""
     state = _state(request)
     if state.discovery is None:
-        text = (
-            importlib.resources.files("ee")
-            .joinpath("tests", "cloud_api_discovery_document.json")
-            .read_text(encoding="utf-8")
+        raw = await _run(state, _client_file, "cloud_api_discovery_document.json")
+        state.discovery = _with_workload_tags(
+            json.loads(raw.decode("utf-8").replace("v1alpha", "v1"))
         )
-        state.discovery = _with_workload_tags(json.loads(text.replace("v1alpha", "v1")))
     root = f"{request.scheme}://{request.host}/"
     document = {**state.discovery, "rootUrl": root, "baseUrl": root, "servicePath": ""}
     document.pop("mtlsRootUrl", None)
@@ -471,9 +490,7 @@ async def algorithms(request: web.Request) -> web.Response:
     """The algorithm list the client generates its Image/Collection methods from."""
     state = _state(request)
     if state.algorithms is None:
-        state.algorithms = (
-            importlib.resources.files("ee").joinpath("tests", "algorithms.json").read_bytes()
-        )
+        state.algorithms = await _run(state, _client_file, "algorithms.json")
     return web.Response(body=state.algorithms, content_type="application/json")
 
 
@@ -520,15 +537,15 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     state.stats.record_workload_tag("thumbnails:create", request.query.get("workloadTag"))
     await _api_fault(state, "thumbnails:create", digest(body))
     started = state.clock()
+    text = expression_text(expression)
     try:
-        image = await _run(state, state.evaluator.evaluate, expression)
-        raw_grid = image.bounded_grid()
+        facts = await _describe(state, text, None)
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
-    if raw_grid is None:
+    grid = facts.grid
+    if grid is None:
         raise ApiError(400, UNBOUNDED_MESSAGE)
-    grid = as_pixel_grid(raw_grid)
-    band_ids, dtypes = select_bands(image, requested)
+    band_ids, dtypes = select_bands(facts, requested)
     if file_format in imaging.PICTURE_FORMATS:
         check_picture(band_ids, dtypes, visualization)
     check_size(state.config, grid.width, grid.height, dtypes, state.config.max_download_side)
@@ -537,7 +554,8 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     identity = digest([expression, file_format, band_ids, grid])
     state.downloads[name] = Download(
         name=name,
-        image=image,
+        expression=text,
+        work=facts.work,
         grid=grid,
         file_format=file_format,
         band_ids=band_ids,
@@ -584,68 +602,19 @@ def check_picture(
         raise ApiError(400, f"Invalid visualizationOptions: {exc}.") from None
 
 
-def picture_levels(
-    data: Sequence[np.ndarray], visualization: dict[str, Any] | None
-) -> list[np.ndarray]:
-    """Bands as 0..255 levels: stretched by ``visualizationOptions`` when given (REST shape)."""
-    if visualization is None:
-        return [np.asarray(d, dtype=np.uint8) for d in data]
-    ranges = visualization.get("ranges") or [{"min": 0.0, "max": 1.0}]
-    lows = imaging.per_band([float(r.get("min", 0.0)) for r in ranges], len(data), 0.0)
-    highs = imaging.per_band([float(r.get("max", 1.0)) for r in ranges], len(data), 1.0)
-    gamma = (visualization.get("gamma") or {}).get("value")
-    levels = [
-        imaging.stretch(d, lo, hi, float(gamma) if gamma is not None else None)
-        for d, lo, hi in zip(data, lows, highs, strict=True)
-    ]
-    palette = visualization.get("paletteColors")
-    if palette and len(levels) == 1:
-        levels = imaging.apply_palette(levels[0], palette)
-    return levels
-
-
-def _render(
-    state: EmulatorState,
-    image: Any,
-    grid: PixelGrid,
-    band_ids: list[str],
-    file_format: str,
-    prefix: str,
-    visualization: dict[str, Any] | None = None,
-) -> bytes:
-    rendered = image.render(grid.crs, grid.transform, grid.width, grid.height, band_ids)
-    if file_format in imaging.PICTURE_FORMATS:
-        valid = np.logical_and.reduce([np.asarray(v, dtype=bool) for v in rendered.valid])
-        levels = picture_levels(list(rendered.data), visualization)
-        return imaging.encode_picture(levels, valid, file_format)
-    return encode.encode(
-        file_format,
-        grid.crs,
-        grid.transform,
-        list(rendered.band_ids),
-        list(rendered.data),
-        list(rendered.valid),
-        prefix=prefix,
-        compress=state.config.tiff_compress,
-    )
-
-
 async def _serve_pixels(
     request: web.Request,
     state: EmulatorState,
     endpoint: str,
     identity: str,
-    image: Any,
-    grid: PixelGrid,
-    band_ids: list[str],
-    file_format: str,
-    prefix: str,
+    job: TileJob,
+    work: int | None,
     *,
     on_expired: Callable[[], None] | None = None,
     headers: dict[str, str] | None = None,
-    visualization: dict[str, Any] | None = None,
 ) -> web.StreamResponse:
-    """Fault decision, memory check, render, latency, then the streamed body."""
+    """Fault decision, memory check, render (off the loop), latency, then the streamed body."""
+    grid = job.grid
     started = state.clock()
     attempt = state.next_attempt(endpoint, identity)
     fault = FaultModel(state.config).decide(endpoint, identity, attempt, tile=True)
@@ -668,19 +637,18 @@ async def _serve_pixels(
             await _shape_latency(state, started, grid)
             return web.Response(body=CAPTIVE_PORTAL_HTML, content_type="text/html")
     try:
-        check_memory(state.config, image, grid.width, grid.height)
-        body = await _run(
-            state, _render, state, image, grid, band_ids, file_format, prefix, visualization
-        )
+        check_memory(state.config, work)
+        assert state.renderer is not None, "the app has not started"
+        body = await state.renderer.tile(job)
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
     await _shape_latency(state, started, grid)
-    key = tile_key(grid.crs, grid.transform, grid.width, grid.height, band_ids)
+    key = tile_key(grid.crs, grid.transform, grid.width, grid.height, list(job.band_ids))
     return await send_tile(
         request,
         state,
         body,
-        CONTENT_TYPES[file_format],
+        CONTENT_TYPES[job.file_format],
         fault=fault,
         key=key,
         headers=headers,
@@ -704,19 +672,24 @@ async def get_pixels(request: web.Request) -> web.StreamResponse:
         download.expired = True
 
     extension = EXTENSIONS.get(download.file_format, "tif")
+    job = TileJob(
+        download.expression,
+        download.grid,
+        tuple(download.band_ids),
+        download.file_format,
+        download.prefix,
+        download.visualization,
+        state.config.tiff_compress,
+    )
     return await _serve_pixels(
         request,
         state,
         "getPixels",
         download.identity,
-        download.image,
-        download.grid,
-        download.band_ids,
-        download.file_format,
-        download.prefix,
+        job,
+        download.work,
         on_expired=expire,
         headers={"Content-Disposition": f"attachment; filename={download.prefix}.{extension}"},
-        visualization=download.visualization,
     )
 
 
@@ -750,20 +723,20 @@ async def compute_pixels(request: web.Request) -> web.StreamResponse:
     state.stats.record_workload_tag("computePixels", body.get("workloadTag"))
     if file_format not in encode.FORMATS_COMPUTE:
         raise ApiError(400, f"Unsupported fileFormat for this emulator: {file_format}.")
+    given = _grid_from_body(body["grid"]) if "grid" in body else None
+    text = expression_text(expression)
     try:
-        image = await _run(state, state.evaluator.evaluate, expression)
-        raw_grid = _grid_from_body(body["grid"]) if "grid" in body else image.bounded_grid()
+        facts = await _describe(state, text, given)
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
-    if raw_grid is None:
+    grid = facts.grid
+    if grid is None:
         raise ApiError(400, UNBOUNDED_MESSAGE)
-    grid = as_pixel_grid(raw_grid)
-    band_ids, dtypes = select_bands(image, body.get("bandIds") or None)
+    band_ids, dtypes = select_bands(facts, body.get("bandIds") or None)
     check_size(state.config, grid.width, grid.height, dtypes, state.config.max_compute_side)
     identity = digest([expression, file_format, band_ids, grid])
-    return await _serve_pixels(
-        request, state, "computePixels", identity, image, grid, band_ids, file_format, "download"
-    )
+    job = TileJob(text, grid, tuple(band_ids), file_format, compress=state.config.tiff_compress)
+    return await _serve_pixels(request, state, "computePixels", identity, job, facts.work)
 
 
 async def stats_route(request: web.Request) -> web.Response:
@@ -793,11 +766,8 @@ async def envelope_middleware(
     counted = route in QUOTA_ROUTES
     try:
         quota = state.config.max_concurrent if state.config.limits_on else None
-        if counted and quota is not None and state.stats.in_flight_by_project[project] >= quota:
-            state.stats.quota_rejections += 1
+        if counted and not state.stats.admit(project, quota):
             raise ApiError(429, QUOTA_MESSAGE)
-        if counted:
-            state.stats.enter(project)
         try:
             response = await handler(request)
         finally:
@@ -816,6 +786,14 @@ async def envelope_middleware(
     if not route.startswith("_emulator"):
         state.stats.record_request(route, 0 if request.get(NO_RESPONSE, False) else response.status)
     return response
+
+
+async def watch_loop_lag(state: EmulatorState, period: float = 0.02) -> None:
+    """Measure how late the loop wakes a short timer, for as long as the server runs."""
+    while not state.closing.is_set():
+        before = state.clock()
+        await asyncio.sleep(period)
+        state.stats.record_loop_lag(max(0.0, state.clock() - before - period))
 
 
 def create_app(
@@ -838,14 +816,23 @@ def create_app(
     app.router.add_get("/_emulator/stats", stats_route, name="_emulator_stats")
     app.router.add_post("/_emulator/reset", reset_route, name="_emulator_reset")
 
+    renderer = Renderer(
+        config,
+        state.stats,
+        lambda expression: state.evaluator.evaluate(expression),
+        bundled_model=evaluator is None,
+    )
+    watchers: list[asyncio.Task[None]] = []
+
     async def on_startup(app: web.Application) -> None:
-        state.executor = ThreadPoolExecutor(
-            max_workers=max(1, config.render_workers), thread_name_prefix="ee-emulator"
-        )
+        renderer.start()
+        state.renderer = renderer
+        watchers.append(asyncio.create_task(watch_loop_lag(state)))
 
     async def on_cleanup(app: web.Application) -> None:
-        if state.executor is not None:
-            state.executor.shutdown(wait=False, cancel_futures=True)
+        for task in watchers:
+            task.cancel()
+        renderer.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
@@ -1011,6 +998,16 @@ class EmulatorThread:
         self.stop()
 
 
+def settle_heap(state: EmulatorState) -> None:
+    """In a process that only serves: load the model now, then freeze every object alive (the
+    modules, the catalog) out of the garbage collector's reach. A full collection stops the
+    event loop for as long as it walks the heap; these objects live for good anyway."""
+    if state.given_evaluator is None:
+        state.given_evaluator = default_evaluator()
+    gc.collect()
+    gc.freeze()
+
+
 def serve_forever(
     config: EmulatorConfig | None = None,
     host: str = "127.0.0.1",
@@ -1022,6 +1019,7 @@ def serve_forever(
 
     async def main() -> None:
         running = await start_emulator(config, host, port, ssl_context=ssl_context)
+        settle_heap(running.state)
         print(running.url, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
