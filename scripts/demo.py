@@ -58,6 +58,10 @@ def stats(url: str) -> dict:
 
 
 def main() -> int:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background, the demo would pass an ignored Ctrl-C on to the eefetch it
+        # interrupts, and the interruption it shows would never happen.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--profile", default="realistic", choices=["clean", "realistic", "flaky", "hostile"]

@@ -1,13 +1,15 @@
-"""eefetch's persistent state: the job store (SQLite through SQLAlchemy) and the job lock."""
+"""eefetch's persistent state: the job store (SQLite or PostgreSQL through SQLAlchemy), the
+shared Earth Engine quota, and the file locks of a one-machine job."""
 
-from state.errors import EefetchError, IncompleteError, UserError
+from state.db import is_database_url
+from state.errors import EefetchError, IncompleteError, JobLockedError, StateError, UserError
 from state.lock import JobLock, OutputLock
-from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES
+from state.quota import DEFAULT_PROJECT_QUOTA, Quota, QuotaStatus, default_quota_path, quota_target
+from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES, default_job_name
 from state.store import (
-    JobLockedError,
     JobRecord,
+    MergeLease,
     NewTile,
-    StateError,
     Store,
     TileDone,
     TileFailed,
@@ -18,9 +20,11 @@ from state.store import (
     TileSplit,
     TileUpdate,
     TileUrl,
+    WorkerRecord,
 )
 
 __all__ = [
+    "DEFAULT_PROJECT_QUOTA",
     "JOB_STATUSES",
     "SCHEMA_VERSION",
     "TILE_STATUSES",
@@ -29,8 +33,11 @@ __all__ = [
     "JobLock",
     "JobLockedError",
     "JobRecord",
+    "MergeLease",
     "NewTile",
     "OutputLock",
+    "Quota",
+    "QuotaStatus",
     "StateError",
     "Store",
     "TileDone",
@@ -43,4 +50,9 @@ __all__ = [
     "TileUpdate",
     "TileUrl",
     "UserError",
+    "WorkerRecord",
+    "default_job_name",
+    "default_quota_path",
+    "is_database_url",
+    "quota_target",
 ]

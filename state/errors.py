@@ -1,4 +1,4 @@
-"""The roots of every error eefetch raises on purpose.
+"""The roots of every error eefetch raises on purpose, and the state layer's own.
 
 They live here, in the lowest package, so that the state store's own errors belong to the same
 tree as the engine's (``engine/errors.py`` builds the rest of it on these): a program that
@@ -23,4 +23,23 @@ class IncompleteError(EefetchError):
     command (or call) again carries on."""
 
 
-__all__ = ["EefetchError", "IncompleteError", "UserError"]
+class StateError(UserError):
+    """A problem with the state (a file or a database) that the user must act on; str() is one
+    line: what, then what to do."""
+
+
+class JobLockedError(StateError):
+    """Another live process holds the job's lock."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+__all__ = [
+    "EefetchError",
+    "IncompleteError",
+    "JobLockedError",
+    "StateError",
+    "UserError",
+]

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Self
 
-from state.store import JobLockedError, StateError
+from state.errors import JobLockedError, StateError
 
 fcntl: ModuleType | None
 try:

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Started in the background (``nohup``, ``cmd &`` in a script), pytest inherits an ignored
+    SIGINT, and so would every eefetch a test starts: the tests of Ctrl-C would then meet a run
+    that cannot be interrupted, and it would finish instead. The children get the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -83,3 +95,45 @@ def ee_emulator():  # type: ignore[no-untyped-def]
     yield start
     for emulator in started:
         emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """One throwaway PostgreSQL server for the session (tests/pg.py), or a skip saying why
+    there can be none here."""
+    from tests.pg import PostgresCluster, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return pg_cluster.create_database()
+
+
+class StateTargets:
+    """Calling it gives a new, empty state target of one kind: an SQLite path in the test's
+    folder, or the URL of a new database on the session's PostgreSQL server."""
+
+    def __init__(self, kind: str, make: Callable[[], Path | str]) -> None:
+        self.kind = kind
+        self._make = make
+
+    def __call__(self) -> Path | str:
+        return self._make()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_target(request: pytest.FixtureRequest, tmp_path: Path) -> StateTargets:
+    """New state targets, on SQLite and then on PostgreSQL (the test runs once for each)."""
+    if request.param == "sqlite":
+        count = iter(range(1_000_000))
+        return StateTargets("sqlite", lambda: tmp_path / f"state-{next(count)}.eefetch")
+    cluster = request.getfixturevalue("pg_cluster")
+    return StateTargets("postgresql", cluster.create_database)

@@ -1,25 +1,26 @@
 """The job store: round trips, claims, every update kind, refusals that leave files untouched,
-random sequences against a model, a SIGKILL campaign, and timings at 100,000 tiles."""
+random sequences against a model, a SIGKILL campaign, and timings at 100,000 tiles.
+
+Tests taking `store` or `state_target` run twice: on an SQLite file and on a PostgreSQL
+database of the session's throwaway server (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from state import (
     SCHEMA_VERSION,
@@ -48,8 +49,19 @@ def grid_tiles(rows: int, cols: int, size: int = 256, bands: int = 3) -> list[Ne
     ]
 
 
+Target = Callable[[], "Path | str"]
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(state_target: Target) -> Iterator[Store]:
+    s = Store.open(state_target())
+    s.create_job("fp1", SPEC, "0.1.0", "out.tif", grid_tiles(2, 3), now=100.0)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     s = Store.open(tmp_path / "job.eefetch")
     s.create_job("fp1", SPEC, "0.1.0", "out.tif", grid_tiles(2, 3), now=100.0)
     yield s
@@ -61,17 +73,17 @@ def done(tile_id: int) -> TileDone:
 
 
 def pragma(s: Store, name: str) -> Any:
-    with s._engine.connect() as conn:  # type: ignore[union-attr]
+    with s._db.engine.connect() as conn:  # type: ignore[union-attr]
         return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
 
 
 # ---- create / open / reopen ---------------------------------------------------------------
 
 
-def test_create_and_reopen_round_trip(tmp_path: Path) -> None:
-    path = tmp_path / "job.eefetch"
+def test_create_and_reopen_round_trip(state_target: Target) -> None:
+    path = state_target()
     with Store.open(path) as s:
-        assert s.path == path
+        assert s.path == (path if isinstance(path, Path) else None)
         assert s.job() is None
         job = s.create_job("fp1", SPEC, "0.1.0", "out.tif", grid_tiles(2, 2), now=5.0)
         assert (job.fingerprint, job.spec, job.eefetch_version) == ("fp1", SPEC, "0.1.0")
@@ -95,33 +107,37 @@ def test_create_and_reopen_round_trip(tmp_path: Path) -> None:
         }
         s.set_job_status("merged", "/data/out.tif", now=9.0)
         assert s.job() == job.__class__(
-            job.id, "fp1", SPEC, "0.1.0", "merged", 5.0, 9.0, "/data/out.tif", job.uid
+            job.id, "fp1", SPEC, "0.1.0", "merged", 5.0, 9.0, "/data/out.tif", job.uid, "out"
         )
-    assert Store.schema_version == SCHEMA_VERSION == 2
+    assert Store.schema_version == SCHEMA_VERSION == 3
 
 
-def test_file_settings(store: Store) -> None:
+def test_file_settings(sqlite_store: Store) -> None:
+    store = sqlite_store
     assert pragma(store, "journal_mode") == "wal"
     assert pragma(store, "foreign_keys") == 1
     assert pragma(store, "synchronous") == 1  # NORMAL
-    con = sqlite3.connect(store.path)
+    con = sqlite3.connect(store.path)  # type: ignore[arg-type]
     try:
         meta = dict(con.execute("SELECT key, value FROM meta"))
     finally:
         con.close()
-    assert meta == {"application": "eefetch", "schema_version": "2"}
+    assert meta == {"application": "eefetch", "schema_version": "3"}
 
 
 def test_foreign_keys_are_enforced(store: Store) -> None:
-    with pytest.raises(ValueError, match="FOREIGN KEY"), store._tx(write=True) as conn:
+    def insert(conn: Any) -> None:
         conn.exec_driver_sql(
             "INSERT INTO tile (job_id, row_off, col_off, height, width, band_start, band_stop,"
             " status, attempts, updated_at) VALUES (99, 0, 0, 1, 1, 0, 1, 'pending', 0, 0)"
         )
 
+    with pytest.raises(ValueError, match=r"(?i)foreign key"):
+        store._db.run(insert, write=True)
 
-def test_create_job_is_all_or_nothing(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "s") as s:
+
+def test_create_job_is_all_or_nothing(state_target: Target) -> None:
+    with Store.open(state_target()) as s:
         bad = [*grid_tiles(1, 3), NewTile(0, 0, 0, 5, 0, 1)]
         with pytest.raises(ValueError, match="tile_window_valid"):
             s.create_job("fp", SPEC, "0", "o.tif", bad)
@@ -130,11 +146,11 @@ def test_create_job_is_all_or_nothing(tmp_path: Path) -> None:
         with pytest.raises(StateError, match="already holds a job"):
             s.create_job("fp2", SPEC, "0", "o.tif", grid_tiles(1, 1))
         with pytest.raises(ValueError, match="JSON"):
-            Store.open(tmp_path / "t").create_job("fp", {"x": object()}, "0", "o", [])
+            Store.open(state_target()).create_job("fp", {"x": object()}, "0", "o", [])
 
 
-def test_set_job_status_validates(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "s") as s:
+def test_set_job_status_validates(state_target: Target) -> None:
+    with Store.open(state_target()) as s:
         with pytest.raises(StateError, match="holds no job"):
             s.set_job_status("running")
         s.create_job("fp", SPEC, "0", "o.tif", [])
@@ -145,8 +161,8 @@ def test_set_job_status_validates(tmp_path: Path) -> None:
         assert job is not None and (job.status, job.output_path) == ("running", "o.tif")
 
 
-def test_closed_store_refuses_work(tmp_path: Path) -> None:
-    s = Store.open(tmp_path / "s")
+def test_closed_store_refuses_work(state_target: Target) -> None:
+    s = Store.open(state_target())
     s.close()
     s.close()
     with pytest.raises(ValueError, match="closed"):
@@ -229,15 +245,15 @@ def test_future_schema_version(tmp_path: Path) -> None:
     with Store.open(path) as s:
         s.create_job("fp", SPEC, "0", "o.tif", grid_tiles(2, 2))
     con = sqlite3.connect(path)
-    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     con.commit()
     con.close()
     before = path.read_bytes()
     with pytest.raises(StateError) as info:
         Store.open(path)
     assert str(info.value) == (
-        f"state file {path} was written by a newer eefetch (state schema 3; this eefetch "
-        "reads up to 2); it was left unchanged: upgrade eefetch (pip install -U eefetch), or "
+        f"state file {path} was written by a newer eefetch (state schema 4; this eefetch "
+        "reads up to 3); it was left unchanged: upgrade eefetch (pip install -U eefetch), or "
         "start over with a new state file"
     )
     assert path.read_bytes() == before
@@ -339,8 +355,8 @@ def test_shift_times_moves_retries_and_the_owners_leases(store: Store) -> None:
         store.shift_times("A", float("nan"))
 
 
-def test_rate_limited_retries_are_counted_apart_and_kept(tmp_path: Path) -> None:
-    path = tmp_path / "s"
+def test_rate_limited_retries_are_counted_apart_and_kept(state_target: Target) -> None:
+    path = state_target()
     with Store.open(path) as s:
         s.create_job("fp", SPEC, "0", "o.tif", grid_tiles(1, 2))
         [t, _] = s.claim("A", 0.0, 30, 2)
@@ -379,6 +395,7 @@ def test_a_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     with Store.open(path, create=False) as s:
         job = s.job()
         assert job is not None and len(job.uid) == 12 and job.status == "running"
+        assert job.name == "o"  # named after its output, /o.tif
         done, pending = s.tiles()
         assert (done.status, done.path, done.attempts, done.rate_limited) == (
             "done",
@@ -391,7 +408,7 @@ def test_a_schema_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert claimed.id == pending.id
     con = sqlite3.connect(path)
     try:
-        assert dict(con.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+        assert dict(con.execute("SELECT key, value FROM meta"))["schema_version"] == "3"
     finally:
         con.close()
     with Store.open(path, create=False) as s:  # a second open changes nothing
@@ -409,14 +426,33 @@ def test_claim_arguments(store: Store) -> None:
 
 def test_not_before_delays_a_retry(store: Store) -> None:
     [t] = store.claim("A", 0.0, 30, 1)
-    assert store.next_wakeup() is None
+    assert store.next_wakeup() == 0.0  # five tiles never tried: claimable now
     assert store.apply([TileRetry(t.id, "HTTP 503", not_before=20.0)], now=1.0) == []
-    assert store.next_wakeup() == 20.0
+    assert store.next_wakeup() == 0.0
     assert [x.id for x in store.claim("A", 19.9, 30, 10)] == [2, 3, 4, 5, 6]
+    assert store.next_wakeup() == 20.0
     assert store.claim("A", 19.9, 30, 10) == []
     [again] = store.claim("A", 20.0, 30, 10)
     assert (again.id, again.attempts, again.not_before) == (t.id, 1, None)
     assert store.next_wakeup() is None
+
+
+def test_the_parts_of_a_split_are_claimable_at_once(store: Store) -> None:
+    """A scheduler with nothing in flight asks next_wakeup whether to wait or stop: parts of a
+    split (no not_before) must count as claimable now, or a run ends with them unfetched (a
+    loaded machine found this: the split reached the store after the last empty claim)."""
+    claimed = store.claim("A", 0.0, 30, 6)
+    store.apply([done(t.id) for t in claimed[1:]], now=1.0)
+    assert store.next_wakeup() is None
+    parent = claimed[0]
+    half = parent.height // 2
+    children = [
+        NewTile(parent.row_off, parent.col_off, half, parent.width, 0, 3),
+        NewTile(parent.row_off + half, parent.col_off, parent.height - half, parent.width, 0, 3),
+    ]
+    store.apply([TileSplit(parent.id, children, "request too large")], now=2.0)
+    assert store.next_wakeup() == 0.0
+    assert len(store.claim("A", 2.0, 30, 6)) == 2 and store.next_wakeup() is None
 
 
 # ---- updates ---------------------------------------------------------------------------------
@@ -539,22 +575,22 @@ def test_queries(store: Store) -> None:
     assert store.tile(12345) is None
 
 
-def test_claim_and_counts_use_the_status_index(store: Store) -> None:
-    con = sqlite3.connect(store.path)
+def test_claim_and_counts_use_the_status_index(sqlite_store: Store) -> None:
+    con = sqlite3.connect(sqlite_store.path)  # type: ignore[arg-type]
     try:
 
         def plan(sql: str) -> str:
             return " | ".join(r[-1] for r in con.execute(f"EXPLAIN QUERY PLAN {sql}"))
 
         claim = plan(
-            "SELECT id FROM tile WHERE status = 'pending' AND (not_before IS NULL OR "
-            "not_before <= 5.0) ORDER BY id LIMIT 100"
+            "SELECT id FROM tile WHERE job_id = 1 AND status = 'pending' AND (not_before IS NULL"
+            " OR not_before <= 5.0) ORDER BY id LIMIT 100"
         )
-        counts = plan("SELECT status, count(*) FROM tile GROUP BY status")
+        counts = plan("SELECT status, count(*) FROM tile WHERE job_id = 1 GROUP BY status")
     finally:
         con.close()
-    assert "ix_tile_status" in claim and "TEMP B-TREE" not in claim, claim
-    assert "COVERING INDEX ix_tile_status" in counts and "TEMP B-TREE" not in counts, counts
+    assert "ix_tile_job_status" in claim and "TEMP B-TREE" not in claim, claim
+    assert "COVERING INDEX ix_tile_job_status" in counts and "TEMP B-TREE" not in counts, counts
 
 
 # ---- random sequences against a model --------------------------------------------------------
@@ -566,10 +602,9 @@ UPDATE_KINDS = ("done", "retry", "fail", "split", "url", "rel", "reset")
 class StoreMachine(RuleBasedStateMachine):
     """Random claims, updates, releases and resets, checked against a dict model."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: Path | str) -> None:
         super().__init__()
-        self.dir = tempfile.mkdtemp(prefix="eefetch-state-")
-        self.store = Store.open(Path(self.dir) / "s")
+        self.store = Store.open(target)
         self.store.create_job("fp", SPEC, "0", "o.tif", grid_tiles(2, 3, size=8, bands=2), now=0)
         self.now = 0.0
         self.model: dict[int, dict[str, Any]] = {
@@ -592,7 +627,6 @@ class StoreMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.store.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def _unclaim(self, m: dict[str, Any], status: str) -> None:
         m.update(status=status, owner=None, expires=None)
@@ -738,20 +772,22 @@ class StoreMachine(RuleBasedStateMachine):
             assert (t.status == "in_flight") == (t.claim_owner is not None)
         assert self.store.bytes_done() == sum(m["bytes"] or 0 for m in self.model.values())
         pending_nb = [
-            m["not_before"]
-            for m in self.model.values()
-            if m["status"] == "pending" and m["not_before"] is not None
+            m["not_before"] or 0.0 for m in self.model.values() if m["status"] == "pending"
         ]
         assert self.store.next_wakeup() == (min(pending_nb) if pending_nb else None)
 
 
-StoreMachine.TestCase.settings = settings(
-    max_examples=20,
-    stateful_step_count=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-TestStoreMachine = StoreMachine.TestCase
+def test_store_machine(state_target: Target) -> None:
+    on_server = getattr(state_target, "kind", "") == "postgresql"  # a database per example
+    run_state_machine_as_test(
+        lambda: StoreMachine(state_target()),
+        settings=settings(
+            max_examples=10 if on_server else 20,
+            stateful_step_count=20,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
 
 
 # ---- SIGKILL at random moments ---------------------------------------------------------------
@@ -861,8 +897,10 @@ def test_timings_at_100k_tiles(tmp_path: Path, capsys: pytest.CaptureFixture[str
         print("\nstate store timings at 100,000 tiles:\n" + "\n".join(lines))
 
 
-def test_band_groups_lists_only_the_tiles_holding_some_bands(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "s.db") as store:
+def test_band_groups_lists_only_the_tiles_holding_some_bands(
+    tmp_path: Path, state_target: Target
+) -> None:
+    with Store.open(state_target()) as store:
         tiles = [
             NewTile(0, 0, 10, 10, 0, 3),
             NewTile(10, 0, 10, 10, 0, 1),
