@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 HUAINAN = REPO / "engine" / "data" / "huainan.geojson"
 
@@ -82,12 +80,11 @@ def tutorial(ee: Any) -> Any:
 
 def query_time(ee: Any) -> tuple[float, int, int]:
     """(seconds, scenes, candidates) of the tutorial's collection over Huainan."""
-    from ee_offline import wire
-
     from engine.emulator import catalog
     from engine.emulator.evaluate import evaluate
     from engine.recipes import Composite, composite_collection
     from engine.region_input import load_region
+    from engine.testing.ee_offline import wire
 
     seen: list[int] = []
     search = catalog.search
@@ -116,11 +113,10 @@ def query_time(ee: Any) -> tuple[float, int, int]:
 
 def render_window(ee: Any, side: int) -> tuple[float, int]:
     """(seconds, scenes reaching the window) for one side x side window at Huainan's centre."""
-    from ee_offline import download_expression
-
     from engine.emulator.evaluate import evaluate
     from engine.grid import grid_from_region
     from engine.region_input import load_region
+    from engine.testing.ee_offline import download_expression
 
     grid = grid_from_region(load_region(str(HUAINAN)), "EPSG:4326", 10)
     a, _, c, _, e, f = grid.transform
@@ -144,7 +140,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--side", type=int, default=2048)
     args = parser.parse_args()
-    from ee_offline import offline_ee
+    from engine.testing.ee_offline import offline_ee
 
     starts = [start_up() for _ in range(args.runs)]
     results: dict[str, Any] = {

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import rasterio
 from click.testing import CliRunner
-from reliability import SMALL_REGION, assert_matches_oracle, one_line_error, run_cli, state_of
 
 from engine.cli import main
 from engine.defaults import EE_MAX_SIDE_URLS
@@ -22,6 +21,9 @@ from engine.ee_adapter import BandInfo
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.request import lossy_cast_message
+from engine.testing.cli import one_line_error, run_cli
+from engine.testing.jobs import SMALL_REGION, state_of
+from engine.testing.oracle import assert_matches_oracle
 from state import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +33,6 @@ DEM = ("--asset", "USGS/SRTMGL1_003")
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorThread]:
     with EmulatorThread(EmulatorConfig.from_profile("clean", seed=1)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as running:
         yield running
 
 

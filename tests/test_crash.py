@@ -9,26 +9,17 @@ import importlib.util
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from reliability import (
-    REPO,
-    assert_matches_oracle,
-    dem_args,
-    job_spec,
-    run_cli,
-    served_counts,
-    start_cli,
-    state_of,
-    tile_key,
-)
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from state import StateError, Store
+from engine.testing.cli import REPO, run_cli, start_cli
+from engine.testing.jobs import dem_args, done_tiles, job_spec, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
+from state import Store
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +32,6 @@ def campaign() -> ModuleType:
     sys.modules["crash_campaign"] = module
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 @pytest.mark.slow
@@ -92,7 +77,7 @@ def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(
         while True:
             assert process.poll() is None, "finished before Ctrl-C"
             assert time.monotonic() < deadline, "no tile done in time"
-            if state.exists() and _done(state) >= 2:
+            if state.exists() and done_tiles(state) >= 2:
                 break
             time.sleep(0.05)
         pressed = time.monotonic()
@@ -113,12 +98,3 @@ def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(
     spec = job_spec(state)
     assert all(served[tile_key(spec, tile)] == 1 for tile in done)
     assert_matches_oracle(output, state, oracle)
-
-
-def _done(state: Path) -> int:
-    """Tiles done so far; 0 while the state file is still being created."""
-    try:
-        with Store.open(state, create=False) as store:
-            return store.counts()["done"]
-    except StateError:
-        return 0

@@ -16,31 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability import (
-    SMALL_REGION,
-    assert_matches_oracle,
-    dem_args,
-    job_spec,
-    one_line_error,
-    run_cli,
-    served_counts,
-    state_of,
-    tile_key,
-)
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import one_line_error, run_cli
+from engine.testing.jobs import SMALL_REGION, dem_args, job_spec, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
 # 1485 x 1114 float32 pixels: 6.6 MB of tiles in 17 requests.
 JOB_REGION = "118.7,32.0,118.9,32.15"
 LIBTIFF_NOISE = "_tiffWriteProc: No space left on device."
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 @pytest.fixture

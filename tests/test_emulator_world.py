@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import shapely
-from ee_offline import download_expression, offline_ee, wire
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from engine.emulator import catalog, model
 from engine.emulator.evaluate import EvaluationError, Image, evaluate, to_info
 from engine.emulator.world import land, landsat, mgrs, sentinel2
 from engine.emulator.world.assets import millis
+from engine.testing.ee_offline import download_expression, offline_ee, wire
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
 L8 = "LANDSAT/LC08/C02/T1_L2"

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability import REPO, state_of
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from state import StateError, Store
+from engine.testing.cli import REPO
+from engine.testing.jobs import done_tiles, state_of
 
 
 def cli(log: Path, *args: str) -> subprocess.Popen[str]:
@@ -44,14 +44,6 @@ def slow_callbacks(log: Path) -> list[dict[str, object]]:
     if not log.exists():
         return []
     return [json.loads(line) for line in log.read_text().splitlines()]
-
-
-def done_tiles(state: Path) -> int:
-    try:
-        with Store.open(state, create=False) as store:
-            return store.counts()["done"]
-    except StateError:
-        return 0
 
 
 @pytest.fixture(scope="module")

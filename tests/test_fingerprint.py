@@ -18,15 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import free_port
-from reliability import (
-    SMALL_REGION,
-    assert_matches_oracle,
-    dem_args,
-    dem_job,
-    one_line_error,
-    run_cli,
-)
 
 from engine import ee_adapter
 from engine.defaults import EE_MAX_SIDE_URLS
@@ -39,6 +30,10 @@ from engine.job import open_job
 from engine.paths import default_state_path, tiles_folder
 from engine.service import GOOGLE, service_identity, url_is_for
 from engine.spec import JobSpec, identity_differences, resumed_spec
+from engine.testing.cli import one_line_error, run_cli
+from engine.testing.jobs import SMALL_REGION, dem_args, dem_job
+from engine.testing.oracle import assert_matches_oracle
+from engine.testing.peers import free_port
 from engine.tilestore import TileStore
 from engine.transport import Transport, TransportOptions
 from state import Store, TileUpdate, TileUrl
@@ -210,12 +205,6 @@ def test_a_plan_with_tiles_too_wide_for_urls_keeps_the_compute_endpoint() -> Non
 
 
 # ----------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 @pytest.fixture

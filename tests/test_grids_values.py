@@ -16,7 +16,6 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
-from reliability import SMALL_REGION, job_spec, oracle_render, state_of
 from rio_cogeo.cogeo import cog_validate
 
 from engine import api, ee_adapter
@@ -29,6 +28,8 @@ from engine.like import grid_of
 from engine.metadata import collection_of
 from engine.nodata import choose_nodata
 from engine.scaling import band_factors
+from engine.testing.jobs import SMALL_REGION, job_spec, state_of
+from engine.testing.oracle import oracle_render
 
 COAST = "121.80,30.80,122.10,31.00"  # land and sea east of Shanghai: SRTM is masked at sea
 LANDSAT = "LANDSAT/LC08/C02/T1_L2"
@@ -37,12 +38,6 @@ LANDSAT = "LANDSAT/LC08/C02/T1_L2"
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorThread]:
     with EmulatorThread(EmulatorConfig.from_profile("clean", seed=3)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as running:
         yield running
 
 

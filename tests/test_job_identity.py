@@ -17,17 +17,6 @@ import time
 from pathlib import Path
 
 import ee
-import pytest
-from reliability import (
-    assert_matches_oracle,
-    dem_args,
-    dem_job,
-    one_line_error,
-    run_cli,
-    served_counts,
-    start_cli,
-    state_of,
-)
 
 from engine import ee_adapter
 from engine.emulator.config import EmulatorConfig
@@ -35,16 +24,13 @@ from engine.emulator.server import EmulatorThread
 from engine.job import RunOptions, run_job
 from engine.progress import SilentProgress
 from engine.scheduler import SchedulerOptions
-from state import OutputLock, StateError, Store
+from engine.testing.cli import one_line_error, run_cli, start_cli
+from engine.testing.jobs import dem_args, dem_job, done_tiles, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts
+from state import OutputLock
 
 # A few hundred metres of Nanjing: a composite of about 30 small tiles.
 REGION = "118.760,32.040,118.775,32.052"
-
-
-@pytest.fixture(scope="module")
-def oracle() -> EmulatorThread:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 def composite_args(url: str, output: Path, reducer: str) -> list[str]:
@@ -78,14 +64,6 @@ def composite_args(url: str, output: Path, reducer: str) -> list[str]:
         "2",
         "--quiet",
     ]
-
-
-def done_tiles(state: Path) -> int:
-    try:
-        with Store.open(state, create=False) as store:
-            return store.counts()["done"]
-    except StateError:
-        return 0
 
 
 def kill_when(process: subprocess.Popen[str], state: Path, done: int) -> int:

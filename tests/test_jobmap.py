@@ -17,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 from jobstates import make_state, set_states, split, tile_window
 from PIL import Image
-from reliability import dem_args
 
 from engine import jobmap, region_input
 from engine.cli import main
@@ -26,6 +25,7 @@ from engine.grid import grid_from_region
 from engine.jobmap import REGION_COLOUR, STATE_COLOURS, render, write_map
 from engine.snapshot import read_snapshot
 from engine.spec import REGION_EXTRA, JobSpec, identity_differences, with_region
+from engine.testing.jobs import dem_args
 from state import NewTile, Store
 
 REGION = "118.1,32.3,118.4,32.45"  # inside the 5 x 3 tile grid of make_state(..., 3, 5)

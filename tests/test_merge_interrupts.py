@@ -18,28 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability import (
-    REPO,
-    assert_matches_oracle,
-    dem_args,
-    job_spec,
-    run_cli,
-    served_counts,
-    state_of,
-    tile_key,
-)
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.live_merge import checkpoint_path
 from engine.merge import OutputBuilder
+from engine.testing.cli import REPO, run_cli
+from engine.testing.jobs import dem_args, job_spec, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
-
-
-@pytest.fixture(scope="module")
-def oracle() -> EmulatorThread:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 class Paused:

@@ -9,21 +9,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from peers import (
-    OutageProgress,
-    TinyProxy,
-    assert_equals_oracle,
-    dem_spec,
-    https_emulator,
-    make_authority,
-    run_through_outage,
-)
+from authority import https_emulator, make_authority
 
 from engine import ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.job import RunOptions, run_job
 from engine.scheduler import SchedulerOptions
+from engine.testing.campaigns import OutageProgress, run_through_outage
+from engine.testing.jobs import dem_spec
+from engine.testing.oracle import assert_matches_oracle
+from engine.testing.peers import TinyProxy
 from engine.transport import TransportOptions
 from state import Store
 
@@ -51,7 +47,7 @@ def test_a_proxy_killed_mid_job_and_restarted_costs_no_tile(tmp_path: Path) -> N
     assert report.proxy_requests_before_kill > 0
     assert report.proxy_requests_after_restart > 0  # the rest came through the new proxy
     assert report.wall_s < OUTAGE_S + 20
-    assert_equals_oracle(report.output, report.state_path)
+    assert_matches_oracle(report.output, report.state_path)
 
 
 def test_earth_engine_unreachable_behind_a_live_proxy_is_waited_out(tmp_path: Path) -> None:
@@ -99,4 +95,4 @@ def test_earth_engine_unreachable_behind_a_live_proxy_is_waited_out(tmp_path: Pa
     with Store.open(state_path, create=False) as store:
         assert max(tile.attempts for tile in store.tiles("done")) <= 3
     assert tunnels and {method for method, _ in tunnels} == {"CONNECT"}
-    assert_equals_oracle(output, state_path)
+    assert_matches_oracle(output, state_path)

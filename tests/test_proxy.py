@@ -14,20 +14,14 @@ from pathlib import Path
 
 import ee
 import pytest
-from peers import (
-    MicroSocks,
-    TinyProxy,
-    assert_equals_oracle,
-    cli_env,
-    dem_download,
-    free_port,
-    host_port,
-    run_cli,
-)
 
 from engine import ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import cli_env, run_guarded_cli
+from engine.testing.jobs import quiet_dem_args
+from engine.testing.oracle import assert_matches_oracle
+from engine.testing.peers import MicroSocks, TinyProxy, free_port, host_port
 
 
 @pytest.fixture
@@ -79,8 +73,8 @@ def test_explicit_http_proxy_carries_every_api_call_and_tile(
     output = tmp_path / "dem.tif"
     # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
     env = cli_env(NO_PROXY="127.0.0.1,localhost")
-    done = run_cli(
-        dem_download(emulator.url, output, "--proxy", tinyproxy.url),
+    done = run_guarded_cli(
+        quiet_dem_args(emulator.url, output, "--proxy", tinyproxy.url),
         env,
         forbid_direct=[host_port(emulator.url)],
     )
@@ -92,15 +86,15 @@ def test_explicit_http_proxy_carries_every_api_call_and_tile(
     assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
     assert carried["value:compute"] == served(emulator, "value:compute") >= 1
     assert carried["discovery"] >= 1 and carried["algorithms"] >= 1  # ee.Initialize too
-    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, Path(f"{output}.eefetch.db"))
 
 
 def test_explicit_socks5_proxy_carries_every_connection(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output, "--proxy", microsocks.url),
+    done = run_guarded_cli(
+        quiet_dem_args(emulator.url, output, "--proxy", microsocks.url),
         cli_env(NO_PROXY="127.0.0.1,localhost"),
         forbid_direct=[host_port(emulator.url)],
     )
@@ -109,15 +103,15 @@ def test_explicit_socks5_proxy_carries_every_connection(
     assert opened, "microsocks opened no connection"
     assert set(opened) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
-    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, Path(f"{output}.eefetch.db"))
 
 
 def test_http_proxy_from_the_environment(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output),
+    done = run_guarded_cli(
+        quiet_dem_args(emulator.url, output),
         cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org"),
         forbid_direct=[host_port(emulator.url)],
     )
@@ -131,8 +125,8 @@ def test_all_proxy_socks5_from_the_environment(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output),
+    done = run_guarded_cli(
+        quiet_dem_args(emulator.url, output),
         cli_env(all_proxy=microsocks.url),
         forbid_direct=[host_port(emulator.url)],
     )
@@ -146,8 +140,8 @@ def test_no_proxy_sends_the_environment_proxy_around(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy, no_proxy: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output),
+    done = run_guarded_cli(
+        quiet_dem_args(emulator.url, output),
         cli_env(HTTP_PROXY=tinyproxy.url, HTTPS_PROXY=tinyproxy.url, NO_PROXY=no_proxy),
     )
     assert done.returncode == 0, done.stderr
@@ -160,8 +154,8 @@ def test_an_unreachable_proxy_is_reported_not_bypassed(
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    done = run_cli(
-        dem_download(emulator.url, tmp_path / "dem.tif", "--proxy", dead),
+    done = run_guarded_cli(
+        quiet_dem_args(emulator.url, tmp_path / "dem.tif", "--proxy", dead),
         cli_env(),
         timeout=60,
     )

@@ -17,8 +17,8 @@ from engine.errors import InvalidJob
 from engine.recipes import Composite, composite
 from engine.region_input import load_region
 from engine.spec import JobSpec
+from engine.testing.ee_offline import offline_ee
 from state import Store
-from tests.ee_offline import offline_ee
 
 REPO = Path(__file__).resolve().parents[1]
 NANJING = REPO / "engine" / "data" / "nanjing.geojson"

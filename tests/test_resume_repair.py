@@ -6,31 +6,14 @@ Also: a second eefetch on the same job refuses with a clear message and spoils n
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-from reliability import (
-    assert_matches_oracle,
-    dem_args,
-    job_spec,
-    one_line_error,
-    run_cli,
-    served_counts,
-    start_cli,
-    state_of,
-    tile_key,
-)
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import one_line_error, run_cli, start_cli
+from engine.testing.jobs import dem_args, job_spec, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 def test_deleted_truncated_corrupted_and_partial_tiles_are_fetched_again_and_reported(

@@ -14,10 +14,10 @@ import pytest
 import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reliability import REPO
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import REPO
 from engine.tilestore import TileStore
 
 TOKEN = "ya29.FAKE-TOKEN-a1b2c3d4e5f6-DO-NOT-LEAK"

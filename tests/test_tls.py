@@ -17,21 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import (
-    Authority,
-    MicroSocks,
-    TinyProxy,
-    assert_equals_oracle,
-    cli_env,
-    dem_download,
-    host_port,
-    https_emulator,
-    make_authority,
-    run_cli,
-)
+from authority import Authority, https_emulator, make_authority
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import cli_env, run_guarded_cli
+from engine.testing.jobs import quiet_dem_args
+from engine.testing.oracle import assert_matches_oracle
+from engine.testing.peers import MicroSocks, TinyProxy, host_port
 
 
 @pytest.fixture
@@ -54,8 +47,8 @@ def test_ca_bundle_from_ssl_cert_file(
 ) -> None:
     assert emulator.url.startswith("https://127.0.0.1:")
     output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output), cli_env(SSL_CERT_FILE=str(authority.ca_file))
+    done = run_guarded_cli(
+        quiet_dem_args(emulator.url, output), cli_env(SSL_CERT_FILE=str(authority.ca_file))
     )
     assert done.returncode == 0, done.stderr
     assert served(emulator, "value:compute") >= 1  # requests, through the ee client
@@ -65,7 +58,7 @@ def test_ca_bundle_from_ssl_cert_file(
 def test_an_untrusted_certificate_stops_with_one_clear_line(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
-    done = run_cli(dem_download(emulator.url, tmp_path / "dem.tif"), cli_env())
+    done = run_guarded_cli(quiet_dem_args(emulator.url, tmp_path / "dem.tif"), cli_env())
     assert done.returncode != 0
     assert "CERTIFICATE_VERIFY_FAILED" in done.stderr
     assert "Traceback" not in done.stderr
@@ -77,8 +70,8 @@ def test_https_through_tinyproxy_uses_connect_tunnels_only(
 ) -> None:
     output = tmp_path / "dem.tif"
     with TinyProxy(tmp_path / "proxy") as proxy:
-        done = run_cli(
-            dem_download(emulator.url, output),
+        done = run_guarded_cli(
+            quiet_dem_args(emulator.url, output),
             cli_env(HTTPS_PROXY=proxy.url, REQUESTS_CA_BUNDLE=str(authority.ca_file)),
             forbid_direct=[host_port(emulator.url)],
         )
@@ -89,7 +82,7 @@ def test_https_through_tinyproxy_uses_connect_tunnels_only(
     # Every tunnel carried at least one request (connections are kept alive).
     answered = sum(sum(codes.values()) for codes in emulator.stats()["requests"].values())
     assert len(requests) <= answered
-    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, Path(f"{output}.eefetch.db"))
 
 
 def test_https_through_microsocks(
@@ -97,8 +90,8 @@ def test_https_through_microsocks(
 ) -> None:
     output = tmp_path / "dem.tif"
     with MicroSocks(tmp_path / "proxy") as proxy:
-        done = run_cli(
-            dem_download(
+        done = run_guarded_cli(
+            quiet_dem_args(
                 emulator.url, output, "--proxy", proxy.url, "--ca-bundle", str(authority.ca_file)
             ),
             cli_env(),
@@ -108,7 +101,7 @@ def test_https_through_microsocks(
     assert done.returncode == 0, done.stderr
     assert opened and set(opened) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
-    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, Path(f"{output}.eefetch.db"))
 
 
 def test_the_emulator_command_serves_https_with_a_given_certificate(tmp_path: Path) -> None:

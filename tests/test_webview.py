@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from jobstates import make_state, set_states, split
-from reliability import REPO
 
 from engine import inventory, jobstats
 from engine.snapshot import EmptyState, ErrorCount, JobFacts, Snapshot, Tiles, read_snapshot
+from engine.testing.cli import REPO
 from engine.webview import loopback_hosts, make_app
 from state import TILE_STATUSES, JobLock, NewTile, StateError, Store
 

@@ -20,23 +20,15 @@ import rasterio
 import rioxarray  # noqa: F401  (the .rio accessor)
 import zarr
 from click.testing import CliRunner
-from reliability import (
-    REPO,
-    SMALL_REGION,
-    dem_args,
-    job_spec,
-    run_cli,
-    served_counts,
-    start_cli,
-    state_of,
-    tile_key,
-)
 
 from engine import api, ee_adapter, open_dataset
 from engine.cli import main
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.outputs import zarr_layout
+from engine.testing.cli import REPO, run_cli, start_cli
+from engine.testing.jobs import SMALL_REGION, dem_args, job_spec, state_of
+from engine.testing.oracle import served_counts, tile_key
 from engine.zarr_output import JOURNAL, VARIABLE, temp_for
 from state import Store
 

@@ -1,0 +1,126 @@
+"""The small DEM job the reliability tests and scripts run, and reading its state file."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ee
+
+from engine.defaults import DEFAULT_CONCURRENCY
+from engine.ee_adapter import Connection
+from engine.request import DownloadRequest, build_job
+from engine.spec import JobSpec
+from state import StateError, Store
+
+SMALL_REGION = "118.70,32.00,118.80,32.06"
+DEM_ASSET = "USGS/SRTMGL1_003"
+
+
+def dem_args(
+    url: str,
+    output: Path,
+    *extra: str,
+    region: str = SMALL_REGION,
+    max_tile_bytes: int = 120_000,
+) -> list[str]:
+    """``eefetch download`` of a small DEM job in UTM (a dozen tiles at the default
+    ``max_tile_bytes``: 40000 pixels of the int16 DEM, 3 request bytes each)."""
+    return [
+        "download",
+        "--asset",
+        DEM_ASSET,
+        "--region",
+        region,
+        "--crs",
+        "EPSG:32650",
+        "--scale",
+        "30",
+        "-o",
+        str(output),
+        "--ee-url",
+        url,
+        "--max-tile-bytes",
+        str(max_tile_bytes),
+        *extra,
+    ]
+
+
+def dem_job(
+    url: str,
+    output: Path,
+    image: Any = None,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    **changes: Any,
+) -> JobSpec:
+    """The spec ``eefetch download`` builds from ``dem_args(url, output)``, with ``changes``
+    (fields of ``DownloadRequest``); the client must be initialised for ``url``."""
+    request = DownloadRequest(
+        output=output, region=SMALL_REGION, crs="EPSG:32650", scale=30, max_tile_bytes=200_000
+    )
+    return build_job(
+        image if image is not None else ee.Image(DEM_ASSET),
+        replace(request, **changes),
+        Connection(url=url),
+        concurrency=concurrency,
+    )
+
+
+def dem_spec(output: Path, url: str, concurrency: int, max_tile_bytes: int = 24_000) -> JobSpec:
+    """A job of about 18 tiles of the DEM in UTM (the client must be initialised).
+
+    ``max_tile_bytes`` counts 3 request bytes per pixel of the int16 DEM."""
+    return dem_job(
+        url,
+        output,
+        region=[118.70, 32.00, 118.84, 32.08],
+        max_tile_bytes=max_tile_bytes,
+        concurrency=concurrency,
+    )
+
+
+def state_of(output: Path) -> Path:
+    """Where a job writing ``output`` keeps its state by default."""
+    return Path(f"{output}.eefetch.db")
+
+
+def job_spec(state: Path) -> JobSpec:
+    """The spec of the job the state file holds."""
+    with Store.open(state, create=False) as store:
+        job = store.job()
+    assert job is not None, f"{state} holds no job"
+    return JobSpec.from_dict(job.spec)
+
+
+def done_tiles(state: Path) -> int:
+    """Tiles done so far; 0 while the state file is still being created."""
+    try:
+        with Store.open(state, create=False) as store:
+            return store.counts()["done"]
+    except StateError:
+        return 0
+
+
+def wait_for_done_tiles(
+    state: Path, at_least: int, process: subprocess.Popen[str], timeout: float = 120
+) -> int:
+    """Tiles done once at least ``at_least`` are; fails if the process ends first or time
+    runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the download finished before it could be interrupted"
+        done = done_tiles(state) if state.exists() else 0
+        if done >= at_least:
+            return done
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} tiles done within {timeout} s")
+
+
+def quiet_dem_args(url: str, output: Path, *extra: str) -> list[str]:
+    """``dem_args`` cut finer (12000 pixels a tile, so many requests cross the network under
+    test) and quiet: the download the proxy and TLS tests run."""
+    return dem_args(url, output, "--quiet", *extra, max_tile_bytes=36_000)
