@@ -25,7 +25,7 @@ import pytest
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.testing.cli import REPO
-from engine.testing.jobs import done_tiles, state_of
+from engine.testing.jobs import dem_args, done_tiles, state_of
 
 
 def cli(log: Path, *args: str) -> subprocess.Popen[str]:
@@ -66,26 +66,17 @@ def test_an_interrupted_and_resumed_download_never_holds_the_loop(
     emulator = paced_emulator
     output = tmp_path / "dem.tif"
     state = state_of(output)
-    args = [
-        "download",
-        "--asset",
-        "USGS/SRTMGL1_003",
-        "--region",
-        "118.50,31.90,118.80,32.10",
-        "--crs",
-        "EPSG:4326",
-        "--scale",
-        "10",
-        "-o",
-        str(output),
-        "--ee-url",
+    args = dem_args(
         emulator.url,
-        "--max-tile-bytes",
-        "1000000",
+        output,
         "--concurrency",
         "4",
         "--quiet",
-    ]
+        region="118.50,31.90,118.80,32.10",
+        crs="EPSG:4326",
+        scale=10,
+        max_tile_bytes=1_000_000,
+    )
     log = tmp_path / "loop.jsonl"
     first = cli(log, *args)
     deadline = time.monotonic() + 120

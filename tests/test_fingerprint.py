@@ -32,7 +32,7 @@ from engine.service import GOOGLE, service_identity, url_is_for
 from engine.spec import JobSpec, identity_differences, resumed_spec
 from engine.testing.cli import one_line_error, run_cli
 from engine.testing.jobs import SMALL_REGION, dem_args, dem_job
-from engine.testing.oracle import assert_matches_oracle
+from engine.testing.oracle import assert_matches_oracle, served
 from engine.testing.peers import free_port
 from engine.tilestore import TileStore
 from engine.transport import Transport, TransportOptions
@@ -211,10 +211,6 @@ def test_a_plan_with_tiles_too_wide_for_urls_keeps_the_compute_endpoint() -> Non
 def emulator() -> Iterator[EmulatorThread]:
     with EmulatorThread(EmulatorConfig.from_profile("clean", seed=3)) as running:
         yield running
-
-
-def served(emulator: EmulatorThread, route: str) -> int:
-    return sum(emulator.stats()["requests"].get(route, {}).values())
 
 
 def plan_only(emulator: EmulatorThread, output: Path, **arguments: object) -> int:

@@ -18,10 +18,10 @@ import pytest
 from engine import ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from engine.testing.cli import cli_env, run_guarded_cli
-from engine.testing.jobs import quiet_dem_args
-from engine.testing.oracle import assert_matches_oracle
-from engine.testing.peers import MicroSocks, TinyProxy, free_port, host_port
+from engine.testing.cli import cli_env
+from engine.testing.jobs import state_of
+from engine.testing.oracle import assert_matches_oracle, served
+from engine.testing.peers import MicroSocks, TinyProxy, free_port, guarded_download, host_port
 
 
 @pytest.fixture
@@ -63,21 +63,13 @@ def routes(requests: list[tuple[str, str]], base: str) -> Counter[str]:
     return counted
 
 
-def served(emulator: EmulatorThread, route: str) -> int:
-    return sum(emulator.stats()["requests"].get(route, {}).values())
-
-
 def test_explicit_http_proxy_carries_every_api_call_and_tile(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:
     output = tmp_path / "dem.tif"
     # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
     env = cli_env(NO_PROXY="127.0.0.1,localhost")
-    done = run_guarded_cli(
-        quiet_dem_args(emulator.url, output, "--proxy", tinyproxy.url),
-        env,
-        forbid_direct=[host_port(emulator.url)],
-    )
+    done = guarded_download(emulator.url, output, env, "--proxy", tinyproxy.url)
     assert done.returncode == 0, done.stderr
     carried = routes(tinyproxy.requests(), emulator.url)
     tiles = served(emulator, "getPixels")
@@ -86,35 +78,29 @@ def test_explicit_http_proxy_carries_every_api_call_and_tile(
     assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
     assert carried["value:compute"] == served(emulator, "value:compute") >= 1
     assert carried["discovery"] >= 1 and carried["algorithms"] >= 1  # ee.Initialize too
-    assert_matches_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, state_of(output))
 
 
 def test_explicit_socks5_proxy_carries_every_connection(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_guarded_cli(
-        quiet_dem_args(emulator.url, output, "--proxy", microsocks.url),
-        cli_env(NO_PROXY="127.0.0.1,localhost"),
-        forbid_direct=[host_port(emulator.url)],
-    )
+    env = cli_env(NO_PROXY="127.0.0.1,localhost")
+    done = guarded_download(emulator.url, output, env, "--proxy", microsocks.url)
     assert done.returncode == 0, done.stderr
     opened = microsocks.connections()
     assert opened, "microsocks opened no connection"
     assert set(opened) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
-    assert_matches_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, state_of(output))
 
 
 def test_http_proxy_from_the_environment(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_guarded_cli(
-        quiet_dem_args(emulator.url, output),
-        cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org"),
-        forbid_direct=[host_port(emulator.url)],
-    )
+    env = cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org")
+    done = guarded_download(emulator.url, output, env)
     assert done.returncode == 0, done.stderr
     carried = routes(tinyproxy.requests(), emulator.url)
     assert carried["getPixels"] == served(emulator, "getPixels") >= 8
@@ -125,11 +111,7 @@ def test_all_proxy_socks5_from_the_environment(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_guarded_cli(
-        quiet_dem_args(emulator.url, output),
-        cli_env(all_proxy=microsocks.url),
-        forbid_direct=[host_port(emulator.url)],
-    )
+    done = guarded_download(emulator.url, output, cli_env(all_proxy=microsocks.url))
     assert done.returncode == 0, done.stderr
     assert set(microsocks.connections()) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
@@ -140,10 +122,8 @@ def test_no_proxy_sends_the_environment_proxy_around(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy, no_proxy: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_guarded_cli(
-        quiet_dem_args(emulator.url, output),
-        cli_env(HTTP_PROXY=tinyproxy.url, HTTPS_PROXY=tinyproxy.url, NO_PROXY=no_proxy),
-    )
+    env = cli_env(HTTP_PROXY=tinyproxy.url, HTTPS_PROXY=tinyproxy.url, NO_PROXY=no_proxy)
+    done = guarded_download(emulator.url, output, env, forbid_direct=False)
     assert done.returncode == 0, done.stderr
     assert served(emulator, "getPixels") >= 8
     assert tinyproxy.requests() == []
@@ -154,10 +134,9 @@ def test_an_unreachable_proxy_is_reported_not_bypassed(
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    done = run_guarded_cli(
-        quiet_dem_args(emulator.url, tmp_path / "dem.tif", "--proxy", dead),
-        cli_env(),
-        timeout=60,
+    output = tmp_path / "dem.tif"
+    done = guarded_download(
+        emulator.url, output, cli_env(), "--proxy", dead, forbid_direct=False, timeout=60
     )
     # The client's own retries of its first call once took 35 s before saying anything.
     assert time.monotonic() - started < 20

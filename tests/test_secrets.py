@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from engine.testing.cli import REPO
+from engine.testing.cli import REPO, emulator_process
 from engine.tilestore import TileStore
 
 TOKEN = "ya29.FAKE-TOKEN-a1b2c3d4e5f6-DO-NOT-LEAK"
@@ -195,22 +195,10 @@ def _listening_addresses(port: int) -> list[str]:
 
 
 def test_the_emulator_listens_on_loopback_only_by_default() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "emulator"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
+    with emulator_process() as (_, url):
         assert url.startswith("http://127.0.0.1:"), url
         port = int(url.rsplit(":", 1)[1])
         assert _listening_addresses(port) == ["0100007F"]  # 127.0.0.1, IPv4 only
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
         port = int(emulator.url.rsplit(":", 1)[1])
         assert emulator.url.startswith("http://127.0.0.1:")

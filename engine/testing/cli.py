@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 # The checkout the tests run from: the CLI's processes start there, so they import the same
@@ -99,3 +100,28 @@ def one_line_error(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{stderr}"
     return lines[0]
+
+
+@contextmanager
+def emulator_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``eefetch emulator ARGS`` in its own process: yields it and the URL it printed first,
+    and stops it afterwards."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "emulator", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"eefetch emulator did not start (it said {url!r})")
+        yield process, url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -22,31 +22,26 @@ DEM_ASSET = "USGS/SRTMGL1_003"
 
 def dem_args(
     url: str,
-    output: Path,
+    output: Path | None,
     *extra: str,
+    command: str = "download",
     region: str = SMALL_REGION,
-    max_tile_bytes: int = 120_000,
+    crs: str | None = "EPSG:32650",
+    scale: float = 30,
+    max_tile_bytes: int | None = 120_000,
 ) -> list[str]:
-    """``eefetch download`` of a small DEM job in UTM (a dozen tiles at the default
-    ``max_tile_bytes``: 40000 pixels of the int16 DEM, 3 request bytes each)."""
-    return [
-        "download",
-        "--asset",
-        DEM_ASSET,
-        "--region",
-        region,
-        "--crs",
-        "EPSG:32650",
-        "--scale",
-        "30",
-        "-o",
-        str(output),
-        "--ee-url",
-        url,
-        "--max-tile-bytes",
-        str(max_tile_bytes),
-        *extra,
-    ]
+    """``eefetch COMMAND`` of the DEM: by default a small job in UTM (a dozen tiles of 40000
+    pixels of the int16 DEM, 3 request bytes each). None leaves an option to its default;
+    ``extra`` goes last."""
+    args = [command, "--asset", DEM_ASSET, "--region", region, "--scale", f"{scale:g}"]
+    if crs is not None:
+        args += ["--crs", crs]
+    if output is not None:
+        args += ["-o", str(output)]
+    args += ["--ee-url", url]
+    if max_tile_bytes is not None:
+        args += ["--max-tile-bytes", str(max_tile_bytes)]
+    return [*args, *extra]
 
 
 def dem_job(

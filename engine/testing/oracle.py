@@ -89,3 +89,9 @@ def served_counts(emulator: EmulatorThread) -> dict[TileKey, int]:
         )
         counts[key] = counts.get(key, 0) + item["count"]
     return counts
+
+
+def served(emulator: EmulatorThread, route: str) -> int:
+    """How many requests of one route (``getPixels``, ``value:compute``...) the emulator
+    answered, whatever their status."""
+    return sum(emulator.stats()["requests"].get(route, {}).values())

@@ -13,9 +13,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
+
+from engine.testing.cli import run_guarded_cli
+from engine.testing.jobs import quiet_dem_args
 
 TINYPROXY_REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
 MICROSOCKS_CONNECT = re.compile(r"client\[\d+\] \S+: connected to (\S+)")
@@ -154,3 +158,22 @@ def host_port(url: str) -> str:
     """The "host:port" of a URL, as the guarded CLI and the proxies' logs name it."""
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}"
+
+
+def guarded_download(
+    url: str,
+    output: Path,
+    env: Mapping[str, str],
+    *extra: str,
+    forbid_direct: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """The quiet DEM download from the emulator at ``url`` with exactly the environment
+    ``env``; with ``forbid_direct`` a direct connection to the emulator is refused, so a run
+    that works proves its traffic took the proxy."""
+    return run_guarded_cli(
+        quiet_dem_args(url, output, *extra),
+        env,
+        forbid_direct=[host_port(url)] if forbid_direct else [],
+        timeout=timeout,
+    )
