@@ -14,10 +14,10 @@ from types import ModuleType
 
 import pytest
 
-from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.testing.cli import REPO, run_cli, start_cli
-from engine.testing.jobs import dem_args, done_tiles, job_spec, state_of
+from engine.testing.emulators import paced_emulator
+from engine.testing.jobs import dem_args, job_spec, state_of, wait_for_done_tiles
 from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
@@ -65,21 +65,12 @@ def test_five_sigkills_end_in_the_oracle_file_and_no_done_tile_is_fetched_again(
 def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
-    config = EmulatorConfig.from_profile(
-        "clean", seed=12, latency_fixed_s=0.5, latency_per_mpix_s=0.0
-    )
     output = tmp_path / "dem.tif"
     state = state_of(output)
-    with EmulatorThread(config) as emulator:
-        args = dem_args(emulator.url, output, "--concurrency", "3", "--max-tile-bytes", "60000")
+    with paced_emulator(seed=12, latency_s=0.5) as emulator:
+        args = dem_args(emulator.url, output, "--concurrency", "3", max_tile_bytes=60_000)
         process = start_cli(args)
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "finished before Ctrl-C"
-            assert time.monotonic() < deadline, "no tile done in time"
-            if state.exists() and done_tiles(state) >= 2:
-                break
-            time.sleep(0.05)
+        wait_for_done_tiles(state, 2, process, timeout=60)
         pressed = time.monotonic()
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)

@@ -22,6 +22,7 @@ from engine.emulator.server import EmulatorThread
 from engine.live_merge import checkpoint_path
 from engine.merge import OutputBuilder
 from engine.testing.cli import run_cli, start_cli
+from engine.testing.emulators import paced_emulator
 from engine.testing.jobs import dem_args, dem_job, job_spec, state_of, wait_for_done_tiles
 from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
@@ -163,15 +164,7 @@ def test_cli_under_the_flaky_profile_ends_in_a_correct_file(
 
 def slow_emulator(seed: int) -> EmulatorThread:
     """An emulator slow enough per tile that a test can interrupt a download part way."""
-    return EmulatorThread(
-        EmulatorConfig.from_profile(
-            "realistic",
-            seed=seed,
-            latency_fixed_s=0.3,
-            latency_per_mpix_s=0.0,
-            api_latency_s=0.0,
-        )
-    )
+    return paced_emulator(seed, 0.3, profile="realistic", api_latency_s=0.0)
 
 
 def test_sigkill_then_rerun_fetches_no_finished_tile_again(

@@ -13,10 +13,8 @@ collection of two images.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,19 +22,16 @@ import pytest
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from engine.testing.cli import REPO
+from engine.testing.cli import REPO, start_cli
 from engine.testing.jobs import dem_args, done_tiles, state_of
 
 
 def cli(log: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "EEFETCH_TEST_LOOP_LOG": str(log)}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "loop_watch_cli.py"), *args],
-        cwd=REPO,
-        env=env,
+    return start_cli(
+        args,
+        wrapper=REPO / "tests" / "loop_watch_cli.py",
+        env={"EEFETCH_TEST_LOOP_LOG": str(log)},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
 
 

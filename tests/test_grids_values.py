@@ -28,7 +28,7 @@ from engine.like import grid_of
 from engine.metadata import collection_of
 from engine.nodata import choose_nodata
 from engine.scaling import band_factors
-from engine.testing.jobs import SMALL_REGION, job_spec, state_of
+from engine.testing.jobs import SMALL_REGION, download_dem, job_spec, state_of
 from engine.testing.oracle import oracle_render
 
 COAST = "121.80,30.80,122.10,31.00"  # land and sea east of Shanghai: SRTM is masked at sea
@@ -46,20 +46,7 @@ def connect(emulator: EmulatorThread) -> None:
 
 
 def coast_dem(emulator: EmulatorThread, output: Path, **options: object) -> Path:
-    connect(emulator)
-    result = api.download_ee_image(
-        ee.Image("USGS/SRTMGL1_003"),
-        output,
-        region=COAST,
-        crs="EPSG:32651",
-        scale=90,
-        ee_url=emulator.url,
-        max_tile_bytes=120_000,
-        quiet=True,
-        **options,  # type: ignore[arg-type]
-    )
-    assert result.output is not None
-    return result.output
+    return download_dem(emulator.url, output, region=COAST, crs="EPSG:32651", scale=90, **options)
 
 
 def landsat_scene(emulator: EmulatorThread) -> ee.Image:

@@ -7,8 +7,10 @@ loses nothing.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from authority import https_emulator, make_authority
 
 from engine import ee_adapter
@@ -17,24 +19,26 @@ from engine.emulator.server import EmulatorThread
 from engine.job import RunOptions, run_job
 from engine.scheduler import SchedulerOptions
 from engine.testing.campaigns import OutageProgress, run_through_outage
-from engine.testing.jobs import dem_spec
+from engine.testing.jobs import dem_spec, state_of
 from engine.testing.oracle import assert_matches_oracle
 from engine.testing.peers import TinyProxy
 from engine.transport import TransportOptions
 from state import Store
 
 OUTAGE_S = 6.0
+# Short backoffs and probes, so an outage of OUTAGE_S is noticed and waited out in a test.
+SCHEDULER = SchedulerOptions(
+    concurrency=4,
+    backoff_base=0.2,
+    backoff_cap=1.0,
+    first_probe_interval=0.5,
+    max_probe_interval=2.0,
+)
 
 
+@pytest.mark.peers
 def test_a_proxy_killed_mid_job_and_restarted_costs_no_tile(tmp_path: Path) -> None:
-    scheduler = SchedulerOptions(
-        concurrency=4,
-        max_attempts=8,
-        backoff_base=0.2,
-        backoff_cap=1.0,
-        first_probe_interval=0.5,
-        max_probe_interval=2.0,
-    )
+    scheduler = replace(SCHEDULER, max_attempts=8)
     report = run_through_outage(tmp_path, outage_s=OUTAGE_S, scheduler=scheduler)
     assert report.complete, report.lines()
     assert report.failed == 0
@@ -50,6 +54,7 @@ def test_a_proxy_killed_mid_job_and_restarted_costs_no_tile(tmp_path: Path) -> N
     assert_matches_oracle(report.output, report.state_path)
 
 
+@pytest.mark.peers
 def test_earth_engine_unreachable_behind_a_live_proxy_is_waited_out(tmp_path: Path) -> None:
     # The usual outage behind a corporate proxy: the proxy answers, the far side does not.
     # Over HTTPS the proxy's CONNECT fails, which must count as the network being down.
@@ -64,14 +69,7 @@ def test_earth_engine_unreachable_behind_a_live_proxy_is_waited_out(tmp_path: Pa
         emulators.append(again.start())
 
     output = tmp_path / "behind.tif"
-    state_path = Path(f"{output}.eefetch.db")
-    scheduler = SchedulerOptions(
-        concurrency=4,
-        backoff_base=0.2,
-        backoff_cap=1.0,
-        first_probe_interval=0.5,
-        max_probe_interval=2.0,
-    )
+    state_path = state_of(output)
     progress = OutageProgress(emulators[0].stop, restart, kill_after=6, outage_s=OUTAGE_S)
     try:
         with TinyProxy(tmp_path / "proxy") as proxy:
@@ -80,7 +78,7 @@ def test_earth_engine_unreachable_behind_a_live_proxy_is_waited_out(tmp_path: Pa
             options = RunOptions(
                 concurrency=4,
                 transport=TransportOptions(proxy=proxy.url, ca_bundle=ca, connect_timeout=5.0),
-                scheduler=scheduler,
+                scheduler=SCHEDULER,
             )
             job = run_job(dem_spec(output, url, 4), state_path, options, progress)
             result = asyncio.run(asyncio.wait_for(job, 120))

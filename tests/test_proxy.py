@@ -63,6 +63,7 @@ def routes(requests: list[tuple[str, str]], base: str) -> Counter[str]:
     return counted
 
 
+@pytest.mark.peers
 def test_explicit_http_proxy_carries_every_api_call_and_tile(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:
@@ -81,6 +82,7 @@ def test_explicit_http_proxy_carries_every_api_call_and_tile(
     assert_matches_oracle(output, state_of(output))
 
 
+@pytest.mark.peers
 def test_explicit_socks5_proxy_carries_every_connection(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
 ) -> None:
@@ -95,6 +97,7 @@ def test_explicit_socks5_proxy_carries_every_connection(
     assert_matches_oracle(output, state_of(output))
 
 
+@pytest.mark.peers
 def test_http_proxy_from_the_environment(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:
@@ -107,6 +110,7 @@ def test_http_proxy_from_the_environment(
     assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
 
 
+@pytest.mark.peers
 def test_all_proxy_socks5_from_the_environment(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
 ) -> None:
@@ -117,6 +121,7 @@ def test_all_proxy_socks5_from_the_environment(
     assert served(emulator, "getPixels") >= 8
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.0/8"])
 def test_no_proxy_sends_the_environment_proxy_around(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy, no_proxy: str
@@ -147,6 +152,7 @@ def test_an_unreachable_proxy_is_reported_not_bypassed(
     assert served(emulator, "value:compute") == 0
 
 
+@pytest.mark.peers
 def test_use_network_routes_a_client_initialised_elsewhere(
     emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:
@@ -159,6 +165,7 @@ def test_use_network_routes_a_client_initialised_elsewhere(
     assert carried["discovery"] >= 1  # the client's API objects were rebuilt on the session
 
 
+@pytest.mark.peers
 def test_a_collection_after_the_users_own_initialize_sends_api_calls_through_the_proxy(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:

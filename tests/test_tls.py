@@ -58,6 +58,7 @@ def test_an_untrusted_certificate_stops_with_one_clear_line(
     assert served(emulator, "getPixels") == 0
 
 
+@pytest.mark.peers
 def test_https_through_tinyproxy_uses_connect_tunnels_only(
     tmp_path: Path, emulator: EmulatorThread, authority: Authority
 ) -> None:
@@ -75,6 +76,7 @@ def test_https_through_tinyproxy_uses_connect_tunnels_only(
     assert_matches_oracle(output, state_of(output))
 
 
+@pytest.mark.peers
 def test_https_through_microsocks(
     tmp_path: Path, emulator: EmulatorThread, authority: Authority
 ) -> None:

@@ -56,12 +56,22 @@ def run_cli(
     )
 
 
-def start_cli(args: Sequence[str]) -> subprocess.Popen[str]:
-    """`eefetch ARGS` started in the background, for a test that interrupts it."""
+def start_cli(
+    args: Sequence[str],
+    *,
+    wrapper: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: int = subprocess.PIPE,
+) -> subprocess.Popen[str]:
+    """`eefetch ARGS` started in the background, for a test that interrupts it; ``wrapper``
+    is a script that runs the CLI its own way (paused at a moment, its event loop watched),
+    ``env`` adds to the environment."""
+    program = [str(wrapper)] if wrapper is not None else ["-m", "engine.cli"]
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, *program, *args],
         cwd=REPO,
-        stdout=subprocess.PIPE,
+        env={**os.environ, "NO_PROXY": "127.0.0.1,localhost", **(env or {})},
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import ee
 
+from engine import ee_adapter
 from engine.defaults import DEFAULT_CONCURRENCY
 from engine.ee_adapter import Connection
 from engine.request import DownloadRequest, build_job
@@ -63,6 +64,35 @@ def dem_job(
         Connection(url=url),
         concurrency=concurrency,
     )
+
+
+def download_dem(
+    url: str,
+    output: Path,
+    *,
+    region: str = SMALL_REGION,
+    crs: str = "EPSG:32650",
+    scale: float = 30,
+    **options: Any,
+) -> Path:
+    """The DEM job through the Python API from the emulator at ``url`` (``options`` are more
+    keywords of ``download_ee_image``); returns the output it wrote."""
+    from engine.api import download_ee_image
+
+    ee_adapter.initialize(Connection(url=url))
+    result = download_ee_image(
+        ee.Image(DEM_ASSET),
+        output,
+        region=region,
+        crs=crs,
+        scale=scale,
+        ee_url=url,
+        max_tile_bytes=120_000,
+        quiet=True,
+        **options,
+    )
+    assert result.output is not None, result
+    return result.output
 
 
 def dem_spec(output: Path, url: str, concurrency: int, max_tile_bytes: int = 24_000) -> JobSpec:
