@@ -189,6 +189,7 @@ def test_debug_shows_the_traceback(tmp_path: Path, emulator: EmulatorThread) -> 
     assert "Traceback" in done.stderr and "scale must be a positive" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_dtype_that_cannot_hold_the_data_is_warned_about_in_one_line(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
@@ -230,6 +231,7 @@ def _dem(emulator: EmulatorThread, output: Path, region: str = SMALL_REGION) -> 
     return dem_args(emulator.url, output, region=region, crs="EPSG:4326", max_tile_bytes=None)
 
 
+@pytest.mark.slow
 def test_a_grid_wider_than_ee_allows_in_one_tile_is_split_not_rejected(
     tmp_path: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:

@@ -153,6 +153,7 @@ def wait_for_progress(state: Path, job: subprocess.Popen[str]) -> None:
     pytest.fail("the job made no progress within 120 s")
 
 
+@pytest.mark.slow
 def test_the_page_shows_a_running_job_then_the_finished_one(tmp_path: Path) -> None:
     folder = tmp_path / "jobs"
     folder.mkdir()

@@ -62,6 +62,7 @@ def test_five_sigkills_end_in_the_oracle_file_and_no_done_tile_is_fetched_again(
     assert mid_download, f"no kill while tiles were left to fetch: {result.kills}"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:

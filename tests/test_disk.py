@@ -84,6 +84,7 @@ def job(url: str, output: Path, *extra: str) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_disk_full_during_the_download_stops_cleanly_and_resumes_after_space_is_freed(
     small_disk: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:
@@ -131,6 +132,7 @@ def test_disk_full_during_the_download_stops_cleanly_and_resumes_after_space_is_
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_a_state_file_that_cannot_be_created_on_a_full_disk_is_one_clear_line(
     small_disk: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:
@@ -148,6 +150,7 @@ def test_a_state_file_that_cannot_be_created_on_a_full_disk_is_one_clear_line(
     assert_matches_oracle(output, state_of(output), oracle)
 
 
+@pytest.mark.slow
 def test_disk_full_during_the_merge_publishes_nothing_and_a_rerun_only_merges(
     tmp_path: Path, small_disk: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:
@@ -220,6 +223,7 @@ def _other_job(path: Path, url: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "says"),
     [

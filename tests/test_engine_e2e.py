@@ -62,6 +62,7 @@ TRIANGLE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["urls", "compute"])
 def test_tutorial_composite_in_epsg4326_equals_the_oracle(
     tmp_path: Path, clean: EmulatorThread, oracle: EmulatorThread, endpoint: str
@@ -129,6 +130,7 @@ def dem_command(url: str, output: Path, *extra: str) -> list[str]:
     return dem_args(url, output, *extra, region="118.70,32.00,118.95,32.15", max_tile_bytes=400_000)
 
 
+@pytest.mark.slow
 def test_cli_under_the_flaky_profile_ends_in_a_correct_file(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -167,6 +169,7 @@ def slow_emulator(seed: int) -> EmulatorThread:
     return paced_emulator(seed, 0.3, profile="realistic", api_latency_s=0.0)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_fetches_no_finished_tile_again(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -192,6 +195,7 @@ def test_sigkill_then_rerun_fetches_no_finished_tile_again(
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_resume_needs_only_the_state_file(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -222,6 +226,7 @@ def test_sigterm_stops_cleanly_and_resume_needs_only_the_state_file(
     assert not OutputBuilder.temp_for(output).exists()
 
 
+@pytest.mark.slow
 def test_failed_tiles_end_the_run_non_zero_and_the_next_run_retries_them(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:

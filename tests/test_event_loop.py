@@ -55,6 +55,7 @@ def paced_emulator() -> EmulatorThread:
         yield running
 
 
+@pytest.mark.slow
 def test_an_interrupted_and_resumed_download_never_holds_the_loop(
     tmp_path: Path, paced_emulator: EmulatorThread
 ) -> None:
@@ -90,6 +91,7 @@ def test_an_interrupted_and_resumed_download_never_holds_the_loop(
     assert slow_callbacks(log) == []
 
 
+@pytest.mark.slow
 def test_a_collection_of_two_images_never_holds_the_loop(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:

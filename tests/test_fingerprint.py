@@ -223,6 +223,7 @@ def plan_only(emulator: EmulatorThread, output: Path, **arguments: object) -> in
         return len(store.tiles())
 
 
+@pytest.mark.slow
 def test_a_job_does_not_resume_against_another_service(tmp_path: Path) -> None:
     """The output of one service never takes tiles of another (emulator -> real EE alike)."""
     output = tmp_path / "city.tif"
@@ -273,6 +274,7 @@ def test_a_stored_url_of_another_origin_is_made_again(
     assert served(emulator, "getPixels") == 1
 
 
+@pytest.mark.slow
 def test_changed_tile_settings_resume_with_the_stored_plan(
     tmp_path: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:
@@ -291,6 +293,7 @@ def test_changed_tile_settings_resume_with_the_stored_plan(
     assert_matches_oracle(output, default_state_path(output), oracle)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("planned_with", "asked", "fetched_with"),
     [("compute", "urls", "computePixels"), ("urls", "compute", "computePixels")],

@@ -156,6 +156,7 @@ def test_valid_zeros_stay_data_and_masked_pixels_take_255(
 # ------------------------------------------------------------------------------- --mask-band
 
 
+@pytest.mark.slow
 def test_mask_band_writes_ees_mask_as_the_geotiffs_mask_and_a_valid_cog(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
@@ -281,6 +282,7 @@ def test_a_cog_passes_rio_cogeo_validate(tmp_path: Path, emulator: EmulatorThrea
 # ------------------------------------------------------------------------------- plan
 
 
+@pytest.mark.slow
 def test_plan_estimates_the_compressed_size_from_a_sample_tile(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
@@ -305,6 +307,7 @@ def test_plan_estimates_the_compressed_size_from_a_sample_tile(
 # ------------------------------------------------------------------------------- workload tag
 
 
+@pytest.mark.slow
 def test_the_workload_tag_reaches_earth_engine_and_the_state_not_the_fingerprint(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:

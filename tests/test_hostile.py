@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from engine.emulator.config import TILE_FAULT_KINDS
 from engine.scheduler import SchedulerOptions
 from engine.testing.campaigns import run_under_faults
@@ -20,6 +22,7 @@ from engine.transport import TransportOptions
 SEEDS = (2, 4)
 
 
+@pytest.mark.slow
 def test_every_hostile_fault_kind_at_35_percent_ends_in_a_correct_file(tmp_path: Path) -> None:
     met: set[str] = set()
     for seed in SEEDS:

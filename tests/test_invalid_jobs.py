@@ -197,6 +197,7 @@ def older_fingerprint(spec: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["resume", "merge"])
 def test_a_stored_job_that_cannot_finish_ends_in_one_line(
     bad_state: Path, emulator: EmulatorThread, command: str

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import ee
+import pytest
 
 from engine import ee_adapter
 from engine.emulator.config import EmulatorConfig
@@ -78,6 +79,7 @@ def kill_when(process: subprocess.Popen[str], state: Path, done: int) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_a_new_job_on_the_same_output_never_adopts_the_files_of_the_one_before(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -101,6 +103,7 @@ def test_a_new_job_on_the_same_output_never_adopts_the_files_of_the_one_before(
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_an_unfinished_output_of_another_job_is_not_continued(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -125,6 +128,7 @@ def test_an_unfinished_output_of_another_job_is_not_continued(
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_two_jobs_never_write_one_output_at_once(tmp_path: Path, oracle: EmulatorThread) -> None:
     """While one job holds the output (here: this test, as a stand-in for a running job with
     another state file), a second job on the same output stops before fetching anything."""

@@ -140,6 +140,7 @@ def count_lines(action: Callable[[], Any]) -> int:
     return lines
 
 
+@pytest.mark.slow
 def test_100000_tiles_make_a_bounded_picture_at_the_cost_of_10(tmp_path: Path) -> None:
     big = make_state(tmp_path / "big.eefetch.db", 250, 400, tile=10)
     set_states(big, "id % 10 < 4", "done")
@@ -211,6 +212,7 @@ def test_a_huge_region_is_kept_simplified() -> None:
     assert len(json.dumps(kept)) < 200_000
 
 
+@pytest.mark.slow
 def test_a_download_keeps_its_region_for_the_map(tmp_path: Path) -> None:
     output = tmp_path / "dem.tif"
     with EmulatorThread(EmulatorConfig.from_profile("clean", seed=4)) as emulator:

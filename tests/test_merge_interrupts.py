@@ -86,6 +86,7 @@ def _status(state: Path) -> str:
     return job.status
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_before_the_output_is_finished_keeps_it_for_the_next_run(
     tmp_path: Path, oracle: EmulatorThread, sig: signal.Signals
@@ -111,6 +112,7 @@ def test_a_stop_before_the_output_is_finished_keeps_it_for_the_next_run(
     assert not OutputBuilder.temp_for(output).exists()
 
 
+@pytest.mark.slow
 def test_a_stop_while_the_output_is_published_is_recorded(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -131,6 +133,7 @@ def test_a_stop_while_the_output_is_published_is_recorded(
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["finish", "publish", "published"])
 def test_a_sigkill_inside_the_merge_ends_in_the_oracle_file(
     tmp_path: Path, oracle: EmulatorThread, moment: str

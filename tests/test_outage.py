@@ -36,6 +36,7 @@ SCHEDULER = SchedulerOptions(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_a_proxy_killed_mid_job_and_restarted_costs_no_tile(tmp_path: Path) -> None:
     scheduler = replace(SCHEDULER, max_attempts=8)
@@ -54,6 +55,7 @@ def test_a_proxy_killed_mid_job_and_restarted_costs_no_tile(tmp_path: Path) -> N
     assert_matches_oracle(report.output, report.state_path)
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_earth_engine_unreachable_behind_a_live_proxy_is_waited_out(tmp_path: Path) -> None:
     # The usual outage behind a corporate proxy: the proxy answers, the far side does not.

@@ -63,6 +63,7 @@ def routes(requests: list[tuple[str, str]], base: str) -> Counter[str]:
     return counted
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_explicit_http_proxy_carries_every_api_call_and_tile(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
@@ -82,6 +83,7 @@ def test_explicit_http_proxy_carries_every_api_call_and_tile(
     assert_matches_oracle(output, state_of(output))
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_explicit_socks5_proxy_carries_every_connection(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
@@ -97,6 +99,7 @@ def test_explicit_socks5_proxy_carries_every_connection(
     assert_matches_oracle(output, state_of(output))
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_http_proxy_from_the_environment(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
@@ -110,6 +113,7 @@ def test_http_proxy_from_the_environment(
     assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_all_proxy_socks5_from_the_environment(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
@@ -121,6 +125,7 @@ def test_all_proxy_socks5_from_the_environment(
     assert served(emulator, "getPixels") >= 8
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.0/8"])
 def test_no_proxy_sends_the_environment_proxy_around(
@@ -134,6 +139,7 @@ def test_no_proxy_sends_the_environment_proxy_around(
     assert tinyproxy.requests() == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_proxy_is_reported_not_bypassed(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:

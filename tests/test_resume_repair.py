@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.testing.cli import one_line_error, run_cli, start_cli
@@ -17,6 +19,7 @@ from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
 
+@pytest.mark.slow
 def test_deleted_truncated_corrupted_and_partial_tiles_are_fetched_again_and_reported(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -65,6 +68,7 @@ def test_deleted_truncated_corrupted_and_partial_tiles_are_fetched_again_and_rep
     assert output.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_done_tile_whose_file_vanished_before_the_merge_is_fetched_again(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -89,6 +93,7 @@ def test_a_done_tile_whose_file_vanished_before_the_merge_is_fetched_again(
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_job_refuses_and_spoils_nothing(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:

@@ -84,6 +84,7 @@ def _written_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["urls", "compute"])
 def test_the_access_token_reaches_no_file_log_or_message(tmp_path: Path, endpoint: str) -> None:
     """Faults make eefetch record and print errors; none of it may carry the token."""
@@ -129,6 +130,7 @@ def test_the_access_token_reaches_no_file_log_or_message(tmp_path: Path, endpoin
         assert "FAKE-TOKEN" not in stream
 
 
+@pytest.mark.slow
 def test_names_from_earth_engine_never_leave_the_output_folder(tmp_path: Path) -> None:
     """A band called '../../escape/evil' must not become a path anywhere."""
     driver = tmp_path / "driver.py"

@@ -36,6 +36,7 @@ def emulator(authority: Authority) -> Iterator[EmulatorThread]:
         yield running
 
 
+@pytest.mark.slow
 def test_ca_bundle_from_ssl_cert_file(
     tmp_path: Path, emulator: EmulatorThread, authority: Authority
 ) -> None:
@@ -48,6 +49,7 @@ def test_ca_bundle_from_ssl_cert_file(
     assert served(emulator, "getPixels") >= 8  # aiohttp
 
 
+@pytest.mark.slow
 def test_an_untrusted_certificate_stops_with_one_clear_line(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
@@ -58,6 +60,7 @@ def test_an_untrusted_certificate_stops_with_one_clear_line(
     assert served(emulator, "getPixels") == 0
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_https_through_tinyproxy_uses_connect_tunnels_only(
     tmp_path: Path, emulator: EmulatorThread, authority: Authority
@@ -76,6 +79,7 @@ def test_https_through_tinyproxy_uses_connect_tunnels_only(
     assert_matches_oracle(output, state_of(output))
 
 
+@pytest.mark.slow
 @pytest.mark.peers
 def test_https_through_microsocks(
     tmp_path: Path, emulator: EmulatorThread, authority: Authority

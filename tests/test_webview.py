@@ -388,6 +388,7 @@ def test_serve_prints_its_url_serves_and_stops_on_sigterm(folder: Path) -> None:
     assert "stopped serving" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_serve_refuses_what_it_cannot_serve_in_one_line(folder: Path) -> None:
     junk = subprocess.run(
         [sys.executable, "-m", "engine.cli", "serve", str(folder / "junk.tif.eefetch.db")],

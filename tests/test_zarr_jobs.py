@@ -51,6 +51,7 @@ def read_tif(path: Path) -> np.ndarray:
         return dataset.read()
 
 
+@pytest.mark.slow
 def test_a_zarr_store_equals_the_geotiff_and_both_open_as_the_same_dataset(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
