@@ -21,6 +21,9 @@ from engine.testing.jobs import dem_args, job_spec, state_of, wait_for_done_tile
 from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def campaign() -> ModuleType:
@@ -34,7 +37,6 @@ def campaign() -> ModuleType:
     return module
 
 
-@pytest.mark.slow
 def test_five_sigkills_end_in_the_oracle_file_and_no_done_tile_is_fetched_again(
     tmp_path: Path, campaign: ModuleType, oracle: EmulatorThread
 ) -> None:
@@ -62,7 +64,6 @@ def test_five_sigkills_end_in_the_oracle_file_and_no_done_tile_is_fetched_again(
     assert mid_download, f"no kill while tiles were left to fetch: {result.kills}"
 
 
-@pytest.mark.slow
 def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:

@@ -25,6 +25,9 @@ from engine.emulator.server import EmulatorThread
 from engine.testing.cli import REPO, start_cli
 from engine.testing.jobs import dem_args, done_tiles, state_of
 
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
+
 
 def cli(log: Path, *args: str) -> subprocess.Popen[str]:
     return start_cli(
@@ -55,7 +58,6 @@ def paced_emulator() -> EmulatorThread:
         yield running
 
 
-@pytest.mark.slow
 def test_an_interrupted_and_resumed_download_never_holds_the_loop(
     tmp_path: Path, paced_emulator: EmulatorThread
 ) -> None:
@@ -91,7 +93,6 @@ def test_an_interrupted_and_resumed_download_never_holds_the_loop(
     assert slow_callbacks(log) == []
 
 
-@pytest.mark.slow
 def test_a_collection_of_two_images_never_holds_the_loop(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:

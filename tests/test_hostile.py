@@ -14,6 +14,9 @@ from engine.testing.campaigns import run_under_faults
 from engine.testing.oracle import assert_matches_oracle
 from engine.transport import TransportOptions
 
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
+
 # The fault schedule is a pure function of the seed, the tile and the attempt number (see
 # engine/emulator/faults.py), so which kinds a job meets changes only when the retry flow does.
 # Each of these seeds alone met all twelve kinds with this job of 57 tiles (2026-11-30); the
@@ -22,7 +25,6 @@ from engine.transport import TransportOptions
 SEEDS = (2, 4)
 
 
-@pytest.mark.slow
 def test_every_hostile_fault_kind_at_35_percent_ends_in_a_correct_file(tmp_path: Path) -> None:
     met: set[str] = set()
     for seed in SEEDS:

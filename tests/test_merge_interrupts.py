@@ -28,6 +28,9 @@ from engine.testing.jobs import dem_args, job_spec, state_of
 from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
+
 
 class Paused:
     """The CLI under tests/paused_cli.py, paused at ``moment`` of its merge."""
@@ -86,7 +89,6 @@ def _status(state: Path) -> str:
     return job.status
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_before_the_output_is_finished_keeps_it_for_the_next_run(
     tmp_path: Path, oracle: EmulatorThread, sig: signal.Signals
@@ -112,7 +114,6 @@ def test_a_stop_before_the_output_is_finished_keeps_it_for_the_next_run(
     assert not OutputBuilder.temp_for(output).exists()
 
 
-@pytest.mark.slow
 def test_a_stop_while_the_output_is_published_is_recorded(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -133,7 +134,6 @@ def test_a_stop_while_the_output_is_published_is_recorded(
     assert_matches_oracle(output, state, oracle)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["finish", "publish", "published"])
 def test_a_sigkill_inside_the_merge_ends_in_the_oracle_file(
     tmp_path: Path, oracle: EmulatorThread, moment: str

@@ -25,6 +25,9 @@ from engine.testing.peers import TinyProxy
 from engine.transport import TransportOptions
 from state import Store
 
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = [pytest.mark.slow, pytest.mark.peers]
+
 OUTAGE_S = 6.0
 # Short backoffs and probes, so an outage of OUTAGE_S is noticed and waited out in a test.
 SCHEDULER = SchedulerOptions(
@@ -36,8 +39,6 @@ SCHEDULER = SchedulerOptions(
 )
 
 
-@pytest.mark.slow
-@pytest.mark.peers
 def test_a_proxy_killed_mid_job_and_restarted_costs_no_tile(tmp_path: Path) -> None:
     scheduler = replace(SCHEDULER, max_attempts=8)
     report = run_through_outage(tmp_path, outage_s=OUTAGE_S, scheduler=scheduler)
@@ -55,8 +56,6 @@ def test_a_proxy_killed_mid_job_and_restarted_costs_no_tile(tmp_path: Path) -> N
     assert_matches_oracle(report.output, report.state_path)
 
 
-@pytest.mark.slow
-@pytest.mark.peers
 def test_earth_engine_unreachable_behind_a_live_proxy_is_waited_out(tmp_path: Path) -> None:
     # The usual outage behind a corporate proxy: the proxy answers, the far side does not.
     # Over HTTPS the proxy's CONNECT fails, which must count as the network being down.

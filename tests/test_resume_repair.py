@@ -18,8 +18,10 @@ from engine.testing.jobs import dem_args, job_spec, state_of
 from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
+
 def test_deleted_truncated_corrupted_and_partial_tiles_are_fetched_again_and_reported(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -68,7 +70,6 @@ def test_deleted_truncated_corrupted_and_partial_tiles_are_fetched_again_and_rep
     assert output.read_bytes() == before
 
 
-@pytest.mark.slow
 def test_a_done_tile_whose_file_vanished_before_the_merge_is_fetched_again(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -93,7 +94,6 @@ def test_a_done_tile_whose_file_vanished_before_the_merge_is_fetched_again(
     assert_matches_oracle(output, state, oracle)
 
 
-@pytest.mark.slow
 def test_a_second_process_on_the_same_job_refuses_and_spoils_nothing(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
