@@ -65,13 +65,17 @@ def routes(requests: list[tuple[str, str]], base: str) -> Counter[str]:
 
 @pytest.mark.slow
 @pytest.mark.peers
-def test_explicit_http_proxy_carries_every_api_call_and_tile(
-    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
+@pytest.mark.parametrize("given", ["--proxy", "HTTP_PROXY"])
+def test_an_http_proxy_carries_every_api_call_and_tile(
+    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy, given: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
-    env = cli_env(NO_PROXY="127.0.0.1,localhost")
-    done = guarded_download(emulator.url, output, env, "--proxy", tinyproxy.url)
+    if given == "--proxy":
+        # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
+        env, extra = cli_env(NO_PROXY="127.0.0.1,localhost"), ("--proxy", tinyproxy.url)
+    else:
+        env, extra = cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org"), ()
+    done = guarded_download(emulator.url, output, env, *extra)
     assert done.returncode == 0, done.stderr
     carried = routes(tinyproxy.requests(), emulator.url)
     tiles = served(emulator, "getPixels")
@@ -85,44 +89,22 @@ def test_explicit_http_proxy_carries_every_api_call_and_tile(
 
 @pytest.mark.slow
 @pytest.mark.peers
-def test_explicit_socks5_proxy_carries_every_connection(
-    tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
+@pytest.mark.parametrize("given", ["--proxy", "ALL_PROXY"])
+def test_a_socks5_proxy_carries_every_connection(
+    tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks, given: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    env = cli_env(NO_PROXY="127.0.0.1,localhost")
-    done = guarded_download(emulator.url, output, env, "--proxy", microsocks.url)
+    if given == "--proxy":
+        env, extra = cli_env(NO_PROXY="127.0.0.1,localhost"), ("--proxy", microsocks.url)
+    else:
+        env, extra = cli_env(all_proxy=microsocks.url), ()
+    done = guarded_download(emulator.url, output, env, *extra)
     assert done.returncode == 0, done.stderr
     opened = microsocks.connections()
     assert opened, "microsocks opened no connection"
     assert set(opened) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
     assert_matches_oracle(output, state_of(output))
-
-
-@pytest.mark.slow
-@pytest.mark.peers
-def test_http_proxy_from_the_environment(
-    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
-) -> None:
-    output = tmp_path / "dem.tif"
-    env = cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org")
-    done = guarded_download(emulator.url, output, env)
-    assert done.returncode == 0, done.stderr
-    carried = routes(tinyproxy.requests(), emulator.url)
-    assert carried["getPixels"] == served(emulator, "getPixels") >= 8
-    assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
-
-
-@pytest.mark.slow
-@pytest.mark.peers
-def test_all_proxy_socks5_from_the_environment(
-    tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
-) -> None:
-    output = tmp_path / "dem.tif"
-    done = guarded_download(emulator.url, output, cli_env(all_proxy=microsocks.url))
-    assert done.returncode == 0, done.stderr
-    assert set(microsocks.connections()) == {host_port(emulator.url)}
-    assert served(emulator, "getPixels") >= 8
 
 
 @pytest.mark.slow
