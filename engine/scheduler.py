@@ -28,7 +28,12 @@ from engine.defaults import (
 from engine.errors import ErrorKind, FetchError, JobStopped
 from engine.grid import split_for_slots, split_tile
 from engine.offload import StateThread, uninterrupted
-from engine.pacing import AdaptiveLimiter, OutageMonitor
+from engine.pacing import (
+    RATE_LIMIT_PAUSE_CAP_S,
+    RATE_LIMIT_PAUSE_S,
+    AdaptiveLimiter,
+    OutageMonitor,
+)
 from engine.progress import Progress, SilentProgress
 from engine.retry import Action, Verdict, classify, retry_delay
 from engine.tiles import new_tile, tile_plan
@@ -170,7 +175,7 @@ class Scheduler:
         self.state = self.updates.state
         self._queue: list[TileRecord] = []
         self._in_flight = 0
-        self._store_drained = False  # the last claim got every tile the store could give
+        self._store_drained = False  # the last claim got every tile left, none is waiting
         self._tail_cut = False
         self._changed = asyncio.Event()
         self._fatal: str | None = None
@@ -276,7 +281,11 @@ class Scheduler:
             self.options.lease_seconds,
             wanted,
         )
-        self._store_drained = len(claimed) < wanted
+        # Drained: the store gave fewer tiles than asked and none is waiting for a retry time
+        # (after a burst of 429s most of a job can be waiting; it is not the last wave).
+        self._store_drained = (
+            len(claimed) < wanted and await self.state(self.store.next_wakeup) is None
+        )
         return claimed
 
     async def _cut_last_wave(self, claimed: list[TileRecord], slots: int) -> list[TileRecord]:
@@ -354,7 +363,11 @@ class Scheduler:
     def _handle_failure(self, tile: TileRecord, error: FetchError) -> None:
         verdict = classify(error)
         if verdict.rate_limited:
-            self.limiter.on_rate_limited()
+            # The pause never outlasts the backoff the user allowed (--max-backoff).
+            self.limiter.on_rate_limited(
+                min(RATE_LIMIT_PAUSE_S, self.options.backoff_base),
+                min(RATE_LIMIT_PAUSE_CAP_S, self.options.backoff_cap),
+            )
         in_outage = verdict.network_down and self.outage.record_network_failure()
         action = verdict.action
         if action is Action.STOP_JOB:

@@ -51,7 +51,7 @@ from engine.emulator.render import (
     picture_levels,
 )
 from engine.emulator.stats import EmulatorStats, tile_key
-from engine.emulator.workers import Renderer
+from engine.emulator.workers import ClientGone, Renderer
 
 log = logging.getLogger(__name__)
 
@@ -639,9 +639,13 @@ async def _serve_pixels(
     try:
         check_memory(state.config, work)
         assert state.renderer is not None, "the app has not started"
-        body = await state.renderer.tile(job)
+        body = await state.renderer.tile(job, wanted=lambda: not _client_gone(request))
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
+    except ClientGone:
+        state.stats.client_aborts += 1
+        request[NO_RESPONSE] = True
+        return web.Response(status=200)
     await _shape_latency(state, started, grid)
     key = tile_key(grid.crs, grid.transform, grid.width, grid.height, list(job.band_ids))
     return await send_tile(
