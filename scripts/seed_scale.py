@@ -52,17 +52,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-for _folder in (REPO, REPO / "tests", REPO / "scripts"):
-    if str(_folder) not in sys.path:
-        sys.path.insert(0, str(_folder))
+# bench.py and crash_campaign.py are this folder's scripts, not modules of the package.
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
 
 import bench  # noqa: E402  (scripts/bench.py: the emulator's process, /proc CPU, the machine)
 import crash_campaign  # noqa: E402  (done counts, freezing, served counts, the oracle check)
-from peers import GUARDED_CLI, TinyProxy, cli_env, host_port  # noqa: E402
 
 from engine.emulator.config import EmulatorConfig  # noqa: E402
 from engine.grid import Window  # noqa: E402
 from engine.progress import format_bytes  # noqa: E402
+from engine.testing.cli import GUARDED_CLI, cli_env  # noqa: E402
+from engine.testing.peers import TinyProxy, host_port  # noqa: E402
 from state import Store  # noqa: E402
 
 BENCHMARKS = REPO / "BENCHMARKS.md"

@@ -33,6 +33,7 @@ def seed_scale() -> ModuleType:
 
 
 @pytest.mark.slow
+@pytest.mark.peers  # the campaign's downloads go through tinyproxy
 def test_small_job_survives_two_kills_and_an_outage_with_the_oracle_pixels(
     tmp_path: Path, seed_scale: ModuleType
 ) -> None:
