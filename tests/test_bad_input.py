@@ -21,12 +21,11 @@ from engine.ee_adapter import BandInfo
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.request import lossy_cast_message
-from engine.testing.cli import one_line_error, run_cli
+from engine.testing.cli import REPO, one_line_error, run_cli
 from engine.testing.jobs import SMALL_REGION, dem_args, state_of
 from engine.testing.oracle import assert_matches_oracle
 from state import Store
 
-REPO = Path(__file__).resolve().parents[1]
 DEM = ("--asset", "USGS/SRTMGL1_003")
 
 

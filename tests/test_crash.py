@@ -5,9 +5,7 @@ The larger campaign is ``scripts/crash_campaign.py``; this runs the same code wi
 
 from __future__ import annotations
 
-import importlib.util
 import signal
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +13,7 @@ from types import ModuleType
 import pytest
 
 from engine.emulator.server import EmulatorThread
-from engine.testing.cli import REPO, run_cli, start_cli
+from engine.testing.cli import load_script, run_cli, start_cli
 from engine.testing.emulators import paced_emulator
 from engine.testing.jobs import dem_args, job_spec, state_of, wait_for_done_tiles
 from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
@@ -27,14 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def campaign() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "crash_campaign", REPO / "scripts" / "crash_campaign.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["crash_campaign"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("crash_campaign")
 
 
 def test_five_sigkills_end_in_the_oracle_file_and_no_done_tile_is_fetched_again(

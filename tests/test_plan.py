@@ -20,9 +20,9 @@ from engine.grid import grid_from_region
 from engine.job import plan as plan_tiles
 from engine.region_input import load_region
 from engine.spec import JobSpec
+from engine.testing.cli import REPO
 from engine.testing.jobs import dem_args
 
-REPO = Path(__file__).resolve().parents[1]
 NANJING = REPO / "engine" / "data" / "nanjing.geojson"
 DEM_REGION = "118.5,31.8,119.2,32.3"
 

@@ -17,10 +17,10 @@ from engine.errors import InvalidJob
 from engine.recipes import Composite, composite
 from engine.region_input import load_region
 from engine.spec import JobSpec
+from engine.testing.cli import REPO
 from engine.testing.ee_offline import offline_ee
 from state import Store
 
-REPO = Path(__file__).resolve().parents[1]
 NANJING = REPO / "engine" / "data" / "nanjing.geojson"
 SMALL = "118.70,32.00,118.78,32.05"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 # The checkout the tests run from: the CLI's processes start there, so they import the same
 # engine as the test whether or not the package is installed.
@@ -135,3 +137,15 @@ def emulator_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def load_script(name: str, module_name: str | None = None) -> ModuleType:
+    """``scripts/NAME.py`` loaded as a module (registered in ``sys.modules`` under
+    ``module_name``, else ``name``), so a test can call a script's functions."""
+    registered = module_name or name
+    spec = importlib.util.spec_from_file_location(registered, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None, f"no scripts/{name}.py"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[registered] = module
+    spec.loader.exec_module(module)
+    return module
