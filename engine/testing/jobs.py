@@ -45,6 +45,39 @@ def dem_args(
     return [*args, *extra]
 
 
+def tutorial_args(region: str, output: Path, url: str, *extra: str, scale: float = 10) -> list[str]:
+    """``eefetch composite`` of the README's tutorial (the 2022 Sentinel-2 median, clouds
+    masked by QA60, bands 1 to 8) over ``region`` in EPSG:4326; ``extra`` goes last."""
+    return [
+        "composite",
+        "--collection",
+        "COPERNICUS/S2_SR_HARMONIZED",
+        "--start",
+        "2022-01-01",
+        "--end",
+        "2022-12-31",
+        "--max-cloud",
+        "10",
+        "--cloud-mask",
+        "qa60",
+        "--bands",
+        "B[1-8]",
+        "--reducer",
+        "median",
+        "--region",
+        region,
+        "--scale",
+        f"{scale:g}",
+        "--crs",
+        "EPSG:4326",
+        "-o",
+        str(output),
+        "--ee-url",
+        url,
+        *extra,
+    ]
+
+
 def dem_job(
     url: str,
     output: Path,
