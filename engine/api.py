@@ -31,6 +31,7 @@ from engine.errors import (
 from engine.job import JobResult, run_job
 from engine.paths import default_state_path
 from engine.progress import Progress, choose_progress
+from engine.quota_gate import call_slot
 from engine.request import (
     DownloadRequest,
     LossyCastWarning,
@@ -41,6 +42,7 @@ from engine.request import (
 )
 from engine.runner import run_sync
 from engine.spec import Endpoint
+from state import is_database_url
 
 if TYPE_CHECKING:
     import ee
@@ -70,6 +72,7 @@ def download_ee_image(
     *,
     bands: Sequence[str] | None = None,
     state: str | os.PathLike[str] | None = None,
+    job: str | None = None,
     concurrency: int | None = None,
     endpoint: Endpoint = "urls",
     max_tile_bytes: int | None = None,
@@ -85,6 +88,9 @@ def download_ee_image(
     first_byte_timeout: float = _DEFAULTS.first_byte_timeout,
     max_attempts: int = _DEFAULTS.max_attempts,
     max_backoff: float = _DEFAULTS.max_backoff,
+    project_quota: int | None = None,
+    lease_seconds: float = _DEFAULTS.lease_seconds,
+    tile_folder: str | os.PathLike[str] | None = None,
     quiet: bool = False,
     progress: Progress | None = None,
     **kwargs: Any,
@@ -94,18 +100,21 @@ def download_ee_image(
     geemap's arguments keep their meaning: ``scale`` is in metres also for geographic CRSs,
     ``shape`` is (height, width) with ``crs_transform``, ``num_threads`` is the concurrency,
     ``max_tile_size`` is in MB and ``max_tile_dim`` in pixels, ``unmask_value`` is the value
-    masked pixels take. Returns a :class:`JobResult`; raises :class:`DownloadIncomplete` when
-    tiles failed (call again to retry them) and another :class:`EefetchError` when the job
-    cannot run as asked.
+    masked pixels take. ``state`` is a state file or a PostgreSQL URL (then this call is one
+    worker of job ``job``, which others may join: ``eefetch worker``). Returns a
+    :class:`JobResult`; raises :class:`DownloadIncomplete` when tiles failed (call again to
+    retry them) and another :class:`EefetchError` when the job cannot run as asked.
     """
     del kwargs  # geemap passes extra keywords through to geedim; none change the result
     request, settings, connection = _from_arguments(locals(), Path(filename))
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
     with ee_adapter.client_settings():
-        spec = build_job(image, request, connection, concurrency=settings.concurrency)
-        state_path = Path(state) if state else default_state_path(Path(spec.output))
-        result = run_sync(run_job(spec, state_path, options, progress or choose_progress(quiet)))
+        target = _state_target(state, request.output)
+        slot = call_slot(target, settings.project_quota)
+        spec = build_job(image, request, connection, concurrency=settings.concurrency, slot=slot)
+        running = run_job(spec, target, options, progress or choose_progress(quiet), job=job)
+        result = run_sync(running)
     if not result.complete:
         raise DownloadIncomplete(result)
     return result
@@ -147,6 +156,9 @@ def download_ee_image_collection(
     first_byte_timeout: float = _DEFAULTS.first_byte_timeout,
     max_attempts: int = _DEFAULTS.max_attempts,
     max_backoff: float = _DEFAULTS.max_backoff,
+    project_quota: int | None = None,
+    lease_seconds: float = _DEFAULTS.lease_seconds,
+    tile_folder: str | os.PathLike[str] | None = None,
     quiet: bool = False,
     progress: Progress | None = None,
     **kwargs: Any,
@@ -176,7 +188,11 @@ def download_ee_image_collection(
             folder,
             members,
             lambda image, output: build_job(
-                image, request.for_output(output), connection, concurrency=settings.concurrency
+                image,
+                request.for_output(output),
+                connection,
+                concurrency=settings.concurrency,
+                slot=call_slot(default_state_path(output), settings.project_quota),
             ),
         )
         result = run_sync(
@@ -238,6 +254,13 @@ def plan(
     return plan_spec(build_job(image, request, connection, concurrency=concurrency))
 
 
+def _state_target(state: str | os.PathLike[str] | None, output: Path) -> Path | str:
+    """The state given (a file or a database URL), else the file beside the output."""
+    if state is None:
+        return default_state_path(output.expanduser().resolve())
+    return state if isinstance(state, str) and is_database_url(state) else Path(state)
+
+
 def _from_arguments(
     arguments: dict[str, Any], output: Path
 ) -> tuple[DownloadRequest, RunSettings, Connection]:
@@ -273,6 +296,9 @@ def _from_arguments(
         max_attempts=arguments["max_attempts"],
         max_backoff=arguments["max_backoff"],
         overwrite=arguments["overwrite"],
+        project_quota=arguments["project_quota"],
+        lease_seconds=arguments["lease_seconds"],
+        tile_folder=Path(arguments["tile_folder"]) if arguments["tile_folder"] else None,
     )
     connection = Connection(
         url=arguments["ee_url"],

@@ -22,11 +22,12 @@ from typing import Any
 import ee
 
 from engine import ee_adapter
-from engine.defaults import DEFAULT_PARALLEL_IMAGES
+from engine.defaults import DEFAULT_PARALLEL_IMAGES, PROJECT_QUOTA
 from engine.errors import EarthEngineError, EefetchError, InvalidJob
-from engine.job import JobResult, RunOptions, new_limiter, run_job
+from engine.job import JobResult, RunOptions, new_limiter, open_gate, run_job
 from engine.paths import default_state_path
 from engine.progress import Progress, SilentProgress
+from engine.quota_gate import new_owner
 from engine.spec import JobSpec
 
 MAX_NAME_CHARS = 120
@@ -158,7 +159,28 @@ async def run_collection(
 ) -> CollectionResult:
     """Run every image's job, ``parallel_images`` at once, under one shared limiter."""
     progress = progress or SilentProgress()
-    shared = replace(options, limiter=options.limiter or new_limiter(options.concurrency))
+    quota = options.quota
+    if quota is None:  # every image's state is a file here: this user's quota file
+        quota = await open_gate(default_state_path(out_dir / "images.tif"), options, new_owner())
+    try:
+        limiter = options.limiter or new_limiter(
+            options.concurrency, quota.ceiling or PROJECT_QUOTA
+        )
+        shared = replace(options, limiter=limiter, quota=quota)
+        return await _run_images(jobs, out_dir, shared, progress, parallel_images)
+    finally:
+        if options.quota is None:
+            await quota.close()
+
+
+async def _run_images(
+    jobs: Sequence[tuple[CollectionImage, JobSpec]],
+    out_dir: Path,
+    shared: RunOptions,
+    progress: Progress,
+    parallel_images: int,
+) -> CollectionResult:
+    """``run_collection`` with its budgets open."""
     gate = asyncio.Semaphore(max(1, parallel_images))
     overall = CollectionProgress(progress)
     result = CollectionResult(out_dir)

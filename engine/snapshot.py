@@ -1,4 +1,4 @@
-"""One state file at one instant, read without writing a byte and without the job's lock.
+"""One job at one instant, read without writing a byte and without the job's lock.
 
 ``eefetch status --map`` and ``eefetch serve`` look at jobs that may be running. The state
 store (``state.Store``) opens files to work on them: it may switch the journal mode, upgrade
@@ -6,6 +6,11 @@ an old schema or fix permissions. This module opens the SQLite file read-only in
 (``mode=ro``), reads everything it needs in one short transaction (a consistent snapshot that
 never blocks the writer: WAL readers do not), and closes the connection at once, so no read
 transaction is left open to hold back the WAL's checkpoints.
+
+A job whose state is on a PostgreSQL server is read through the store instead
+(``Store.view``, one read transaction; a server database is never upgraded by a reader's
+open), named by ``job`` like every other command. A state file holding several jobs needs the
+name too.
 
 Tiles come back as numpy columns, so a picture of 100,000 tiles costs array operations, not
 100,000 Python objects. Download URLs (bearer capabilities) are never selected.
@@ -27,6 +32,7 @@ import numpy as np
 
 from engine import inventory
 from engine.spec import REGION_EXTRA
+from state import Store, is_database_url
 from state.schema import APPLICATION, SCHEMA_VERSION, TILE_STATUSES
 from state.store import StateError
 
@@ -41,17 +47,17 @@ _STATUS_CODE = (
 _TILE_SQL = (
     "SELECT id, coalesce(parent_id, -1), row_off, col_off, height, width, band_start, "
     f"band_stop, {_STATUS_CODE}, attempts, {{rate_limited}}, coalesce(bytes, 0), updated_at "
-    "FROM tile ORDER BY id"
+    "FROM tile WHERE job_id = ? ORDER BY id"
 )
 _ERRORS_SQL = (
-    "SELECT id, updated_at, last_error FROM tile WHERE status IN "
+    "SELECT id, updated_at, last_error FROM tile WHERE job_id = ? AND status IN "
     f"({', '.join(repr(s) for s in _UNRESOLVED)}) AND last_error IS NOT NULL "
     "ORDER BY updated_at DESC, id DESC LIMIT ?"
 )
-_COUNTS_SQL = "SELECT status, count(*), sum(bytes) FROM tile GROUP BY status"
+_COUNTS_SQL = "SELECT status, count(*), sum(bytes) FROM tile WHERE job_id = ? GROUP BY status"
 _CAUSES_SQL = (
     "SELECT last_error, status, count(*), sum(attempts), sum({rate_limited}) FROM tile "
-    "WHERE last_error IS NOT NULL GROUP BY last_error, status"
+    "WHERE job_id = ? AND last_error IS NOT NULL GROUP BY last_error, status"
 )
 
 
@@ -136,10 +142,13 @@ class EmptyState(StateError):
 
 
 def read_facts(
-    state_path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+    state_path: str | os.PathLike[str],
+    *,
+    clock: Callable[[], float] = time.time,
+    job: str | None = None,
 ) -> JobFacts:
     """The job and its counts: two aggregate queries, whatever the number of tiles."""
-    return _read(Path(state_path), clock, None)[0]
+    return _read(state_path, clock, None, job)[0]
 
 
 def read_snapshot(
@@ -147,10 +156,11 @@ def read_snapshot(
     *,
     recent_errors: int = 10,
     clock: Callable[[], float] = time.time,
+    job: str | None = None,
 ) -> Snapshot:
     """The job and its tiles as they are now; StateError (one line) if the file is not a
     readable eefetch state file, EmptyState if it holds no job."""
-    facts, rows, recent, causes = _read(Path(state_path), clock, recent_errors)
+    facts, rows, recent, causes = _read(state_path, clock, recent_errors, job)
     return Snapshot(
         facts=facts,
         tiles=_columns(rows),
@@ -162,7 +172,47 @@ def read_snapshot(
 
 
 def _read(
-    path: Path, clock: Callable[[], float], recent_errors: int | None
+    target: str | os.PathLike[str],
+    clock: Callable[[], float],
+    recent_errors: int | None,
+    job: str | None,
+) -> tuple[JobFacts, list[Any], list[Any], list[Any]]:
+    if is_database_url(target):
+        return _read_server(str(target), recent_errors, job)
+    return _read_file(Path(target), clock, recent_errors, job)
+
+
+def _read_server(
+    url: str, recent_errors: int | None, job: str | None
+) -> tuple[JobFacts, list[Any], list[Any], list[Any]]:
+    """A job on a server, through the store (one read transaction for the view); running
+    means a worker is alive, and the run started when the earliest live worker did."""
+    with Store.open(url, job=job, create=False) as store:
+        view = store.view(recent_errors)
+        if view is None:
+            raise EmptyState(f"{store.target} holds no job yet; start one with `eefetch download`")
+        workers = store.workers()
+        read_at = store.now()
+    alive = [w.started_at for w in workers if w.alive]
+    counts = dict.fromkeys(TILE_STATUSES, 0)
+    counts.update({name: n for name, n, _ in view.counts if name in counts})
+    facts = JobFacts(
+        path=Path(view.job.name),
+        job_status=view.job.status,
+        spec=view.job.spec,
+        output_path=view.job.output_path,
+        created_at=view.job.created_at,
+        counts=counts,
+        bytes_done=sum(b for name, _, b in view.counts if name == "done"),
+        running=bool(alive),
+        run_started_at=min(alive) if alive else None,
+        read_at=read_at,
+    )
+    return facts, view.tiles, view.recent, view.causes
+
+
+def _read_file(
+    path: Path, clock: Callable[[], float], recent_errors: int | None, job: str | None
 ) -> tuple[JobFacts, list[Any], list[Any], list[Any]]:
     """One read-only connection, one transaction: the facts, and with ``recent_errors`` (not
     None) the tile rows, that many recent errors and the error counts."""
@@ -187,17 +237,14 @@ def _read(
         conn.execute("BEGIN")
         try:
             # Schema 1 had no 429 count: its tiles have none.
-            columns = {"rate_limited": "rate_limited" if _schema(conn, path) > 1 else "0"}
-            job = conn.execute(
-                "SELECT status, spec, output_path, created_at FROM job ORDER BY id LIMIT 1"
-            ).fetchone()
-            if job is None:
-                raise EmptyState(f"{path} holds no job yet; start one with `eefetch download`")
-            counted = conn.execute(_COUNTS_SQL).fetchall()
+            version = _schema(conn, path)
+            columns = {"rate_limited": "rate_limited" if version > 1 else "0"}
+            job_id, row = _choose_job(conn, path, version, job)
+            counted = conn.execute(_COUNTS_SQL, (job_id,)).fetchall()
             if recent_errors is not None:
-                rows = conn.execute(_TILE_SQL.format(**columns)).fetchall()
-                recent = conn.execute(_ERRORS_SQL, (recent_errors,)).fetchall()
-                causes = conn.execute(_CAUSES_SQL.format(**columns)).fetchall()
+                rows = conn.execute(_TILE_SQL.format(**columns), (job_id,)).fetchall()
+                recent = conn.execute(_ERRORS_SQL, (job_id, recent_errors)).fetchall()
+                causes = conn.execute(_CAUSES_SQL.format(**columns), (job_id,)).fetchall()
         finally:
             conn.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -207,7 +254,7 @@ def _read(
         ) from exc
     finally:
         conn.close()
-    status, spec_text, output_path, created_at = job
+    status, spec_text, output_path, created_at = row
     counts = dict.fromkeys(TILE_STATUSES, 0)
     counts.update({name: int(n) for name, n, _ in counted if name in counts})
     facts = JobFacts(
@@ -223,6 +270,25 @@ def _read(
         read_at=clock(),
     )
     return facts, rows, recent, causes
+
+
+def _choose_job(
+    conn: sqlite3.Connection, path: Path, version: int, job: str | None
+) -> tuple[int, tuple[Any, ...]]:
+    """The id and (status, spec, output, created) of the job to read: the one named (files
+    of schema 3 name their jobs), else the file's only job."""
+    named = version >= 3 and job is not None
+    query = "SELECT id, status, spec, output_path, created_at FROM job"
+    found = conn.execute(
+        query + (" WHERE name = ?" if named else "") + " ORDER BY id", (job,) if named else ()
+    ).fetchall()
+    if not found:
+        what = f"no job named {job}" if named else "no job yet"
+        raise EmptyState(f"{path} holds {what}; start one with `eefetch download`")
+    if len(found) > 1:
+        raise StateError(f"{path} holds {len(found)} jobs; name one with --job")
+    job_id, *row = found[0]
+    return int(job_id), tuple(row)
 
 
 def _schema(conn: sqlite3.Connection, path: Path) -> int:

@@ -8,6 +8,7 @@ from state.quota import DEFAULT_PROJECT_QUOTA, Quota, QuotaStatus, default_quota
 from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES, default_job_name
 from state.store import (
     JobRecord,
+    JobView,
     MergeLease,
     NewTile,
     Store,
@@ -33,6 +34,7 @@ __all__ = [
     "JobLock",
     "JobLockedError",
     "JobRecord",
+    "JobView",
     "MergeLease",
     "NewTile",
     "OutputLock",

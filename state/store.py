@@ -30,6 +30,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -216,6 +217,25 @@ class TileReset:
 
 
 TileUpdate = TileDone | TileRetry | TileFailed | TileSplit | TileUrl | TileReleased | TileReset
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A job at one instant, for pictures and pages (`Store.view`), read in one transaction.
+
+    `counts`: (status, tiles, sum of bytes) per status present. `tiles`: every tile, split
+    parents included, by id, as (id, parent id or -1, row_off, col_off, height, width,
+    band_start, band_stop, status index in TILE_STATUSES, attempts, rate_limited, bytes or 0,
+    updated_at); never the URL. `recent`: (tile id, updated_at, error) of unresolved tiles,
+    newest first. `causes`: (error, status, tiles, sum of attempts, sum of rate_limited).
+    """
+
+    job: JobRecord
+    counts: list[tuple[str, int, int]]
+    tiles: list[tuple[Any, ...]]
+    recent: list[tuple[int, float, str]]
+    causes: list[tuple[str, str, int, int, int]]
+
 
 _TILE_COLUMNS = tuple(tile_t.c[f.name] for f in fields(TileRecord))
 _JOB_COLUMNS = tuple(job_t.c[f.name] for f in fields(JobRecord))
@@ -1117,6 +1137,79 @@ class Store:
 
         return self._read(query, None)
 
+    def view(self, recent_errors: int | None = 10) -> JobView | None:
+        """The job, its counts and (unless `recent_errors` is None) every tile, that many recent
+        errors and the error counts, in one read transaction; None while the job does not
+        exist. What `eefetch status --map` and `eefetch serve` draw of a job on a server."""
+
+        def work(conn: Connection) -> JobView | None:
+            job = self._job(conn)
+            if job is None:
+                return None
+            mine = tile_t.c.job_id == job.id
+            counts = [
+                (status, int(n), int(b or 0))
+                for status, n, b in conn.execute(
+                    select(tile_t.c.status, func.count(), func.sum(tile_t.c.bytes))
+                    .where(mine)
+                    .group_by(tile_t.c.status)
+                )
+            ]
+            if recent_errors is None:
+                return JobView(job, counts, [], [], [])
+            code = case(
+                *((tile_t.c.status == name, i) for i, name in enumerate(TILE_STATUSES)),
+                else_=-1,
+            )
+            tiles = conn.execute(
+                select(
+                    tile_t.c.id,
+                    func.coalesce(tile_t.c.parent_id, -1),
+                    tile_t.c.row_off,
+                    tile_t.c.col_off,
+                    tile_t.c.height,
+                    tile_t.c.width,
+                    tile_t.c.band_start,
+                    tile_t.c.band_stop,
+                    code,
+                    tile_t.c.attempts,
+                    tile_t.c.rate_limited,
+                    func.coalesce(tile_t.c.bytes, 0),
+                    tile_t.c.updated_at,
+                )
+                .where(mine)
+                .order_by(tile_t.c.id)
+            ).all()
+            unresolved = and_(
+                mine, tile_t.c.status.in_(_UNRESOLVED), tile_t.c.last_error.is_not(None)
+            )
+            recent = conn.execute(
+                select(tile_t.c.id, tile_t.c.updated_at, tile_t.c.last_error)
+                .where(unresolved)
+                .order_by(tile_t.c.updated_at.desc(), tile_t.c.id.desc())
+                .limit(recent_errors)
+            ).all()
+            causes = conn.execute(
+                select(
+                    tile_t.c.last_error,
+                    tile_t.c.status,
+                    func.count(),
+                    func.sum(tile_t.c.attempts),
+                    func.sum(tile_t.c.rate_limited),
+                )
+                .where(mine, tile_t.c.last_error.is_not(None))
+                .group_by(tile_t.c.last_error, tile_t.c.status)
+            ).all()
+            return JobView(
+                job,
+                counts,
+                [tuple(r) for r in tiles],
+                [(int(t), float(w), str(e)) for t, w, e in recent],
+                [(str(e), str(st), int(n), int(a or 0), int(r or 0)) for e, st, n, a, r in causes],
+            )
+
+        return self._run(work, write=False)
+
     # ---- workers ---------------------------------------------------------------------------
 
     def _upsert(self) -> Callable[..., Any]:
@@ -1324,6 +1417,7 @@ class Store:
 __all__ = [
     "JobLockedError",
     "JobRecord",
+    "JobView",
     "MergeLease",
     "NewTile",
     "StateError",

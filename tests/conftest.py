@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +19,10 @@ def pytest_configure(config: pytest.Config) -> None:
     that cannot be interrupted, and it would finish instead. The children get the default."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Every download takes slots of its project's quota from a per-user file under
+    # $XDG_STATE_HOME (state/quota.py): the tests, and the eefetch processes they start, keep
+    # theirs in a folder of this session, never in the user's own.
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="eefetch-test-state-")
 
 
 _real_connect = socket.socket.connect
