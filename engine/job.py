@@ -266,7 +266,7 @@ def verify_done_tiles(store: Store, tiles: TileStore, spec: JobSpec) -> list[str
             resets.append(TileReset(tile.id, problem))
             tiles.remove(name)
     if resets:
-        store.apply(resets, _now())
+        store.apply(resets, None if store.is_server else _now())  # a server: its clock
     return [f"tile {r.tile_id} will be fetched again: {r.reason}" for r in resets]
 
 

@@ -1,16 +1,13 @@
 """One job at one instant, read without writing a byte and without the job's lock.
 
-``eefetch status --map`` and ``eefetch serve`` look at jobs that may be running. The state
-store (``state.Store``) opens files to work on them: it may switch the journal mode, upgrade
-an old schema or fix permissions. This module opens the SQLite file read-only instead
-(``mode=ro``), reads everything it needs in one short transaction (a consistent snapshot that
-never blocks the writer: WAL readers do not), and closes the connection at once, so no read
-transaction is left open to hold back the WAL's checkpoints.
-
-A job whose state is on a PostgreSQL server is read through the store instead
-(``Store.view``, one read transaction; a server database is never upgraded by a reader's
-open), named by ``job`` like every other command. A state file holding several jobs needs the
-name too.
+``eefetch status --map`` and ``eefetch serve`` look at jobs that may be running. They read
+through the state store's reader (``Store.open_reader``): an SQLite file is opened read-only
+(``mode=ro``: no journal switch, no upgrade, no permission fix; a file of an older schema is
+read from an upgraded copy in memory), a PostgreSQL database without creating anything.
+Everything is read in one short transaction (``Store.view``: a consistent snapshot that never
+blocks the writer, WAL readers do not), and the store is closed at once, so no read
+transaction is left open to hold back the WAL's checkpoints. The job is the state's only one,
+or the one named by ``job``, like every other command.
 
 Tiles come back as numpy columns, so a picture of 100,000 tiles costs array operations, not
 100,000 Python objects. Download URLs (bearer capabilities) are never selected.
@@ -18,47 +15,21 @@ Tiles come back as numpy columns, so a picture of 100,000 tiles costs array oper
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
 from engine import inventory
 from engine.spec import REGION_EXTRA
-from state import Store, is_database_url
-from state.schema import APPLICATION, SCHEMA_VERSION, TILE_STATUSES
-from state.store import StateError
+from state import NoJobError, Store, is_database_url
+from state.schema import TILE_STATUSES
 
-_BUSY_TIMEOUT_S = 5.0
 _LEAF = tuple(i for i, s in enumerate(TILE_STATUSES) if s != "split")
-_UNRESOLVED = ("pending", "in_flight", "failed")  # as Store.last_errors: errors still to act on
-_STATUS_CODE = (
-    "CASE status "
-    + " ".join(f"WHEN '{name}' THEN {code}" for code, name in enumerate(TILE_STATUSES))
-    + " END"
-)
-_TILE_SQL = (
-    "SELECT id, coalesce(parent_id, -1), row_off, col_off, height, width, band_start, "
-    f"band_stop, {_STATUS_CODE}, attempts, {{rate_limited}}, coalesce(bytes, 0), updated_at "
-    "FROM tile WHERE job_id = ? ORDER BY id"
-)
-_ERRORS_SQL = (
-    "SELECT id, updated_at, last_error FROM tile WHERE job_id = ? AND status IN "
-    f"({', '.join(repr(s) for s in _UNRESOLVED)}) AND last_error IS NOT NULL "
-    "ORDER BY updated_at DESC, id DESC LIMIT ?"
-)
-_COUNTS_SQL = "SELECT status, count(*), sum(bytes) FROM tile WHERE job_id = ? GROUP BY status"
-_CAUSES_SQL = (
-    "SELECT last_error, status, count(*), sum(attempts), sum({rate_limited}) FROM tile "
-    "WHERE job_id = ? AND last_error IS NOT NULL GROUP BY last_error, status"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +108,8 @@ class Snapshot:
     errors: list[ErrorCount]
 
 
-class EmptyState(StateError):
-    """The state file holds no job yet."""
+EmptyState = NoJobError
+"""The state holds no job yet (or none of the name asked for)."""
 
 
 def read_facts(
@@ -177,143 +148,42 @@ def _read(
     recent_errors: int | None,
     job: str | None,
 ) -> tuple[JobFacts, list[Any], list[Any], list[Any]]:
-    if is_database_url(target):
-        return _read_server(str(target), recent_errors, job)
-    return _read_file(Path(target), clock, recent_errors, job)
-
-
-def _read_server(
-    url: str, recent_errors: int | None, job: str | None
-) -> tuple[JobFacts, list[Any], list[Any], list[Any]]:
-    """A job on a server, through the store (one read transaction for the view); running
-    means a worker is alive, and the run started when the earliest live worker did."""
-    with Store.open(url, job=job, create=False) as store:
+    """The facts, and with ``recent_errors`` (not None) the tile rows, that many recent errors
+    and the error counts, from one read transaction. A job on a server is running while one
+    of its workers is alive (its run started when the earliest live one did); a job in a file
+    while a process holds its lock."""
+    server = is_database_url(target)
+    with Store.open_reader(target, job=job) as store:
         view = store.view(recent_errors)
         if view is None:
-            raise EmptyState(f"{store.target} holds no job yet; start one with `eefetch download`")
-        workers = store.workers()
-        read_at = store.now()
-    alive = [w.started_at for w in workers if w.alive]
+            what = "no job yet" if job is None else f"no job named {job}"
+            raise EmptyState(f"{store.target} holds {what}; start one with `eefetch download`")
+        workers = store.workers() if server else []
+        read_at = store.now() if server else clock()
+    if server:
+        alive = [w.started_at for w in workers if w.alive]
+        running = bool(alive)
+        run_started_at = min(alive) if alive else None
+        path = Path(view.job.name)
+    else:
+        path = Path(target)
+        running = inventory.is_running(path)
+        run_started_at = _lock_time(path) if running else None
     counts = dict.fromkeys(TILE_STATUSES, 0)
     counts.update({name: n for name, n, _ in view.counts if name in counts})
     facts = JobFacts(
-        path=Path(view.job.name),
+        path=path,
         job_status=view.job.status,
         spec=view.job.spec,
         output_path=view.job.output_path,
         created_at=view.job.created_at,
         counts=counts,
         bytes_done=sum(b for name, _, b in view.counts if name == "done"),
-        running=bool(alive),
-        run_started_at=min(alive) if alive else None,
+        running=running,
+        run_started_at=run_started_at,
         read_at=read_at,
     )
     return facts, view.tiles, view.recent, view.causes
-
-
-def _read_file(
-    path: Path, clock: Callable[[], float], recent_errors: int | None, job: str | None
-) -> tuple[JobFacts, list[Any], list[Any], list[Any]]:
-    """One read-only connection, one transaction: the facts, and with ``recent_errors`` (not
-    None) the tile rows, that many recent errors and the error counts."""
-    if not path.is_file():
-        raise StateError(f"state file {path} does not exist; check the path")
-    running = inventory.is_running(path)
-    run_started_at = _lock_time(path) if running else None
-    try:
-        conn = sqlite3.connect(
-            f"file:{quote(str(path.resolve()))}?mode=ro",
-            uri=True,
-            timeout=_BUSY_TIMEOUT_S,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot open state file {path} read-only ({exc}); check it") from exc
-    rows: list[Any] = []
-    recent: list[Any] = []
-    causes: list[Any] = []
-    try:
-        conn.execute("BEGIN")
-        try:
-            # Schema 1 had no 429 count: its tiles have none.
-            version = _schema(conn, path)
-            columns = {"rate_limited": "rate_limited" if version > 1 else "0"}
-            job_id, row = _choose_job(conn, path, version, job)
-            counted = conn.execute(_COUNTS_SQL, (job_id,)).fetchall()
-            if recent_errors is not None:
-                rows = conn.execute(_TILE_SQL.format(**columns), (job_id,)).fetchall()
-                recent = conn.execute(_ERRORS_SQL, (job_id, recent_errors)).fetchall()
-                causes = conn.execute(_CAUSES_SQL.format(**columns), (job_id,)).fetchall()
-        finally:
-            conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise StateError(
-            f"{path} cannot be read as an eefetch state file ({exc}); give the state file "
-            "a download made (NAME.eefetch.db)"
-        ) from exc
-    finally:
-        conn.close()
-    status, spec_text, output_path, created_at = row
-    counts = dict.fromkeys(TILE_STATUSES, 0)
-    counts.update({name: int(n) for name, n, _ in counted if name in counts})
-    facts = JobFacts(
-        path=path,
-        job_status=status,
-        spec=json.loads(spec_text),
-        output_path=output_path,
-        created_at=float(created_at),
-        counts=counts,
-        bytes_done=int(sum(int(b or 0) for name, _, b in counted if name == "done")),
-        running=running,
-        run_started_at=run_started_at,
-        read_at=clock(),
-    )
-    return facts, rows, recent, causes
-
-
-def _choose_job(
-    conn: sqlite3.Connection, path: Path, version: int, job: str | None
-) -> tuple[int, tuple[Any, ...]]:
-    """The id and (status, spec, output, created) of the job to read: the one named (files
-    of schema 3 name their jobs), else the file's only job."""
-    named = version >= 3 and job is not None
-    query = "SELECT id, status, spec, output_path, created_at FROM job"
-    found = conn.execute(
-        query + (" WHERE name = ?" if named else "") + " ORDER BY id", (job,) if named else ()
-    ).fetchall()
-    if not found:
-        what = f"no job named {job}" if named else "no job yet"
-        raise EmptyState(f"{path} holds {what}; start one with `eefetch download`")
-    if len(found) > 1:
-        raise StateError(f"{path} holds {len(found)} jobs; name one with --job")
-    job_id, *row = found[0]
-    return int(job_id), tuple(row)
-
-
-def _schema(conn: sqlite3.Connection, path: Path) -> int:
-    """The file's schema version; StateError for a file that is not eefetch's or is newer."""
-    if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-        raise EmptyState(f"{path} holds no job yet (a download is creating it?)")
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.Error:
-        meta = {}
-    if meta.get("application") != APPLICATION:
-        raise StateError(
-            f"{path} is not an eefetch state file; give the state file a download made "
-            "(NAME.eefetch.db)"
-        )
-    try:
-        version = int(meta.get("schema_version", ""))
-    except ValueError:
-        version = 0
-    if not 1 <= version <= SCHEMA_VERSION:
-        raise StateError(
-            f"state file {path} has state schema {meta.get('schema_version')!r}, which this "
-            f"eefetch cannot read (it reads 1 to {SCHEMA_VERSION}); use the eefetch that made it"
-        )
-    return version
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> Tiles:

@@ -2,7 +2,14 @@
 shared Earth Engine quota, and the file locks of a one-machine job."""
 
 from state.db import is_database_url
-from state.errors import EefetchError, IncompleteError, JobLockedError, StateError, UserError
+from state.errors import (
+    EefetchError,
+    IncompleteError,
+    JobLockedError,
+    NoJobError,
+    StateError,
+    UserError,
+)
 from state.lock import JobLock, OutputLock
 from state.quota import DEFAULT_PROJECT_QUOTA, Quota, QuotaStatus, default_quota_path, quota_target
 from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES, default_job_name
@@ -37,6 +44,7 @@ __all__ = [
     "JobView",
     "MergeLease",
     "NewTile",
+    "NoJobError",
     "OutputLock",
     "Quota",
     "QuotaStatus",

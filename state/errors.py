@@ -28,6 +28,10 @@ class StateError(UserError):
     line: what, then what to do."""
 
 
+class NoJobError(StateError):
+    """The state holds no job yet (or none of that name): a reader has nothing to show."""
+
+
 class JobLockedError(StateError):
     """Another live process holds the job's lock."""
 
@@ -40,6 +44,7 @@ __all__ = [
     "EefetchError",
     "IncompleteError",
     "JobLockedError",
+    "NoJobError",
     "StateError",
     "UserError",
 ]

@@ -238,6 +238,14 @@ class JobView:
 
 
 _TILE_COLUMNS = tuple(tile_t.c[f.name] for f in fields(TileRecord))
+_WINDOW_COLUMNS = (
+    tile_t.c.row_off,
+    tile_t.c.col_off,
+    tile_t.c.height,
+    tile_t.c.width,
+    tile_t.c.band_start,
+    tile_t.c.band_stop,
+)
 _JOB_COLUMNS = tuple(job_t.c[f.name] for f in fields(JobRecord))
 _WORKER_COLUMNS = tuple(worker_t.c[f.name] for f in fields(WorkerRecord) if f.name != "alive")
 _NO_CLAIM: Mapping[str, None] = MappingProxyType({"claim_owner": None, "claim_expires": None})
@@ -488,6 +496,15 @@ class Store:
         name = None if job is None else _check_name(job)
         db = Database.open(target, create=create, reconnect_seconds=reconnect_seconds)
         return cls(db, name)
+
+    @classmethod
+    def open_reader(cls, target: str | os.PathLike[str], *, job: str | None = None) -> Store:
+        """Open the state at `target` to look at it while it may be running: nothing is ever
+        written (an SQLite file is opened read-only, and one of an older schema is read from
+        an upgraded copy in memory). NoJobError while it holds no schema yet. Only the read
+        calls (`job`, `view`, `counts`, `workers`, ...) may be used."""
+        name = None if job is None else _check_name(job)
+        return cls(Database.open_reader(target), name)
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -1024,14 +1041,7 @@ class Store:
         """(row_off, col_off, height, width, band_start, band_stop) of the leaf tiles that
         hold only some of the ``band_count`` bands: empty for the usual all-band plan, which then
         costs one scan inside the database instead of 100,000 rows built in Python."""
-        columns = (
-            tile_t.c.row_off,
-            tile_t.c.col_off,
-            tile_t.c.height,
-            tile_t.c.width,
-            tile_t.c.band_start,
-            tile_t.c.band_stop,
-        )
+        columns = _WINDOW_COLUMNS
 
         def query(conn: Connection, job_id: int) -> list[tuple[int, int, int, int, int, int]]:
             partial = and_(
@@ -1165,12 +1175,7 @@ class Store:
                 select(
                     tile_t.c.id,
                     func.coalesce(tile_t.c.parent_id, -1),
-                    tile_t.c.row_off,
-                    tile_t.c.col_off,
-                    tile_t.c.height,
-                    tile_t.c.width,
-                    tile_t.c.band_start,
-                    tile_t.c.band_stop,
+                    *_WINDOW_COLUMNS,
                     code,
                     tile_t.c.attempts,
                     tile_t.c.rate_limited,
@@ -1203,7 +1208,7 @@ class Store:
             return JobView(
                 job,
                 counts,
-                [tuple(r) for r in tiles],
+                list(map(tuple, tiles)),  # plain tuples, converted in C: no Python step per tile
                 [(int(t), float(w), str(e)) for t, w, e in recent],
                 [(str(e), str(st), int(n), int(a or 0), int(r or 0)) for e, st, n, a, r in causes],
             )

@@ -123,6 +123,18 @@ def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
     return pg_cluster.create_database()
 
 
+@pytest.fixture
+def own_cluster():  # type: ignore[no-untyped-def]
+    """A PostgreSQL server of the test's own, free to restart or stop."""
+    from tests.pg import PostgresCluster, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
 class StateTargets:
     """Calling it gives a new, empty state target of one kind: an SQLite path in the test's
     folder, or the URL of a new database on the session's PostgreSQL server."""

@@ -46,7 +46,7 @@ from engine.quota_gate import QuotaGate
 from engine.service import quota_key
 from engine.spec import JobSpec
 from state import SCHEMA_VERSION, Quota, Store
-from tests.pg import PostgresCluster, missing_reason
+from tests.pg import PostgresCluster
 
 SMALL_TILES = ("--max-tile-bytes", "4800")  # 1600 pixels of the int16 DEM: 46 tiles
 PROJECT = "eefetch-offline"  # the project an emulator run sends its requests to
@@ -171,16 +171,6 @@ def test_a_killed_workers_tiles_go_to_the_others_after_its_lease(
     assert lease_now is None  # released by the merger
     states = {w.pid: w for w in workers}
     assert not states[doomed.pid].alive and states[doomed.pid].stopped_at is None
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[PostgresCluster]:
-    """A PostgreSQL server of the test's own, free to restart."""
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with PostgresCluster() as cluster:
-        yield cluster
 
 
 def test_workers_pause_through_a_database_restart_and_lose_nothing(
