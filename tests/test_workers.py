@@ -44,6 +44,7 @@ from engine.emulator.server import EmulatorThread
 from engine.errors import ErrorKind, FetchError
 from engine.quota_gate import QuotaGate
 from engine.service import quota_key
+from engine.snapshot import read_snapshot
 from engine.spec import JobSpec
 from state import SCHEMA_VERSION, Quota, Store
 from tests.pg import PostgresCluster
@@ -129,6 +130,9 @@ def test_three_workers_share_a_job_fetch_each_tile_once_and_one_merges(
     assert all(w["state"] == "stopped" for w in row["workers"])
     text = run_cli("status", pg_url, "--job", "dem")
     assert "HOST" in text.stdout and "LAST SEEN" in text.stdout, text.stdout
+    picture = read_snapshot(pg_url, job="dem")  # what --map and serve draw, through the store
+    assert picture.facts.counts["done"] == len(tiles) and not picture.facts.running
+    assert int(picture.tiles.is_status("done").sum()) == len(tiles)
 
     # `eefetch merge` alone: the kept tiles are checked and merged again.
     output.unlink()
