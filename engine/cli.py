@@ -81,6 +81,9 @@ Examples:
 
 One GeoTIFF and one state file per image, named from the image ids. All images share one
 concurrency budget. Run the same command again to resume: finished images are skipped.
+With --state postgresql://... every image is a job PREFIX.IMAGE in that database (PREFIX:
+--job, by default the folder's name); the same command run on several machines shares the
+work (README, "Several machines").
 """
 
 EPILOG_PREVIEW = """\b
@@ -300,6 +303,8 @@ def plan(
     show_default=True,
     help="Images in progress at once (tiles in flight stay within --concurrency).",
 )
+@opt.collection_state
+@opt.collection_prefix
 @opt.overwrite
 @opt.dry_run
 @opt.run_options
@@ -314,6 +319,8 @@ def collection(
     job: opt.RequestArgs,
     out_dir: str,
     parallel_images: int,
+    state: str | None,
+    job_prefix: str | None,
     overwrite: bool,
     dry_run: bool,
     run: opt.RunArgs,
@@ -335,7 +342,17 @@ def collection(
         raise click.UsageError("give --start and --end (and other filters), or --script")
     if not script and not job.region:
         raise click.UsageError("--region is required: a GeoJSON file or west,south,east,north")
+    from state import default_job_name, is_database_url
+
+    if state is not None and not is_database_url(state):
+        raise click.UsageError(
+            "--state for a collection is a PostgreSQL URL (postgresql://user@host:port/db); "
+            "without it every image keeps its state in a file beside it"
+        )
+    if job_prefix is not None and state is None:
+        raise click.UsageError("--job names the images' jobs in a --state database; give both")
     folder = Path(out_dir).expanduser().resolve()
+    where = images_of.Where(state, job_prefix or default_job_name(folder.name + ".tif"))
     request = job.request(folder / "image.tif", select_bands=False)
     settings = run.settings(overwrite)
     request.check(settings.concurrency)
@@ -361,7 +378,7 @@ def collection(
             connection,
             concurrency=settings.concurrency,
             warn=_warn,
-            slot=call_slot(default_state_path(output), settings.project_quota),
+            slot=call_slot(state or default_state_path(output), settings.project_quota),
         )
 
     jobs = images_of.collection_specs(chosen, folder, members, build)
@@ -376,6 +393,7 @@ def collection(
             settings.run_options(connection),
             choose_progress(quiet),
             parallel_images,
+            where,
         )
     )
     if not result.complete:

@@ -60,6 +60,16 @@ job_name = click.option(
     "job_name",
     help="The job's name in the state database (default: the output's file name without .tif).",
 )
+collection_state = click.option(
+    "--state",
+    help="A PostgreSQL URL (postgresql://user@host:port/db) holding every image's job, which "
+    "the same command on other machines shares [default: a state file beside each image].",
+)
+collection_prefix = click.option(
+    "--job",
+    "job_prefix",
+    help="With --state: the images' jobs are named PREFIX.IMAGE [default: the folder's name].",
+)
 bands = click.option(
     "--bands", help="Bands: comma-separated names or regular expressions, e.g. B4,B3,B2 'B[1-8]'."
 )

@@ -54,6 +54,7 @@ from engine.tiles import is_tile_file, new_tile, tile_expectation, tile_name, ti
 from engine.tilestore import StoredTile, TileStore
 from engine.transport import Transport, TransportOptions
 from state import (
+    JobExistsError,
     JobLock,
     OutputLock,
     StateError,
@@ -163,12 +164,19 @@ def open_job(
     job = store.job()
     if job is None:
         tiles = [new_tile(t) for t in plan(spec)]
-        store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
-        planned = (
-            f"planned {len(tiles)} tiles for a {spec.grid.width} x "
-            f"{spec.grid.height} grid of {len(spec.band_ids)} bands"
-        )
-        return True, [planned], spec
+        try:
+            store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
+        except JobExistsError:
+            if not store.is_server:
+                raise
+            job = store.job()  # another worker created it between the look and now: join it
+            assert job is not None
+        else:
+            planned = (
+                f"planned {len(tiles)} tiles for a {spec.grid.width} x "
+                f"{spec.grid.height} grid of {len(spec.band_ids)} bands"
+            )
+            return True, [planned], spec
     try:
         stored = JobSpec.from_dict(job.spec)
     except SpecError as exc:

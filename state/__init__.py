@@ -5,6 +5,7 @@ from state.db import is_database_url
 from state.errors import (
     EefetchError,
     IncompleteError,
+    JobExistsError,
     JobLockedError,
     NoJobError,
     StateError,
@@ -38,6 +39,7 @@ __all__ = [
     "TILE_STATUSES",
     "EefetchError",
     "IncompleteError",
+    "JobExistsError",
     "JobLock",
     "JobLockedError",
     "JobRecord",

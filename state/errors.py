@@ -32,6 +32,10 @@ class NoJobError(StateError):
     """The state holds no job yet (or none of that name): a reader has nothing to show."""
 
 
+class JobExistsError(StateError):
+    """The job to create exists already (on a server: another worker created it first)."""
+
+
 class JobLockedError(StateError):
     """Another live process holds the job's lock."""
 
@@ -43,6 +47,7 @@ class JobLockedError(StateError):
 __all__ = [
     "EefetchError",
     "IncompleteError",
+    "JobExistsError",
     "JobLockedError",
     "NoJobError",
     "StateError",

@@ -44,7 +44,7 @@ from sqlalchemy.exc import DBAPIError
 
 from state import schema
 from state.db import RECONNECT_SECONDS, Database
-from state.errors import JobLockedError, StateError
+from state.errors import JobExistsError, JobLockedError, StateError
 from state.schema import JOB_NAME, JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES, default_job_name
 
 if TYPE_CHECKING:
@@ -623,12 +623,16 @@ class Store:
         uid = schema.new_job_uid()
 
         def work(conn: Connection) -> JobRecord:
+            if self._db.is_postgresql:
+                # Workers that start together wait for one another's creation here, then see
+                # the job (SQLite's BEGIN IMMEDIATE serialises them already).
+                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
             existing = self._job(conn)
             if existing is None:
                 existing = self._named(conn, name)
             if existing is not None:
                 named = "" if self._db.path is not None else f" named {existing.name}"
-                raise StateError(
+                raise JobExistsError(
                     f"{self._db.noun} already holds a job{named} (fingerprint "
                     f"{existing.fingerprint}, output {existing.output_path}); use another state "
                     + ("file" if self._db.path is not None else "database or --job name")

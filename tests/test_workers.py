@@ -406,3 +406,35 @@ def _write_schema_2(path: Path, job, kept, dropped) -> None:  # type: ignore[no-
         con.commit()
     finally:
         con.close()
+
+
+def test_one_collection_command_on_two_machines_fetches_and_merges_each_image_once(
+    pg_url: str, tmp_path: Path, ee_emulator, oracle: EmulatorThread
+) -> None:
+    """The same `eefetch collection ... --state URL` started twice at once: every image is a
+    job in the database (created once, whichever process comes first), each tile is fetched
+    once over both, each image merged once and equal to the oracle."""
+    emulator = paced(ee_emulator, 0.3)
+    folder = tmp_path / "scenes"
+    args = [
+        *("collection", "--start", "2022-01-01", "--end", "2022-12-31", "--max-cloud", "10"),
+        *("--bands", "B4,B3,B2", "--region", "118.70,32.00,118.76,32.04", "--scale", "60"),
+        *("--crs", "EPSG:4326", "--limit", "2", "-o", str(folder), "--ee-url", emulator.url),
+        *("--max-tile-bytes", "20000", "--concurrency", "2"),
+        *("--state", pg_url, "--job", "scenes"),
+    ]
+    results = [finish(p) for p in [start_eefetch(args), start_eefetch(args)]]
+    all_ok(results)
+    with Store.open(pg_url) as store:
+        jobs = store.jobs()
+    assert len(jobs) == 2, [j.name for j in jobs]
+    assert all(j.name.startswith("scenes.") and j.status == "merged" for j in jobs)
+    assert sum(err.count("tiles fetched; merging") for _, _, err in results) == 2
+    leaves = [t for j in jobs for t in tiles_of(pg_url, j.name)]
+    assert leaves and all(t.status == "done" for t in leaves)
+    # Both images share one grid, so the emulator's tile names do not tell them apart: the
+    # total says that no tile was fetched twice.
+    assert sum(served_counts(emulator).values()) == len(leaves)
+    for j in jobs:
+        assert Path(j.output_path).parent == folder
+        assert_oracle(Path(j.output_path), pg_url, j.name, oracle)
