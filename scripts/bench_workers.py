@@ -74,12 +74,18 @@ def run(workers: int, cluster: object, emulator: object, folder: Path, args: arg
     emulator.reset_stats()  # type: ignore[attr-defined]
     started = time.perf_counter()
     first = start_eefetch(job_args(url, emulator.url, output, args))  # type: ignore[attr-defined]
-    wait_for(lambda: job_exists(url, "bench"), "job in the database", processes=[first])
-    others = [
-        start_eefetch(worker_args(url, "bench", emulator.url, *shared_args(args)))  # type: ignore[attr-defined]
-        for _ in range(workers - 1)
-    ]
-    results = [finish(p, timeout=1800) for p in [first, *others]]
+    processes = [first]
+    try:
+        wait_for(lambda: job_exists(url, "bench"), "job in the database", processes=[first])
+        for _ in range(workers - 1):
+            joining = worker_args(url, "bench", emulator.url, *shared_args(args))  # type: ignore[attr-defined]
+            processes.append(start_eefetch(joining))
+        results = [finish(p, timeout=1800) for p in processes]
+    finally:
+        for process in processes:  # interrupted: no worker outlives the benchmark
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     wall = time.perf_counter() - started
     for code, _, err in results:
         if code != 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -23,6 +24,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # $XDG_STATE_HOME (state/quota.py): the tests, and the eefetch processes they start, keep
     # theirs in a folder of this session, never in the user's own.
     os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="eefetch-test-state-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's quota folder goes with the session."""
+    folder = os.environ.get("XDG_STATE_HOME", "")
+    if Path(folder).name.startswith("eefetch-test-state-"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _real_connect = socket.socket.connect
