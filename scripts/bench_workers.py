@@ -147,7 +147,8 @@ def main() -> None:
     one = statistics.median(r["mb_s"] for r in figures[counts[0]])
     print(
         f"\n{stamp}–{end}; {platform.node()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; profile {args.profile}, {args.megabytes:g} MB job, "
+        f"{platform.python_version()}; profile {args.profile}, a job of "
+        f"{figures[counts[0]][0]['mb']:.0f} MB ({args.megabytes:g} asked), "
         f"--concurrency {args.concurrency} per worker, --project-quota {args.project_quota}; "
         f"load average {min(loads):.1f}–{max(loads):.1f}\n"
     )
