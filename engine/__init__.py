@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time these load 
         download_ee_image_collection,
         plan,
     )
+    from engine.datasets import open_dataset
     from engine.errors import (
         CollectionIncomplete,
         DownloadIncomplete,
@@ -30,6 +31,7 @@ __all__ = [
     "__version__",
     "download_ee_image",
     "download_ee_image_collection",
+    "open_dataset",
     "plan",
     "preview",
 ]
@@ -38,6 +40,7 @@ _LAZY = {
     "download_ee_image_collection": "engine.api",
     "plan": "engine.api",
     "preview": "engine.quicklook",
+    "open_dataset": "engine.datasets",
     "CollectionIncomplete": "engine.errors",
     "DownloadIncomplete": "engine.errors",
     "EefetchError": "engine.errors",

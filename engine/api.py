@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import ee_adapter
 from engine.defaults import (
-    DEFAULT_COMPRESSION,
     DEFAULT_PARALLEL_IMAGES,
     EE_MAX_REQUEST_BYTES,
 )
@@ -26,7 +26,6 @@ from engine.errors import (
     CollectionIncomplete,
     DownloadIncomplete,
     EefetchError,
-    InvalidJob,
 )
 from engine.job import JobResult, run_job
 from engine.paths import default_state_path
@@ -76,9 +75,13 @@ def download_ee_image(
     concurrency: int | None = None,
     endpoint: Endpoint = "urls",
     max_tile_bytes: int | None = None,
-    compress: str = DEFAULT_COMPRESSION,
+    compress: str | None = None,
     cog: bool = False,
     keep_tiles: bool = False,
+    like: str | os.PathLike[str] | None = None,
+    mask_band: bool = False,
+    output_format: str | None = None,
+    workload_tag: str | None = None,
     ee_url: str | None = None,
     project: str | None = None,
     high_volume: bool = False,
@@ -100,16 +103,21 @@ def download_ee_image(
     geemap's arguments keep their meaning: ``scale`` is in metres also for geographic CRSs,
     ``shape`` is (height, width) with ``crs_transform``, ``num_threads`` is the concurrency,
     ``max_tile_size`` is in MB and ``max_tile_dim`` in pixels, ``unmask_value`` is the value
-    masked pixels take. ``state`` is a state file or a PostgreSQL URL (then this call is one
-    worker of job ``job``, which others may join: ``eefetch worker``). Returns a
-    :class:`JobResult`; raises :class:`DownloadIncomplete` when tiles failed (call again to
-    retry them) and another :class:`EefetchError` when the job cannot run as asked.
+    masked pixels take (default: the type's maximum for unsigned types, else its lowest
+    value), ``scale_offset`` applies the bands' scales and offsets (float32). eefetch's own:
+    ``like`` (a raster whose grid to take), ``mask_band`` (EE's mask as the GeoTIFF's
+    internal mask), ``output_format`` (``"zarr"``, or a file name ending in .zarr: a Zarr
+    store), ``workload_tag`` (labels the requests). ``state`` is a state file or a PostgreSQL
+    URL (then this call is one worker of job ``job``, which others may join: ``eefetch
+    worker``). Returns a :class:`JobResult`; raises :class:`DownloadIncomplete` when tiles
+    failed (call again to retry them) and another :class:`EefetchError` when the job cannot
+    run as asked.
     """
     del kwargs  # geemap passes extra keywords through to geedim; none change the result
     request, settings, connection = _from_arguments(locals(), Path(filename))
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
-    with ee_adapter.client_settings():
+    with ee_adapter.client_settings(workload_tag=request.workload_tag):
         target = _state_target(state, request.output)
         slot = call_slot(target, settings.project_quota)
         spec = build_job(image, request, connection, concurrency=settings.concurrency, slot=slot)
@@ -139,14 +147,19 @@ def download_ee_image_collection(
     unmask_value: float | None = None,
     column: str | None = None,
     *,
+    zarr: bool = False,
     bands: Sequence[str] | None = None,
     parallel_images: int | None = None,
     concurrency: int | None = None,
     endpoint: Endpoint = "urls",
     max_tile_bytes: int | None = None,
-    compress: str = DEFAULT_COMPRESSION,
+    compress: str | None = None,
     cog: bool = False,
     keep_tiles: bool = False,
+    like: str | os.PathLike[str] | None = None,
+    mask_band: bool = False,
+    output_format: str | None = None,
+    workload_tag: str | None = None,
     ee_url: str | None = None,
     project: str | None = None,
     high_volume: bool = False,
@@ -169,7 +182,9 @@ def download_ee_image_collection(
     geemap's arguments keep their meaning: ``filenames`` is a list (one per image) or a
     prefix, ``column`` names files by an image property (default: ``system:index``).
     ``concurrency`` (or ``num_threads``) is the budget for the whole collection;
-    ``parallel_images`` how many images are in progress at once. Raises
+    ``parallel_images`` how many images are in progress at once. With ``zarr=True`` (or
+    ``output_format="zarr"``, or an ``out_dir`` ending in .zarr) the images go to one Zarr
+    store with a time dimension, ``out_dir/collection.zarr`` (``engine.stack``). Raises
     :class:`CollectionIncomplete` when an image did not finish.
     """
     from engine import collection as images_of
@@ -178,10 +193,12 @@ def download_ee_image_collection(
     folder = Path(out_dir or os.getcwd()).expanduser().resolve()
     # Each image's own file name replaces the output's.
     request, settings, connection = _from_arguments(locals(), folder / "image.tif")
+    if zarr or request.format == "zarr" or folder.suffix.lower() == ".zarr":
+        return _stack(collection, request, settings, connection, progress, quiet, filenames)
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
     folder.mkdir(parents=True, exist_ok=True)
-    with ee_adapter.client_settings():
+    with ee_adapter.client_settings(workload_tag=request.workload_tag):
         members = images_of.list_images(collection, filenames, column)
         jobs = images_of.collection_specs(
             collection,
@@ -209,6 +226,37 @@ def download_ee_image_collection(
     return result
 
 
+def _stack(
+    collection: ee.ImageCollection,
+    request: DownloadRequest,
+    settings: RunSettings,
+    connection: Connection,
+    progress: Progress | None,
+    quiet: bool,
+    filenames: Sequence[str] | str | None,
+) -> CollectionResult:
+    """``download_ee_image_collection`` to one Zarr store: one job for all the images."""
+    from engine import collection as images_of
+    from engine.collection import CollectionResult
+    from engine.stack import stack_job, stack_output
+
+    output = stack_output(request.output.parent)
+    request = replace(request, output=output, output_format="zarr")
+    options = settings.run_options(connection)
+    ee_adapter.connect(connection)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with ee_adapter.client_settings(workload_tag=request.workload_tag):
+        members = images_of.list_images(collection, filenames)
+        spec = stack_job(collection, members, request, connection, concurrency=settings.concurrency)
+        result = run_sync(
+            run_job(spec, default_state_path(output), options, progress or choose_progress(quiet))
+        )
+    outcome = CollectionResult(output.parent, {output.name: result})
+    if not outcome.complete:
+        raise CollectionIncomplete(outcome)
+    return outcome
+
+
 def plan(
     image: ee.Image,
     filename: str | os.PathLike[str] = "download.tif",
@@ -225,14 +273,22 @@ def plan(
     max_tile_bytes: int = EE_MAX_REQUEST_BYTES,
     max_tile_dim: int | None = None,
     concurrency: int | None = None,
+    scale_offset: bool = False,
+    like: str | os.PathLike[str] | None = None,
+    mask_band: bool = False,
+    output_format: str | None = None,
+    compress: str | None = None,
     ee_url: str | None = None,
     project: str | None = None,
 ) -> PlanReport:
-    """What ``download_ee_image`` with the same arguments would fetch; nothing is downloaded.
+    """What ``download_ee_image`` with the same arguments would fetch; no pixels of the
+    download are fetched.
 
-    One ``getInfo`` call (the image's bands); the tiles are planned locally.
+    One ``getInfo`` call (the image's bands), then one small sample tile for the compressed
+    size estimate (``engine.sample``); the tiles are planned locally.
     """
     from engine.estimate import plan_spec
+    from engine.sample import measure
 
     connection = Connection(url=ee_url, project=project)
     request = DownloadRequest(
@@ -248,10 +304,16 @@ def plan(
         endpoint=endpoint,
         max_tile_bytes=max_tile_bytes,
         max_tile_dim=max_tile_dim,
+        compress=compress,
+        like=like,
+        scale_offset=scale_offset,
+        mask_band=mask_band,
+        output_format=output_format,
     )
     request.check(concurrency)
     ee_adapter.connect(connection)
-    return plan_spec(build_job(image, request, connection, concurrency=concurrency))
+    spec = build_job(image, request, connection, concurrency=concurrency)
+    return plan_spec(spec, measure(spec, connection))
 
 
 def _state_target(state: str | os.PathLike[str] | None, output: Path) -> Path | str:
@@ -266,11 +328,6 @@ def _from_arguments(
 ) -> tuple[DownloadRequest, RunSettings, Connection]:
     """What a download call asked for, by the names both download functions share, checked
     as far as it can be without Earth Engine."""
-    if arguments["scale_offset"]:
-        raise InvalidJob(
-            "scale_offset is not supported yet; apply the scale and offset to "
-            "the image in Earth Engine before downloading"
-        )
     request = DownloadRequest(
         output=output,
         region=arguments["region"],
@@ -288,6 +345,11 @@ def _from_arguments(
         compress=arguments["compress"],
         cog=arguments["cog"],
         keep_tiles=arguments["keep_tiles"],
+        like=arguments["like"],
+        scale_offset=bool(arguments["scale_offset"]),
+        mask_band=arguments["mask_band"],
+        output_format=arguments["output_format"],
+        workload_tag=arguments["workload_tag"],
     )
     settings = RunSettings(
         concurrency=concurrency_from(arguments["concurrency"], arguments["num_threads"]),

@@ -54,6 +54,10 @@ Examples:
 
   eefetch download --asset USGS/SRTMGL1_003 --region 118.5,31.8,119.2,32.3 \\
       --scale 30 -o dem.tif --dry-run     # grid, tiles and size only
+  eefetch download --asset USGS/SRTMGL1_003 --like landcover.tif -o dem.tif
+                                          # the grid of another raster, pixel for pixel
+  eefetch download --asset USGS/SRTMGL1_003 --region 118.5,31.8,119.2,32.3 \\
+      --scale 30 -o dem.zarr              # a Zarr store (xarray, rioxarray)
 
 Run the same command again after any interruption: it resumes where it stopped.
 """
@@ -77,6 +81,7 @@ Examples:
       --start 2022-01-01 --end 2022-12-31 --max-cloud 10 --bands B4,B3,B2 \\
       --region city.geojson --scale 20 --crs EPSG:4326 -o scenes/
   eefetch collection --script my_collection.py --region city.geojson --scale 30 -o scenes/
+  eefetch collection ... -o scenes.zarr   # one Zarr store, dimensions (time, band, y, x)
   eefetch status scenes/        # one row per image
 
 One GeoTIFF and one state file per image, named from the image ids. All images share one
@@ -262,8 +267,10 @@ def plan(
 
     Same options as `download`; `download --dry-run` and `composite --dry-run` print the same.
     """
+    from engine import ee_adapter
     from engine.estimate import plan_spec
     from engine.request import build_job
+    from engine.sample import measure
 
     if not source.given():
         raise click.UsageError("give exactly one of --asset, --expression or --script")
@@ -271,8 +278,9 @@ def plan(
     request = job.request(output)
     request.check(concurrency)
     connection = network.connect()
+    ee_adapter.set_workload_tag(request.workload_tag)
     spec = build_job(source.image(), request, connection, concurrency=concurrency, warn=_warn)
-    report = plan_spec(spec)
+    report = plan_spec(spec, measure(spec, connection))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
 
 
@@ -357,6 +365,7 @@ def collection(
     settings = run.settings(overwrite)
     request.check(settings.concurrency)
     connection = network.connect()
+    ee_adapter.set_workload_tag(request.workload_tag)
     if script:
         chosen = ee_adapter.collection_from_script(Path(script))
         if job.band_list():
@@ -370,6 +379,9 @@ def collection(
     if limit:
         chosen = chosen.limit(limit)
     members = images_of.list_images(chosen, None, name_property)
+    if request.format == "zarr" or folder.suffix.lower() == ".zarr":
+        _stack(chosen, members, request, settings, connection, dry_run, quiet, state, job_prefix)
+        return
 
     def build(image: Any, output: Path) -> Any:
         return build_job(
@@ -528,6 +540,7 @@ def _resume(
 
     spec, name = _stored_spec(state, job_name)
     connection = network.connect(spec.ee_url, spec.project)
+    ee_adapter.set_workload_tag(spec.extra.get("workload_tag"))
     # The service reached now, which --ee-url may have changed: the job refuses another.
     spec = replace(spec, service=service_identity(ee_adapter.current_base_url()))
     _run_spec(spec, state, name, settings, connection, quiet)
@@ -811,20 +824,23 @@ def _download(
     quiet: bool,
 ) -> None:
     """What download and composite share: plan (--dry-run), or fetch and merge."""
+    from engine import ee_adapter
     from engine.estimate import plan_spec
     from engine.paths import default_state_path
     from engine.quota_gate import call_slot
     from engine.request import build_job
+    from engine.sample import measure
 
     request.check(settings.concurrency)
     settings.run_options(connection)  # refuse impossible settings before Earth Engine's calls
+    ee_adapter.set_workload_tag(request.workload_tag)
     target = _state_target(state, request.output)
     slot = None if dry_run else call_slot(target, settings.project_quota)
     spec = build_job(
         image, request, connection, concurrency=settings.concurrency, warn=_warn, slot=slot
     )
     if dry_run:
-        click.echo(plan_spec(spec).text())
+        click.echo(plan_spec(spec, measure(spec, connection)).text())
         return
     _run_spec(spec, state or str(default_state_path(Path(spec.output))), job_name, settings,
               connection, quiet)  # fmt: skip
@@ -864,6 +880,39 @@ def _run_spec(
     if result.merged_by is not None:
         click.echo(f"eefetch: all tiles are fetched; {result.merged_by} merges", err=True)
     click.echo(str(result.output))
+
+
+def _stack(
+    chosen: Any,
+    members: Any,
+    request: Any,
+    settings: Any,
+    connection: Any,
+    dry_run: bool,
+    quiet: bool,
+    state: str | None,
+    job_name: str | None,
+) -> None:
+    """A collection to one Zarr store with a time dimension: one job (``engine.stack``),
+    whose state is a file beside the store, or job ``job_name`` in the ``state`` database."""
+    from dataclasses import replace
+
+    from engine.estimate import plan_spec
+    from engine.paths import default_state_path
+    from engine.stack import stack_job, stack_output
+
+    output = stack_output(request.output.parent)
+    request = replace(request, output=output, output_format="zarr")
+    spec = stack_job(
+        chosen, members, request, connection, concurrency=settings.concurrency, warn=_warn
+    )
+    if dry_run:
+        click.echo(f"{len(members)} images, stacked along time into {output}")
+        click.echo(plan_spec(spec).text())
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    target = state or str(default_state_path(output))
+    _run_spec(spec, target, job_name, settings, connection, quiet)
 
 
 def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:

@@ -25,6 +25,7 @@ from engine.defaults import (
     DEFAULT_COLLECTION,
     DEFAULT_COMPRESSION,
     DEFAULT_CONCURRENCY,
+    DEFAULT_ZARR_COMPRESSION,
     DTYPES,
     EE_MAX_CONCURRENCY,
     EE_MAX_REQUEST_BYTES,
@@ -35,6 +36,7 @@ from engine.defaults import (
     MAX_BACKOFF_S,
     MAX_PROJECT_QUOTA,
     MIN_LEASE_S,
+    OUTPUT_FORMATS,
     PROJECT_QUOTA,
     RESAMPLINGS,
     SENTINEL2_SCALE,
@@ -194,9 +196,14 @@ class RequestArgs:
     endpoint: Endpoint  # click.Choice(ENDPOINTS)
     max_tile_bytes: int
     max_tile_dim: int | None
-    compress: str
+    compress: str | None
     cog: bool
     keep_tiles: bool
+    like: str | None
+    scale_offset: bool
+    mask_band: bool
+    output_format: str | None
+    workload_tag: str | None
 
     def check(self) -> None:
         """Read the region now: a typo should not wait for Earth Engine to answer first."""
@@ -232,6 +239,11 @@ class RequestArgs:
             compress=self.compress,
             cog=self.cog,
             keep_tiles=self.keep_tiles,
+            like=self.like,
+            scale_offset=self.scale_offset,
+            mask_band=self.mask_band,
+            output_format=self.output_format,
+            workload_tag=self.workload_tag,
         )
 
 
@@ -257,8 +269,8 @@ request_options = _grouped(
         click.option(
             "--nodata",
             type=float,
-            help="Value of masked pixels (geemap's unmask_value; default: 0 for unsigned "
-            "types, the type's lowest value otherwise).",
+            help="Value of masked pixels (geemap's unmask_value; default: the type's maximum "
+            "for unsigned types, its lowest value otherwise; `plan` shows it).",
         ),
         click.option(
             "--resampling",
@@ -283,11 +295,40 @@ request_options = _grouped(
         click.option(
             "--compress",
             type=click.Choice(COMPRESSIONS),
-            default=DEFAULT_COMPRESSION,
-            show_default=True,
+            default=None,
+            help=f"Codec (default: {DEFAULT_COMPRESSION} for a GeoTIFF, "
+            f"{DEFAULT_ZARR_COMPRESSION} for a Zarr store).",
         ),
         click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews."),
         click.option("--keep-tiles", is_flag=True, help="Keep tile files after the merge."),
+        click.option(
+            "--like",
+            type=click.Path(dir_okay=False),
+            help="Take CRS, transform and shape from this raster (any file GDAL opens), so "
+            "the download lines up with it pixel for pixel.",
+        ),
+        click.option(
+            "--scale-offset",
+            is_flag=True,
+            help="Apply each band's scale and offset (physical values, float32).",
+        ),
+        click.option(
+            "--mask-band",
+            is_flag=True,
+            help="Write Earth Engine's mask as the GeoTIFF's internal mask instead of a "
+            "nodata value.",
+        ),
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(OUTPUT_FORMATS),
+            help="geotiff or zarr (default: zarr for an output ending in .zarr).",
+        ),
+        click.option(
+            "--workload-tag",
+            help="Label the requests (Earth Engine's workload tag: costs per tag in Cloud "
+            "Monitoring).",
+        ),
     ],
 )
 

@@ -21,8 +21,11 @@ EE_MAX_CONCURRENCY: Final = 40  # concurrent requests per Cloud project (the def
 DTYPES: Final = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 ENDPOINTS: Final = ("urls", "compute")
 COMPRESSIONS: Final = ("deflate", "lzw", "zstd", "none")
-DEFAULT_COMPRESSION: Final = "deflate"
+DEFAULT_COMPRESSION: Final = "deflate"  # a GeoTIFF's (libdeflate: fast and read everywhere)
+DEFAULT_ZARR_COMPRESSION: Final = "zstd"  # a Zarr store's (blosc zstd is 10x blosc zlib's speed)
 RESAMPLINGS: Final = ("near", "bilinear", "bicubic")
+OUTPUT_FORMATS: Final = ("geotiff", "zarr")  # the default: zarr for a name ending .zarr
+ZARR_SUFFIX: Final = ".zarr"
 
 # How a run goes.
 DEFAULT_CONCURRENCY: Final = 16  # 8 left a realistic link half used (BENCHMARKS.md)

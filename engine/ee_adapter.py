@@ -85,6 +85,21 @@ class BandInfo:
     crs: str | None
     transform: tuple[float, ...] | None
     dimensions: tuple[int, int] | None
+    # The value range EE declares for the band (its PixelType), when it has one.
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What one ``getInfo`` of an image tells: its bands and its properties."""
+
+    bands: list[BandInfo]
+    properties: dict[str, Any]
+
+
+MASK_BAND = "eefetch_mask"
+"""The extra band a ``--mask-band`` job fetches: 1 where every data band is valid, else 0."""
 
 
 class RoutedSession(requests.Session):
@@ -212,16 +227,23 @@ def configure_client(deadline_seconds: float = 180.0) -> None:
 
 
 @contextmanager
-def client_settings(deadline_seconds: float = 180.0) -> Iterator[None]:
-    """configure_client() for the duration of a job, then the caller's settings again."""
+def client_settings(
+    deadline_seconds: float = 180.0, workload_tag: str | None = None
+) -> Iterator[None]:
+    """configure_client() (and ``workload_tag``, if given) for the duration of a job, then the
+    caller's settings again."""
     state = ee.data._get_state()
-    saved = (state.max_retries, state.deadline_ms)
+    saved = (state.max_retries, state.deadline_ms, workload_tag_now())
     configure_client(deadline_seconds)
+    if workload_tag:
+        set_workload_tag(workload_tag)
     try:
         yield
     finally:
         ee.data.setMaxRetries(saved[0])
         ee.data.setDeadline(saved[1])
+        if workload_tag:
+            set_workload_tag(saved[2])
 
 
 def is_initialized() -> bool:
@@ -330,6 +352,13 @@ def band_info(
     image: ee.Image, *, attempts: int = 5, sleep: Callable[[float], None] = time.sleep
 ) -> list[BandInfo]:
     """The bands of an image (one getInfo round trip)."""
+    return describe_image(image, attempts=attempts, sleep=sleep).bands
+
+
+def describe_image(
+    image: ee.Image, *, attempts: int = 5, sleep: Callable[[float], None] = time.sleep
+) -> ImageInfo:
+    """The bands and properties of an image (one getInfo round trip)."""
     info = _describe(image, attempts, sleep)
     if not isinstance(info, dict) or info.get("type") != "Image":
         raise SourceError("the object given is not an Earth Engine image")
@@ -337,18 +366,28 @@ def band_info(
     for band in info.get("bands", []):
         dims = band.get("dimensions")
         transform = band.get("crs_transform")
+        data_type = band.get("data_type", {})
         bands.append(
             BandInfo(
                 id=band["id"],
-                dtype=dtype_from_ee(band.get("data_type", {})),
+                dtype=dtype_from_ee(data_type),
                 crs=band.get("crs"),
                 transform=tuple(transform) if transform else None,
                 dimensions=(int(dims[0]), int(dims[1])) if dims else None,
+                low=_number(data_type.get("min")),
+                high=_number(data_type.get("max")),
             )
         )
     if not bands:
         raise EarthEngineError("the image has no bands; check the collection filters and selectors")
-    return bands
+    properties = dict(info.get("properties") or {})
+    if isinstance(info.get("id"), str):  # EE gives an asset's id beside its properties
+        properties.setdefault("system:id", info["id"])
+    return ImageInfo(bands, properties)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _describe(image: ee.Image, attempts: int, sleep: Callable[[float], None]) -> Any:
@@ -405,22 +444,51 @@ def select_bands(available: Sequence[str], wanted: Sequence[str] | None) -> list
 
 
 def prepare_image(
-    image: ee.Image, band_ids: Sequence[str], dtype: str, nodata: float | int
+    image: ee.Image,
+    band_ids: Sequence[str],
+    dtype: str,
+    nodata: float | int,
+    *,
+    mask_band: bool = False,
 ) -> ee.Image:
     """The image a tile is cut from: chosen bands, masked pixels filled with nodata, one type.
 
     Filling masked pixels here (not trusting whatever EE writes there) is what lets the merged
-    GeoTIFF carry a nodata value that means exactly "masked in Earth Engine".
+    GeoTIFF carry a nodata value that means exactly "masked in Earth Engine". With
+    ``mask_band`` the last of ``band_ids`` is :data:`MASK_BAND`: EE's mask itself, fetched as
+    one more band (EE's GeoTIFFs carry no mask), 1 where every band is valid (a GDAL mask is
+    one per dataset), 0 where any is masked (a mask of exactly 0, as ``unmask`` fills).
     """
-    selected = image.select(list(band_ids))
+    data_ids = list(band_ids[:-1] if mask_band else band_ids)
+    selected = image.select(data_ids)
     filled = selected.unmask(nodata, False)
+    if mask_band:
+        valid = selected.mask().reduce(ee.Reducer.min()).gt(0).rename(MASK_BAND)
+        filled = filled.addBands(valid)
     cast: ee.Image = getattr(filled, CASTS[dtype])()
     return cast
 
 
 def prepared_image(spec: JobSpec) -> ee.Image:
     """The image a job's tiles are cut from, read back from its stored expression."""
-    return prepare_image(deserialize(spec.expression), spec.band_ids, spec.dtype, spec.nodata)
+    return prepare_image(
+        deserialize(spec.expression),
+        spec.band_ids,
+        spec.dtype,
+        spec.nodata,
+        mask_band=bool(spec.extra.get("mask_band")),
+    )
+
+
+def set_workload_tag(tag: str | None) -> None:
+    """Label the client's requests with ``tag`` (Cloud Monitoring shows EE's cost per tag);
+    None clears it."""
+    ee.data.setWorkloadTag(tag or "")
+
+
+def workload_tag_now() -> str:
+    """The tag the client's requests carry now ('' for none)."""
+    return str(ee.data.getWorkloadTag() or "")
 
 
 def download_url(image: ee.Image, grid: Grid) -> str:
@@ -504,6 +572,9 @@ def compute_pixels_request(
             "crsCode": grid.crs,
         },
     }
+    tag = workload_tag_now()
+    if tag:  # the client adds it to its own calls; this body is eefetch's
+        body["workloadTag"] = tag
     name = project or ee.data._get_state().cloud_api_user_project
     return f"{base_url.rstrip('/')}/v1/projects/{name}/image:computePixels", body
 

@@ -11,12 +11,15 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.progress import format_bytes
 from engine.spec import JobSpec
+
+if TYPE_CHECKING:
+    from engine.sample import CompressionSample
 
 UNREASONABLE_BYTES = 100 * 10**9
 LARGE_BYTES = 20 * 10**9
@@ -45,6 +48,13 @@ class PlanReport:
     free_disk_bytes: int | None
     warnings: tuple[str, ...] = ()
     advice: tuple[str, ...] = field(default=())
+    output_format: str = "geotiff"
+    compress: str = "deflate"
+    nodata: float | int | None = None
+    nodata_note: str = ""
+    # Estimated from a sample tile's compression (engine.sample); None: not sampled.
+    compressed_bytes: int | None = None
+    compression_note: str = "not sampled"
 
     @property
     def unreasonable(self) -> bool:
@@ -63,6 +73,24 @@ class PlanReport:
         """'4.1 GB, 96 tiles': the line to read before committing a night to it."""
         return f"{format_bytes(self.raw_bytes)}, {self.tiles} tiles"
 
+    def _nodata_text(self) -> str:
+        if self.nodata is None:
+            value = "none"
+        elif isinstance(self.nodata, float):
+            value = f"{self.nodata:.9g}"
+        else:
+            value = str(self.nodata)
+        return f"{value} ({self.nodata_note})" if self.nodata_note else value
+
+    def _compressed_text(self) -> str:
+        what = "Zarr store" if self.output_format == "zarr" else "GeoTIFF"
+        if self.compressed_bytes is None:
+            return f"the {what} is compressed ({self.compress}), usually smaller"
+        return (
+            f"about {format_bytes(self.compressed_bytes)} as a {self.compress} {what} "
+            f"({self.compression_note})"
+        )
+
     def text(self) -> str:
         lines = [
             f"output:   {self.output}",
@@ -72,8 +100,8 @@ class PlanReport:
             f"tiles:    {self.tiles} (largest request {format_bytes(self.largest_request_bytes)})",
             f"requests: about {self.requests} to Earth Engine ({self.endpoint} endpoint), "
             "plus retries",
-            f"size:     {format_bytes(self.raw_bytes)} uncompressed; the GeoTIFF is compressed, "
-            "usually smaller",
+            f"nodata:   {self._nodata_text()}",
+            f"size:     {format_bytes(self.raw_bytes)} uncompressed; {self._compressed_text()}",
             f"disk:     up to {format_bytes(self.peak_disk_bytes)} while merging"
             + (
                 f" ({format_bytes(self.free_disk_bytes)} free)"
@@ -87,8 +115,9 @@ class PlanReport:
         return "\n".join(lines)
 
 
-def plan_spec(spec: JobSpec) -> PlanReport:
-    """The report for a job spec (pure apart from asking the disk how much room is left)."""
+def plan_spec(spec: JobSpec, sample: CompressionSample | None = None) -> PlanReport:
+    """The report for a job spec (pure apart from asking the disk how much room is left);
+    ``sample`` (``engine.sample.measure``) gives the compressed size estimate."""
     from engine.job import plan
 
     tiles = plan(spec)
@@ -134,7 +163,27 @@ def plan_spec(spec: JobSpec) -> PlanReport:
         free_disk_bytes=free,
         warnings=tuple(warnings),
         advice=tuple(advice),
+        output_format=spec.output_format,
+        compress=spec.compress,
+        nodata=None if spec.mask_band else spec.nodata,
+        nodata_note=str(spec.extra.get("nodata_note") or ""),
+        **_compressed(pixels * len(spec.data_bands) * itemsize, sample),
     )
+
+
+def _compressed(raw: int, sample: CompressionSample | None) -> dict[str, Any]:
+    """The estimate's fields: raw size times the sample's ratio, and where that comes from."""
+    if sample is None:
+        return {}
+    ratio = sample.ratio
+    if ratio is None:
+        return {"compression_note": f"no estimate: the sample failed ({sample.problem})"}
+    return {
+        "compressed_bytes": int(raw * ratio),
+        "compression_note": (
+            f"a {sample.width} x {sample.height} sample tile compressed to {ratio:.0%}"
+        ),
+    }
 
 
 def shrink_advice(spec: JobSpec, raw: int) -> list[str]:

@@ -41,8 +41,8 @@ from engine.live_merge import (
     publish_recorder,
     published_by,
 )
-from engine.merge import merge_tiles
 from engine.offload import StateThread, started_pool, uninterrupted
+from engine.outputs import merge_job
 from engine.pacing import AdaptiveLimiter, ProbeSettings
 from engine.paths import job_tiles_folder
 from engine.progress import Progress, SilentProgress
@@ -672,15 +672,10 @@ def _merge(
     assert job is not None
     done: list[TileRecord] = store.tiles("done")
     pieces = [(tile_plan(t), tiles.final_path(t.path)) for t in done if t.path is not None]
-    return merge_tiles(
-        spec.grid,
-        spec.band_ids,
-        spec.dtype,
+    return merge_job(
+        spec,
+        job.uid,
         pieces,
-        Path(spec.output),
-        nodata=spec.nodata,
-        compress=spec.compress,
-        cog=spec.cog,
         overwrite=overwrite,
         progress=progress,
         before_publish=publish_recorder(Path(spec.output), job.uid, spec.fingerprint()),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from engine.filemodes import open_private
 from engine.merge import OutputBuilder, choose_interleave
+from engine.outputs import TileOutput, geotiff_builder, is_zarr, zarr_builder
 from engine.spec import JobSpec
 from engine.tiles import tile_expectation, tile_name, tile_plan
 from engine.tilestore import TileStore
@@ -52,7 +53,7 @@ def publish_recorder(output: Path, job_uid: str, fingerprint: str) -> Callable[[
     from a file someone else put there."""
 
     def record(finished: Path) -> None:
-        stat = finished.stat()
+        stat = _identity_file(finished).stat()
         _write_durably(
             checkpoint_path(output),
             {
@@ -70,7 +71,7 @@ def published_by(output: Path, job_uid: str, fingerprint: str) -> bool:
     """Whether ``output`` is the very file this job recorded it was publishing."""
     try:
         saved = json.loads(checkpoint_path(output).read_text())
-        stat = output.stat()
+        stat = _identity_file(output).stat()
         return bool(
             saved["version"] == CHECKPOINT_VERSION
             and saved["job_uid"] == job_uid
@@ -79,6 +80,12 @@ def published_by(output: Path, job_uid: str, fingerprint: str) -> bool:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _identity_file(output: Path) -> Path:
+    """The file whose (inode, size, mtime) identify an output: a GeoTIFF itself, a Zarr
+    store's root metadata (renaming the store's folder keeps that file as it is)."""
+    return output / "zarr.json" if output.is_dir() else output
 
 
 def _write_durably(path: Path, record: dict[str, object]) -> None:
@@ -140,7 +147,8 @@ class LiveMerge:
         self.failure: BaseException | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eefetch-merge")
         self._submitted: list[Future[None]] = []
-        self._builder: OutputBuilder | None = None
+        self._builder: TileOutput | None = None
+        self._zarr = is_zarr(spec)  # a Zarr store journals each tile: no checkpoint needed
         self._written: dict[int, str | None] = {}  # tile id -> checksum of the file written
         self._changed: list[TileReset] = []
         self._lock = threading.Lock()  # guards _changed and failure across the two threads
@@ -209,6 +217,16 @@ class LiveMerge:
             raise MergeStopped
 
     def _open(self) -> None:
+        if self._zarr:
+            builder = zarr_builder(
+                self.spec,
+                self.job_uid,
+                overwrite=self.overwrite,
+                progress=self._check_stop,
+                before_publish=self._recorder(),
+            ).__enter__()
+            self._builder, self._kept = builder, builder.kept()
+            return
         kept = self._read_checkpoint()
         self._checkpoint.unlink(missing_ok=True)  # the file is about to change
         if kept:
@@ -221,22 +239,17 @@ class LiveMerge:
         self._builder = self._new_builder(reopen=False).__enter__()
 
     def _new_builder(self, *, reopen: bool) -> OutputBuilder:
-        return OutputBuilder(
-            self.spec.grid,
-            self.spec.band_ids,
-            self.spec.dtype,
-            Path(self.spec.output),
-            nodata=self.spec.nodata,
-            compress=self.spec.compress,
-            cog=self.spec.cog,
+        return geotiff_builder(
+            self.spec,
             overwrite=self.overwrite,
             progress=self._check_stop,
             interleave=self.interleave,
             reopen=reopen,
-            before_publish=publish_recorder(
-                Path(self.spec.output), self.job_uid, self.spec.fingerprint()
-            ),
+            before_publish=self._recorder(),
         )
+
+    def _recorder(self) -> Callable[[Path], None]:
+        return publish_recorder(Path(self.spec.output), self.job_uid, self.spec.fingerprint())
 
     def _read_checkpoint(self) -> dict[int, str]:
         """The tiles the last run's unfinished output holds, if that file is untouched since."""
@@ -262,6 +275,11 @@ class LiveMerge:
             return
         if self.failure is None:
             try:
+                if self._zarr:  # its journal already holds every tile written
+                    self._builder.suspend()
+                    self._builder = None
+                    return
+                assert isinstance(self._builder, OutputBuilder)
                 size, mtime_ns = self._builder.suspend()
                 self._builder = None
                 self._write_checkpoint(size, mtime_ns)
@@ -304,6 +322,7 @@ class LiveMerge:
                     self._changed.append(TileReset(tile.id, problem))
                 return
         self._builder.add(tile_plan(tile), self.tiles.final_path(name))
+        self._builder.record(tile.id, checksum)
         self._written[tile.id] = checksum
 
     def _finish(self, done: list[TileRecord]) -> Path:

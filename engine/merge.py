@@ -15,7 +15,7 @@ import itertools
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,8 +135,8 @@ def creation_options(
     if compress != "none":
         options["compress"] = compress
         options["predictor"] = 3 if np.dtype(dtype).kind == "f" else 2
-        # The fastest level of each: on a GB-sized output the default levels cost twice the
-        # CPU of everything else eefetch does per byte, for files 1-2 % smaller (BENCHMARKS.md).
+        # The fastest level of each: GDAL's defaults (6, 9) cost 1.4-4x the CPU for files
+        # about 1 % smaller, and the merge is most of a job's CPU (BENCHMARKS.md, compression).
         if compress == "deflate":
             options["zlevel"] = 1
         elif compress == "zstd":
@@ -224,6 +224,14 @@ def _check_layer(height: int, width: int, band_name: str, layer: list[_Piece]) -
             )
 
 
+def check_tiles_cover(
+    height: int, width: int, band_names: Sequence[str], tiles: Iterable[tuple[TilePlan, Path]]
+) -> None:
+    """Raise MergeError unless the tiles cover every pixel of every band exactly once (any
+    output format's ``finish`` checks this before publishing)."""
+    _check_coverage(height, width, band_names, _pieces(tiles))
+
+
 def _group_by_window(pieces: list[_Piece]) -> list[list[_Piece]]:
     groups: dict[tuple[int, int, int, int], list[_Piece]] = {}
     for p in pieces:
@@ -274,8 +282,10 @@ class _Writer:
         block: int,
         total: int,
         progress: Progress | None,
+        mask_index: int | None = None,
     ) -> None:
         self.dst = dst
+        self.mask_index = mask_index  # the tiles' band (1-based) that is the dataset's mask
         self.dtype = np.dtype(dtype)
         self.block = block
         self.total = total
@@ -306,10 +316,21 @@ class _Writer:
                 src_bands = list(range(lo - piece.band_start + 1, hi - piece.band_start + 1))
                 src.read(src_bands, window=source, out=data[at : at + hi - lo])
                 at += hi - lo
-            self.dst.write(data, indexes=indexes, window=RioWindow(left, top, width, height))
+            self._put(data, indexes, RioWindow(left, top, width, height))
             self.done += data.nbytes
             if self.progress is not None:
                 self.progress(self.done, self.total)
+
+    def _put(self, data: np.ndarray, indexes: list[int], window: RioWindow) -> None:
+        """Write bands to their indexes; the mask band, if among them, to the dataset's mask."""
+        if self.mask_index not in indexes:
+            self.dst.write(data, indexes=indexes, window=window)
+            return
+        at = indexes.index(self.mask_index)
+        others = [i for i in range(len(indexes)) if i != at]
+        if others:
+            self.dst.write(data[others], indexes=[indexes[i] for i in others], window=window)
+        self.dst.write_mask(np.where(data[at] > 0, 255, 0).astype(np.uint8), window=window)
 
 
 def _open_piece(piece: _Piece, dtype: str) -> rasterio.io.DatasetReader:
@@ -396,12 +417,15 @@ def merge_tiles(
     progress: Progress | None = None,
     overview_resampling: str | None = None,
     before_publish: Callable[[Path], None] | None = None,
+    tags: Mapping[str, str] | None = None,
+    mask_band: bool = False,
 ) -> Path:
     """Merge tile files into one GeoTIFF (a COG with ``cog``) at ``output``; return its path.
 
     ``progress(done, total)`` counts uncompressed bytes written. Overviews of a COG use
     ``overview_resampling`` (default: nearest for integers, which may be classes; average
-    for floats).
+    for floats). ``tags`` become the file's metadata; with ``mask_band`` the last band of
+    the tiles is written as the dataset's internal mask (not as a band).
     """
     tiles = sorted(tiles, key=lambda t: (t[0].window.row_off, t[0].window.col_off, t[0].band_start))
     pieces = _pieces(tiles)
@@ -422,6 +446,8 @@ def merge_tiles(
         overview_resampling=overview_resampling,
         interleave=choose_interleave(count, dtype, blocksize, windows_have_all_bands=all_bands),
         before_publish=before_publish,
+        tags=tags,
+        mask_band=mask_band,
     )
     _check_coverage(grid.height, grid.width, band_names, pieces)
     with builder:
@@ -458,13 +484,20 @@ class OutputBuilder:
         interleave: str | None = None,
         reopen: bool = False,
         before_publish: Callable[[Path], None] | None = None,
+        tags: Mapping[str, str] | None = None,
+        mask_band: bool = False,
     ) -> None:
         """``reopen`` continues the temporary file a suspended builder kept (``suspend``).
         ``before_publish(path)`` is called with the finished, checked file just before it
-        takes the output's name, so a caller can record what it is about to publish."""
+        takes the output's name, so a caller can record what it is about to publish.
+        ``tags`` are written as the file's metadata. With ``mask_band`` the last of
+        ``band_names`` is not a band of the output: tiles carry EE's mask there (non-zero:
+        valid), and it is written as the GeoTIFF's internal (per-dataset) mask."""
         output = Path(output)
-        self.count = len(band_names)
-        if self.count == 0:
+        self.count = len(band_names)  # bands of the tiles
+        self.mask_band = mask_band
+        self.data_count = self.count - 1 if mask_band else self.count  # bands of the output
+        if self.data_count <= 0:
             raise MergeError("no bands to merge")
         if dtype not in _GDAL_TYPES:
             raise MergeError(f"unsupported data type {dtype!r}")
@@ -485,10 +518,13 @@ class OutputBuilder:
         self.blocksize = blocksize
         self.progress = progress
         self.overview_resampling = overview_resampling
-        self.interleave = interleave or choose_interleave(self.count, dtype, blocksize)
-        bigtiff = bigtiff_option(grid.width, grid.height, self.count, dtype, blocksize=blocksize)
+        self.interleave = interleave or choose_interleave(self.data_count, dtype, blocksize)
+        bigtiff = bigtiff_option(
+            grid.width, grid.height, self.data_count, dtype, blocksize=blocksize
+        )
         self.options = creation_options(dtype, compress, blocksize, bigtiff, self.interleave)
-        bands_per_block = self.count if self.interleave == "PIXEL" else 1
+        self.tags = dict(tags or {})
+        bands_per_block = self.data_count if self.interleave == "PIXEL" else 1
         block_bytes = blocksize * blocksize * bands_per_block * np.dtype(dtype).itemsize
         self.cache_bytes = max(MIN_WRITE_CACHE_BYTES, 2 * block_bytes)
         self.plain = _temp_path(output, "merge")
@@ -539,6 +575,10 @@ class OutputBuilder:
         stat = self.plain.stat()
         return stat.st_size, stat.st_mtime_ns
 
+    def record(self, tile_id: int, checksum: str | None) -> None:
+        """Nothing: GDAL's block cache makes no tile durable on its own, so a GeoTIFF's tiles
+        are recorded when the output is suspended (``live_merge``'s checkpoint)."""
+
     def adopt(self, plan: TilePlan, path: Path) -> None:
         """Count a tile as written without writing it: a suspended run already did."""
         (p,) = _pieces([(plan, path)])
@@ -552,7 +592,11 @@ class OutputBuilder:
     def _open(self, *, reopen: bool) -> None:
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(
-            rasterio.Env(GDAL_CACHEMAX=self.cache_bytes, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+            rasterio.Env(
+                GDAL_CACHEMAX=self.cache_bytes,
+                GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
+                GDAL_TIFF_INTERNAL_MASK=True,
+            )
         )
         grid = self.grid
         if reopen:
@@ -571,25 +615,33 @@ class OutputBuilder:
                     driver="GTiff",
                     width=grid.width,
                     height=grid.height,
-                    count=self.count,
+                    count=self.data_count,
                     dtype=self.dtype,
                     crs=CRS.from_user_input(grid.crs),
                     transform=Affine(*grid.transform),
-                    nodata=self.nodata,
+                    nodata=None if self.mask_band else self.nodata,
                     **self.options,
                 )
             )
-            self._dst.descriptions = tuple(self.band_names)
+            self._dst.descriptions = tuple(self.band_names[: self.data_count])
+            if self.tags:
+                self._dst.update_tags(**self.tags)
         total = uncompressed_bytes(grid.width, grid.height, self.count, self.dtype)
         self._writer = _Writer(
-            self._dst, self.dtype, self._dst.block_shapes[0][0], total, self.progress
+            self._dst,
+            self.dtype,
+            self._dst.block_shapes[0][0],
+            total,
+            self.progress,
+            mask_index=self.count if self.mask_band else None,
         )
 
     def _check_reopened(self, dst: rasterio.io.DatasetWriter) -> None:
         """A suspended output must be this very output, or it is not resumed."""
         structure = dst.tags(ns="IMAGE_STRUCTURE")
         same = (
-            (dst.width, dst.height, dst.count) == (self.grid.width, self.grid.height, self.count)
+            (dst.width, dst.height, dst.count)
+            == (self.grid.width, self.grid.height, self.data_count)
             and all(d == self.dtype for d in dst.dtypes)
             and structure.get("INTERLEAVE", "PIXEL") == self.interleave
             and dst.block_shapes[0] == (self.blocksize, self.blocksize)
@@ -640,7 +692,7 @@ class OutputBuilder:
                         self.plain,
                         self.final_temp,
                         self.grid,
-                        self.count,
+                        self.data_count,
                         self.dtype,
                         self.compress,
                         self.blocksize,
@@ -672,7 +724,7 @@ class OutputBuilder:
             return exc
         self._discard()  # so that the free space reported counts without our temp file
         needed = uncompressed_bytes(self.grid.width, self.grid.height, self.count, self.dtype)
-        return _write_failure(self.output, needed, exc)
+        return write_failure(self.output, needed, exc)
 
 
 def _check_written(path: Path) -> None:
@@ -694,7 +746,7 @@ def _check_written(path: Path) -> None:
         raise OSError(errno.EIO, f"block ({row}, {col}) of band {band} was not written completely")
 
 
-def _write_failure(output: Path, needed: int, exc: BaseException) -> MergeError:
+def write_failure(output: Path, needed: int, exc: BaseException) -> MergeError:
     """One line for a merge that could not write its output: a full disk says so."""
     try:
         free = shutil.disk_usage(output.parent).free
@@ -790,6 +842,7 @@ __all__ = [
     "OutputBuilder",
     "OutputExistsError",
     "bigtiff_option",
+    "check_tiles_cover",
     "choose_interleave",
     "creation_options",
     "merge_tiles",

@@ -26,6 +26,15 @@ class Counters:
     retries: int = 0
     started_bytes: int = 0
     started_at: float = 0.0
+    first_done_at: float | None = None  # this run's first finished tile
+    first_done_bytes: int = 0
+
+    def finished(self, nbytes: int, now: float) -> None:
+        """Count one finished tile; the first one of the run starts the ETA's clock."""
+        if self.first_done_at is None:
+            self.first_done_at, self.first_done_bytes = now, self.bytes + nbytes
+        self.done += 1
+        self.bytes += nbytes
 
 
 class SilentProgress:
@@ -67,9 +76,8 @@ class LogProgress:
             self._print(f"resuming: {done_tiles}/{total_tiles} tiles already done")
 
     def tile_done(self, nbytes: int) -> None:
-        self.counters.done += 1
-        self.counters.bytes += nbytes
         now = self.clock()
+        self.counters.finished(nbytes, now)
         if now - self._last >= self.every or self.counters.done == self.counters.total:
             self._last = now
             self._print(status_line(self.counters, now))
@@ -108,8 +116,7 @@ class BarProgress:
         )
 
     def tile_done(self, nbytes: int) -> None:
-        self.counters.done += 1
-        self.counters.bytes += nbytes
+        self.counters.finished(nbytes, self._clock())
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix_str(rate_text(self.counters, self._clock()), refresh=False)
@@ -141,16 +148,30 @@ class BarProgress:
 def rate_text(counters: Counters, now: float) -> str:
     elapsed = max(now - counters.started_at, 1e-9)
     fetched = counters.bytes - counters.started_bytes
-    rate = fetched / elapsed
-    text = f"{format_bytes(counters.bytes)}, {format_bytes(rate)}/s"
-    remaining = counters.total - counters.done
-    fetched_tiles = max(1, counters.done)
-    if rate > 0 and remaining > 0:
-        eta = remaining * (counters.bytes / fetched_tiles) / rate
+    text = f"{format_bytes(counters.bytes)}, {format_bytes(fetched / elapsed)}/s"
+    eta = eta_seconds(counters, now)
+    if eta is not None:
         text += f", ETA {format_seconds(eta)}"
     if counters.retries:
         text += f", {counters.retries} retries"
     return text
+
+
+def eta_seconds(counters: Counters, now: float) -> float | None:
+    """Time left at the rate tiles have been finishing since this run's first one.
+
+    Not since the start: start-up and the first wave (every connection busy, nothing finished
+    yet for a tile's whole download time) would count as slowness, and a run of 40 large tiles
+    in flight said it needed several times its real time. None until two tiles have finished.
+    """
+    remaining = counters.total - counters.done
+    if counters.first_done_at is None or remaining <= 0:
+        return None
+    span = now - counters.first_done_at
+    rate = (counters.bytes - counters.first_done_bytes) / span if span > 0 else 0.0
+    if rate <= 0:
+        return None
+    return remaining * (counters.bytes / max(1, counters.done)) / rate
 
 
 def status_line(counters: Counters, now: float) -> str:

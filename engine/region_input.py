@@ -56,6 +56,10 @@ def geometry_from_file(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise GridError(f"cannot read region file {path}: {exc.strerror}") from None
+    except ValueError:  # a name with a NUL byte: no file can have it
+        raise GridError(
+            f"region {str(path)!r} is not a file name, a GeoJSON dict or west,south,east,north"
+        ) from None
     if size > MAX_REGION_FILE_BYTES:
         raise GridError(f"region file {path} is {size} bytes; simplify the outline first")
     try:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -27,16 +29,19 @@ from engine import ee_adapter
 from engine.defaults import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
+    DEFAULT_ZARR_COMPRESSION,
     DTYPES,
     EE_MAX_CONCURRENCY,
     EE_MAX_REQUEST_BYTES,
     ENDPOINTS,
     MAX_PROJECT_QUOTA,
     MIN_LEASE_S,
+    OUTPUT_FORMATS,
     RESAMPLINGS,
     WORKER_LEASE_S,
+    ZARR_SUFFIX,
 )
-from engine.ee_adapter import BandInfo, Connection
+from engine.ee_adapter import MASK_BAND, BandInfo, Connection
 from engine.errors import GridError, InvalidJob, SpecError
 from engine.grid import (
     METRES_PER_DEGREE,
@@ -45,16 +50,22 @@ from engine.grid import (
     grid_from_transform,
 )
 from engine.job import RunOptions
+from engine.like import grid_of
+from engine.metadata import image_properties
+from engine.nodata import choose_nodata
 from engine.region_input import load_region, simplified_outline
+from engine.scaling import apply_factors, band_factors
 from engine.scheduler import SchedulerOptions
 from engine.service import service_identity
-from engine.spec import REGION_EXTRA, Endpoint, JobSpec, default_nodata, nodata_value
+from engine.spec import REGION_EXTRA, Endpoint, JobSpec
 from engine.transport import TransportOptions
 
 if TYPE_CHECKING:
     import ee
 
 T = TypeVar("T")
+# Earth Engine's rule for workload tags (ee.data.setWorkloadTag).
+WORKLOAD_TAG = re.compile(r"[a-z0-9]([-_a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +75,11 @@ class DownloadRequest:
     ``region`` is what the user gave (a GeoJSON file or dict, ``west,south,east,north``, an
     ``ee.Geometry``); ``shape`` is (height, width) with ``crs_transform``; ``nodata`` is the
     value masked pixels take (geemap's ``unmask_value``); ``resampling`` is applied in Earth
-    Engine before the image is reprojected onto the grid.
+    Engine before the image is reprojected onto the grid. ``like`` is a raster whose grid the
+    download takes; ``scale_offset`` applies the bands' scales and offsets
+    (``engine.scaling``); ``mask_band`` writes EE's mask as a GDAL mask instead of a nodata
+    value; ``output_format`` is ``geotiff`` or ``zarr`` (None: from the output's name);
+    ``workload_tag`` labels the requests in Cloud Monitoring.
     """
 
     output: Path
@@ -80,9 +95,28 @@ class DownloadRequest:
     endpoint: Endpoint = "urls"
     max_tile_bytes: int = EE_MAX_REQUEST_BYTES
     max_tile_dim: int | None = None
-    compress: str = DEFAULT_COMPRESSION
+    compress: str | None = None  # None: the format's default (compression)
     cog: bool = False
     keep_tiles: bool = False
+    like: str | os.PathLike[str] | None = None
+    scale_offset: bool = False
+    mask_band: bool = False
+    output_format: str | None = None
+    workload_tag: str | None = None
+
+    @property
+    def format(self) -> str:
+        """The output's format: the one asked for, else zarr for a name ending in .zarr."""
+        if self.output_format is not None:
+            return self.output_format
+        return "zarr" if self.output.suffix.lower() == ZARR_SUFFIX else "geotiff"
+
+    @property
+    def compression(self) -> str:
+        """The codec asked for, else the format's own default (deflate, or zstd for Zarr)."""
+        if self.compress is not None:
+            return self.compress
+        return DEFAULT_ZARR_COMPRESSION if self.format == "zarr" else DEFAULT_COMPRESSION
 
     def for_output(self, output: Path) -> DownloadRequest:
         """The same request written elsewhere (one image of a collection)."""
@@ -189,6 +223,7 @@ def build_job(
     concurrency: int | None = None,
     warn: Callable[[str], None] | None = None,
     slot: Callable[[], AbstractContextManager[object]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JobSpec:
     """Everything the job needs, checked before anything is fetched.
 
@@ -197,22 +232,37 @@ def build_job(
     without a transform, a sheared transform, a tile size below one pixel, and so on.
     ``warn`` hears about choices that are allowed but probably not meant (a ``dtype`` that
     cannot hold the bands); by default it issues a :class:`LossyCastWarning`. One ``getInfo``
-    call (the image's bands), made inside ``slot()`` when given (a slot of the project's shared
-    quota, ``engine.quota_gate.blocking_slot``); the client must be initialised
-    (``ee_adapter.connect``).
+    call (the image's bands and properties), made inside ``slot()`` when given (a slot of the
+    project's shared quota, ``engine.quota_gate.blocking_slot``); the client must be
+    initialised (``ee_adapter.connect``). ``extra`` adds entries to the spec's ``extra`` (a
+    stacked collection's layout).
     """
     request.check(concurrency)
+    if request.like is not None:
+        template = grid_of(request.like)
+        request = replace(
+            request, crs=template.crs, crs_transform=template.transform, shape=template.shape
+        )
     if request.resampling and request.resampling != "near":
         image = image.resample(request.resampling)
     with slot() if slot is not None else contextlib.nullcontext():
-        info = ee_adapter.band_info(image)
-    band_ids = ee_adapter.select_bands([b.id for b in info], request.bands)
-    chosen = [b for b in info if b.id in band_ids]
-    out_dtype = request.dtype or common_dtype([b.dtype for b in chosen])
-    if request.nodata is None:
-        fill = default_nodata(out_dtype)
+        info = ee_adapter.describe_image(image)
+    band_ids = ee_adapter.select_bands([b.id for b in info.bands], request.bands)
+    chosen = [b for b in info.bands if b.id in band_ids]
+    factors = band_factors(band_ids, info.properties) if request.scale_offset else {}
+    if request.scale_offset:
+        image = apply_factors(image, band_ids, factors)
+        out_dtype = request.dtype or "float32"
     else:
-        fill = _invalid_job_on_spec_error(nodata_value, request.nodata, out_dtype)
+        out_dtype = request.dtype or common_dtype([b.dtype for b in chosen])
+    fill, nodata_note = _invalid_job_on_spec_error(
+        choose_nodata, out_dtype, chosen, request.nodata, mask_band=request.mask_band
+    )
+    if request.mask_band and MASK_BAND in band_ids:
+        raise InvalidJob(
+            f"the image has a band named {MASK_BAND}, the name --mask-band fetches the mask "
+            "as; rename that band, or drop --mask-band"
+        )
     pixel = np.dtype(out_dtype).itemsize + 1  # bytes of one sample in a request
     if request.max_tile_bytes < pixel:
         raise InvalidJob(
@@ -220,7 +270,7 @@ def build_job(
             f"band in a request ({pixel} bytes); raise it (Earth Engine allows up to "
             f"{EE_MAX_REQUEST_BYTES})"
         )
-    lossy = lossy_cast_message(chosen, out_dtype)
+    lossy = None if request.scale_offset else lossy_cast_message(chosen, out_dtype)
     if lossy is not None:
         (warn or _warn_lossy)(lossy)
     # In a GDAL environment, PROJ's complaints about an unknown CRS go to logging (and become
@@ -235,31 +285,54 @@ def build_job(
             request.scale,
             request.shape,
         )
-    extra: dict[str, Any] = {}
-    if request.max_tile_dim is not None:
-        extra["max_tile_dim"] = int(request.max_tile_dim)
     outline = simplified_outline(geometry)
-    if outline is not None:  # for pictures of the job (status --map, serve); not an identity
-        extra[REGION_EXTRA] = outline
     return _invalid_job_on_spec_error(
         JobSpec,
         expression=ee_adapter.serialize(image),
         grid=grid,
-        band_ids=tuple(band_ids),
+        band_ids=(*band_ids, MASK_BAND) if request.mask_band else tuple(band_ids),
         dtype=out_dtype,
         nodata=fill,
         output=str(request.output.expanduser().resolve()),
         endpoint=request.endpoint,
         max_tile_bytes=request.max_tile_bytes,
         plan_concurrency=concurrency if concurrency is not None else EE_MAX_CONCURRENCY,
-        compress=request.compress,
+        compress=request.compression,
         cog=request.cog,
         keep_tiles=request.keep_tiles,
         ee_url=connection.url,
         project=connection.project,
-        extra=extra,
+        extra=_extra(request, factors, info.properties, nodata_note, outline) | (extra or {}),
         service=service_identity(ee_adapter.current_base_url()),
     )
+
+
+def _extra(
+    request: DownloadRequest,
+    factors: dict[str, tuple[float, float]],
+    properties: dict[str, Any],
+    nodata_note: str,
+    outline: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The spec's ``extra``: options that change the file (in the fingerprint) only when set,
+    so that jobs made before they existed keep their fingerprint; then what only describes
+    the job (``spec.DESCRIPTIVE_EXTRA``)."""
+    extra: dict[str, Any] = {}
+    if request.max_tile_dim is not None:
+        extra["max_tile_dim"] = int(request.max_tile_dim)
+    if request.format != "geotiff":
+        extra["format"] = request.format
+    if request.mask_band:
+        extra["mask_band"] = True
+    if request.scale_offset:
+        extra["scale_offset"] = {band: list(factor) for band, factor in factors.items()}
+    extra["metadata"] = image_properties(properties)
+    extra["nodata_note"] = nodata_note
+    if request.workload_tag:
+        extra["workload_tag"] = request.workload_tag
+    if outline is not None:  # for pictures of the job (status --map, serve); not an identity
+        extra[REGION_EXTRA] = outline
+    return extra
 
 
 def region_geojson(region: Any) -> dict[str, Any] | None:
@@ -272,7 +345,7 @@ def region_geojson(region: Any) -> dict[str, Any] | None:
 
 def check_arguments(request: DownloadRequest, concurrency: int | None) -> None:
     """Refuse, one line each, what cannot work whatever Earth Engine answers."""
-    if request.compress not in COMPRESSIONS:
+    if request.compress is not None and request.compress not in COMPRESSIONS:
         raise InvalidJob(
             f"unknown compression {request.compress!r}; use one of {', '.join(COMPRESSIONS)}"
         )
@@ -300,10 +373,70 @@ def check_arguments(request: DownloadRequest, concurrency: int | None) -> None:
     if scale is not None and not _positive_number(scale):
         raise InvalidJob(f"scale must be a positive, finite number of metres, got {scale!r}")
     _check_transform(request.crs_transform, request.shape)
-    if request.output.expanduser().is_dir():
+    _check_file_options(request)
+    if request.like is not None:
+        given = [
+            option
+            for option, value in (
+                ("--region", request.region),
+                ("--crs", request.crs),
+                ("--crs-transform", request.crs_transform),
+                ("--shape", request.shape),
+                ("--scale", request.scale),
+            )
+            if value is not None
+        ]
+        if given:
+            raise InvalidJob(
+                f"--like takes the grid from {request.like}; drop {', '.join(given)} (or "
+                "drop --like and give the grid yourself)"
+            )
+        grid_of(request.like)
+    tag = request.workload_tag
+    if tag is not None and (not isinstance(tag, str) or not WORKLOAD_TAG.fullmatch(tag)):
         raise InvalidJob(
-            f"{request.output} is a folder; give the GeoTIFF file to write (-o FILE.tif)"
+            f"workload tag {tag!r} is not one Earth Engine takes: 1 to 63 characters, lowercase "
+            "letters, digits, - and _, starting and ending with a letter or digit"
         )
+
+
+def _check_file_options(request: DownloadRequest) -> None:
+    """The output format and what goes with it."""
+    if request.output_format is not None and request.output_format not in OUTPUT_FORMATS:
+        raise InvalidJob(
+            f"unknown output format {request.output_format!r}; use one of "
+            f"{', '.join(OUTPUT_FORMATS)}"
+        )
+    zarr = request.format == "zarr"
+    if zarr:
+        if request.compress == "lzw":
+            raise InvalidJob("Zarr has no LZW codec; use --compress zstd (fast), deflate or none")
+        if request.cog:
+            raise InvalidJob("--cog makes a Cloud Optimized GeoTIFF; drop it for a Zarr store")
+        if request.mask_band:
+            raise InvalidJob(
+                "--mask-band writes a GDAL mask into a GeoTIFF; a Zarr store marks masked "
+                "pixels with its _FillValue (the nodata value): drop --mask-band"
+            )
+    if request.mask_band and request.nodata is not None:
+        raise InvalidJob(
+            "--mask-band marks masked pixels in a mask instead of with a nodata value; drop "
+            "--nodata (or --mask-band)"
+        )
+    if request.scale_offset and request.dtype is not None and request.dtype[0] != "f":
+        raise InvalidJob(
+            f"scale_offset gives fractional values, which dtype {request.dtype} cannot hold; "
+            "use float32 or float64 (the default is float32)"
+        )
+    output = request.output.expanduser()
+    if output.is_dir() and not (zarr and _looks_like_zarr(output)):
+        what = "Zarr store (-o NAME.zarr)" if zarr else "GeoTIFF file to write (-o FILE.tif)"
+        raise InvalidJob(f"{request.output} is a folder; give the {what}")
+
+
+def _looks_like_zarr(folder: Path) -> bool:
+    """A folder that is (or was meant to be) a Zarr store: the job decides about replacing."""
+    return (folder / "zarr.json").is_file() or not any(folder.iterdir())
 
 
 def _check_transform(crs_transform: Sequence[float] | None, shape: Sequence[int] | None) -> None:

@@ -188,7 +188,7 @@ class Scheduler:
         self.state = self.updates.state
         self._queue: list[TileRecord] = []
         self._in_flight = 0
-        self._store_drained = False  # the last claim got every tile the store could give
+        self._store_drained = False  # the last claim got every tile left, none is waiting
         self._tail_cut = False
         self._changed = asyncio.Event()
         self._fatal: str | None = None
@@ -294,7 +294,11 @@ class Scheduler:
             self.options.lease_seconds,
             wanted,
         )
-        self._store_drained = len(claimed) < wanted
+        # Drained: the store gave fewer tiles than asked and none is waiting for a retry time
+        # (after a burst of 429s most of a job can be waiting; it is not the last wave).
+        self._store_drained = (
+            len(claimed) < wanted and await self.state(self.store.next_wakeup) is None
+        )
         return claimed
 
     async def _cut_last_wave(self, claimed: list[TileRecord], slots: int) -> list[TileRecord]:

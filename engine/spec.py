@@ -27,10 +27,15 @@ from engine.service import GOOGLE, service_identity
 
 Endpoint = Literal["urls", "compute"]
 PLAN_EXTRA = ("max_tile_dim",)  # keys of JobSpec.extra that only shape the plan
+# Keys of JobSpec.extra that describe the job without deciding a pixel: EE's image properties
+# (written as metadata; EE may update them between runs), the workload tag (labels the
+# requests' cost), why this nodata value was chosen, a stack's per-image properties. Not in
+# the fingerprint.
+DESCRIPTIVE_EXTRA = ("metadata", "workload_tag", "nodata_note", "time_properties")
 # Key of JobSpec.extra holding the region's outline (GeoJSON, simplified) for pictures of the
 # job (engine.jobmap). The grid already holds what the region decides of the pixels.
 REGION_EXTRA = "region"
-NOT_IN_IDENTITY = (*PLAN_EXTRA, REGION_EXTRA)
+NOT_IN_IDENTITY = (*PLAN_EXTRA, REGION_EXTRA, *DESCRIPTIVE_EXTRA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,21 @@ class JobSpec:
         object.__setattr__(self, "nodata", nodata_value(self.nodata, self.dtype))
         if self.service is None:
             object.__setattr__(self, "service", service_identity(self.ee_url))
+
+    @property
+    def output_format(self) -> str:
+        """``geotiff`` or ``zarr`` (``engine.outputs`` picks the writer from it)."""
+        return str(self.extra.get("format", "geotiff"))
+
+    @property
+    def mask_band(self) -> bool:
+        """Whether the last band is EE's mask, written as a GDAL mask (``--mask-band``)."""
+        return bool(self.extra.get("mask_band"))
+
+    @property
+    def data_bands(self) -> tuple[str, ...]:
+        """The bands written as data: all of them but a fetched mask band."""
+        return self.band_ids[:-1] if self.mask_band else self.band_ids
 
     def fingerprint(self) -> str:
         """Hash of what decides the pixels; not of how they are fetched or cut into tiles."""
@@ -228,10 +248,16 @@ def _grid_dict(grid: Grid) -> dict[str, Any]:
 
 
 def default_nodata(dtype: str) -> float | int:
-    """The value masked pixels take: 0 for unsigned types, the lowest value otherwise."""
+    """The value masked pixels take unless the user chooses one: the type's maximum for
+    unsigned types, its lowest value otherwise.
+
+    Not 0 for unsigned types: 0 is valid data in most of them (dark water in reflectance,
+    class 0, a count), and a nodata of 0 turns those pixels into holes (geemap PR #1977).
+    The maximum is the value least often valid: a saturated sample, if anything.
+    """
     kind = np.dtype(dtype)
     if kind.kind == "u":
-        return 0
+        return int(np.iinfo(kind).max)
     if kind.kind == "i":
         return int(np.iinfo(kind).min)
     return float(np.finfo(kind).min)

@@ -89,7 +89,7 @@ def write_region(path: Path, box: tuple[float, float, float, float]) -> Path:
 # ------------------------------------------------------------------------------ measuring
 
 
-def _proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system) a live process has used, from /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -99,13 +99,13 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def _tree_cpu(pid: int) -> float:
+def tree_cpu(pid: int) -> float:
     """CPU seconds of a live process and of its live descendants."""
-    total = _proc_cpu(pid)
+    total = proc_cpu(pid)
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
         with contextlib.suppress(OSError, ValueError):
             for child in children.read_text().split():
-                total += _tree_cpu(int(child))
+                total += tree_cpu(int(child))
     return total
 
 
@@ -146,7 +146,7 @@ class Emulator:
 
     def cpu(self) -> float:
         """CPU seconds of the emulator and of its live worker processes."""
-        return _tree_cpu(self.process.pid)
+        return tree_cpu(self.process.pid)
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_emulator/stats", timeout=30) as answer:
@@ -1506,6 +1506,17 @@ def clean_outputs(output: Path, keep_log: bool = False) -> None:
 
 
 def machine_info(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        **machine_facts(),
+        "command": "python3 scripts/bench.py " + " ".join(sys.argv[1:]),
+        "quick": args.quick,
+        "reps": args.reps,
+    }
+
+
+def machine_facts() -> dict[str, Any]:
+    """The machine, the moment and the software a measurement ran on."""
+
     def version(module: str) -> str:
         try:
             from importlib.metadata import version as v
@@ -1530,7 +1541,6 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     )
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python3 scripts/bench.py " + " ".join(sys.argv[1:]),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu,
@@ -1546,8 +1556,6 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         },
         "gdal_rasterio": rasterio.__gdal_version__,
         "gdal_translate": gdal_cli,
-        "quick": args.quick,
-        "reps": args.reps,
     }
 
 

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -157,7 +157,7 @@ def command(config: CampaignConfig, url: str, output: Path) -> list[str]:
     ]
 
 
-def _done_count(state: Path) -> tuple[int, int]:
+def done_count(state: Path) -> tuple[int, int]:
     """(done, leaf tiles) read without writing, while the download runs; (0, 0) if unknown."""
     if not state.exists():
         return 0, 0
@@ -195,7 +195,7 @@ def _phase(state: Path, output: Path, since: float) -> str:
         return "writing a tile"
     if not state.exists():
         return "start-up"
-    done, total = _done_count(state)
+    done, total = done_count(state)
     if total == 0:
         return "planning"
     if done < total:
@@ -207,11 +207,11 @@ def _finishing(state: Path, output: Path, since: float) -> bool:
     """Every tile is fetched and the output is being finished."""
     if not _written_since(_merge_temp(output), since):
         return False
-    done, total = _done_count(state)
+    done, total = done_count(state)
     return total > 0 and done == total
 
 
-def _freeze(process: subprocess.Popen[bytes]) -> bool:
+def freeze(process: subprocess.Popen[bytes]) -> bool:
     """Stop the process where it is (it stays stopped until killed); False if it ended."""
     if process.poll() is not None:
         return False
@@ -244,12 +244,12 @@ def _aim(
     tiles = state.with_name(state.name.removesuffix(".db") + "-tiles")
     if mode == "early":
         _wait_for(lambda: False, process, rng.uniform(0.05, 3.0))
-        return _freeze(process)
+        return freeze(process)
     if mode == "merge":
         if not _wait_for(lambda: _finishing(state, output, since), process, 600):
             return False
         time.sleep(rng.uniform(0.0, 0.4))
-        return _freeze(process)
+        return freeze(process)
     if mode == "part":  # or the merge, if every tile was already fetched
 
         def writing() -> bool:
@@ -257,18 +257,18 @@ def _aim(
                 return True
             return _finishing(state, output, since)
 
-        return _wait_for(writing, process, 600) and _freeze(process)
-    start, _ = _done_count(state)
+        return _wait_for(writing, process, 600) and freeze(process)
+    start, _ = done_count(state)
     fraction = rng.uniform(0.05, 0.8)
 
     def reached() -> bool:
-        now_done, now_total = _done_count(state)
+        now_done, now_total = done_count(state)
         return now_total > 0 and now_done >= start + fraction * (now_total - start)
 
-    return _wait_for(reached, process, 600) and _freeze(process)
+    return _wait_for(reached, process, 600) and freeze(process)
 
 
-def _served(url: str) -> dict[str, int]:
+def served_counts(url: str) -> dict[str, int]:
     """The emulator's count of complete tile bodies, keyed by grid and bands (no CRS)."""
     with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=30) as answer:
         stats = json.load(answer)
@@ -295,7 +295,7 @@ def done_tile_keys(state: Path) -> set[str]:
     try:
         store = Store.open(state, create=False)
     except StateError:
-        if _done_count(state) == (0, 0):
+        if done_count(state) == (0, 0):
             return set()  # killed while the state file was being created
         raise
     with store:
@@ -321,39 +321,54 @@ def done_tile_keys(state: Path) -> set[str]:
     return keys
 
 
-def _strips(height: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+def _strips(height: int, width: int, row_bytes: int) -> Iterator[Window]:
     rows = max(1, ORACLE_STRIP_BYTES // max(row_bytes, 1))
     for top in range(0, height, rows):
-        yield top, min(rows, height - top)
+        yield Window(top, 0, min(rows, height - top), width)
 
 
-def equals_oracle(output: Path, state: Path, oracle: EmulatorThread) -> bool:
-    """Compare the output with the oracle's render, strip by strip (bounded memory)."""
+def oracle_mismatches(
+    output: Path, state: Path, oracle_url: str, windows: Sequence[Window] | None = None
+) -> list[Window]:
+    """The windows of the job's grid where the output differs from the oracle's render (all of
+    them when the output's shape is wrong). ``windows`` defaults to the whole grid, strip by
+    strip (bounded memory); a campaign over a job of many GB passes a sample."""
     with Store.open(state, create=False) as store:
         job = store.job()
     assert job is not None
     spec = JobSpec.from_dict(job.spec)
-    ee_adapter.initialize(ee_adapter.Connection(url=oracle.url))
+    ee_adapter.initialize(ee_adapter.Connection(url=oracle_url))
     image = ee_adapter.prepared_image(spec)
     grid = spec.grid
     row_bytes = grid.width * len(spec.band_ids) * np.dtype(spec.dtype).itemsize
+    todo = (
+        list(windows) if windows is not None else list(_strips(grid.height, grid.width, row_bytes))
+    )
     with rasterio.open(output) as merged:
         if (merged.width, merged.height, merged.count) != (
             grid.width,
             grid.height,
             len(spec.band_ids),
         ):
-            return False
-        for top, rows in _strips(grid.height, row_bytes):
-            url = ee_adapter.download_url(image, grid.window_grid(Window(top, 0, rows, grid.width)))
+            return todo
+        wrong = []
+        for window in todo:
+            url = ee_adapter.download_url(image, grid.window_grid(window))
             with urllib.request.urlopen(url, timeout=300) as answer:
                 body = answer.read()
             with MemoryFile(body) as memfile, memfile.open() as dataset:
                 expected = dataset.read()
-            actual = merged.read(window=RioWindow(0, top, grid.width, rows))
+            actual = merged.read(
+                window=RioWindow(window.col_off, window.row_off, window.width, window.height)
+            )
             if actual.dtype != expected.dtype or not np.array_equal(actual, expected):
-                return False
-    return True
+                wrong.append(window)
+    return wrong
+
+
+def equals_oracle(output: Path, state: Path, oracle: EmulatorThread) -> bool:
+    """Compare the whole output with the oracle's render, strip by strip (bounded memory)."""
+    return not oracle_mismatches(output, state, oracle.url)
 
 
 def _plan_modes(kills: int, merge_kills: int, rng: random.Random) -> list[str]:
@@ -364,7 +379,7 @@ def _plan_modes(kills: int, merge_kills: int, rng: random.Random) -> list[str]:
     return [*(["early"] if download else []), *modes, *["merge"] * (kills - download)]
 
 
-def _reset_stats(url: str) -> None:
+def reset_stats(url: str) -> None:
     request = urllib.request.Request(f"{url}/_emulator/reset", data=b"", method="POST")
     with urllib.request.urlopen(request, timeout=30):
         pass
@@ -406,7 +421,7 @@ def _run_job(
     state = Path(f"{output}.eefetch.db")
     argv = command(config, emulator.url, output)
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    _reset_stats(emulator.url)
+    reset_stats(emulator.url)
     seen_done: dict[str, int] = {}
     completed = False
     for mode in modes:
@@ -432,10 +447,10 @@ def _run_job(
                 f"{stderr.decode(errors='replace')[-800:]}"
             )
         time.sleep(0.2)  # let the emulator finish the accounting of bodies already sent
-        served = _served(emulator.url)
+        served = served_counts(emulator.url)
         for key in done_tile_keys(state) if state.exists() else set():
             seen_done.setdefault(key, served.get(key, 0))
-        done, total = _done_count(state)
+        done, total = done_count(state)
         number = len(result.kills) + 1
         result.kills.append(Kill(number, job, mode, round(after, 3), phase, done, total))
     if not completed:
@@ -445,7 +460,7 @@ def _run_job(
         result.runs += 1
         completed = final.returncode == 0
         result.final_stderr = final.stderr.decode(errors="replace")
-    served = _served(emulator.url)
+    served = served_counts(emulator.url)
     result.jobs += 1
     result.refetched_done.extend(
         f"job {job}: {key}"

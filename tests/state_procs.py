@@ -82,9 +82,12 @@ def merge_hold(target: str, job: str, owner: str, lease: float) -> None:
         sys.stdin.read()
 
 
-def quota_hammer(target: str, project: str, owner: str, threads: int, rounds: int) -> None:
+def quota_hammer(
+    target: str, project: str, owner: str, threads: int, rounds: int, refused_mark: str
+) -> None:
     """`threads` threads each take and give back a slot `rounds` times, holding it a few
-    milliseconds; prints every holding as a monotonic interval and the refusals."""
+    milliseconds; prints every holding as a monotonic interval and the refusals. The first
+    refusal creates the file `refused_mark`, so a test can wait for it instead of guessing."""
     from state import Quota
 
     intervals: list[tuple[float, float]] = []
@@ -99,6 +102,8 @@ def quota_hammer(target: str, project: str, owner: str, threads: int, rounds: in
                 if slot is None:
                     with lock:
                         refused[0] += 1
+                        if refused[0] == 1:
+                            Path(refused_mark).touch()
                     time.sleep(0.001)
                     continue
                 start = time.monotonic()
@@ -133,7 +138,7 @@ def main(argv: list[str]) -> None:
     elif command == "merge-hold":
         merge_hold(args[0], args[1], args[2], float(args[3]))
     elif command == "quota-hammer":
-        quota_hammer(args[0], args[1], args[2], int(args[3]), int(args[4]))
+        quota_hammer(args[0], args[1], args[2], int(args[3]), int(args[4]), args[5])
     else:
         raise SystemExit(f"unknown command {command!r}")
 

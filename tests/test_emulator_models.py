@@ -25,10 +25,17 @@ from engine.emulator import config as config_module
 from engine.emulator import evaluate as model
 from engine.emulator.config import PROFILES, SERVER_MODELS, EmulatorConfig
 from engine.emulator.encode import ZIP_DATE
-from engine.emulator.render import PixelGrid, TileJob, expression_text, render_body
+from engine.emulator.render import (
+    ImageFacts,
+    PixelGrid,
+    TileJob,
+    describe,
+    expression_text,
+    render_body,
+)
 from engine.emulator.server import EmulatorThread, Evaluator, create_app
 from engine.emulator.stats import EmulatorStats
-from engine.emulator.workers import Renderer
+from engine.emulator.workers import ClientGone, Renderer
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1e6
@@ -358,3 +365,41 @@ def test_a_dead_worker_fails_one_render_and_the_pool_is_renewed() -> None:
 def test_processes_need_the_bundled_model() -> None:
     with pytest.raises(ValueError, match="render_processes needs the bundled model"):
         create_app(EmulatorConfig(render_processes=1), evaluator=FAKE)
+
+
+def test_api_calls_do_not_wait_behind_renders_and_a_render_nobody_waits_for_is_skipped() -> None:
+    """A killed client leaves up to 40 renders queued: the next client's getInfo must not wait
+    for them (API calls have their own pool), and those not yet started are never rendered."""
+    release = threading.Event()
+    rendered: list[str] = []
+
+    def blocking(expression: dict[str, Any]) -> Any:
+        rendered.append(expression["result"])
+        assert release.wait(30), "the test never released the render"
+        return model.evaluate(expression)
+
+    async def main() -> tuple[ImageFacts, bool, list[str]]:
+        config = EmulatorConfig(render_workers=1)
+        renderer = Renderer(config, EmulatorStats(), blocking, bundled_model=True)
+        renderer.start()
+        try:
+            busy = asyncio.ensure_future(renderer.tile(JOBS[0]))
+            while not rendered:  # the only render thread is now held
+                await asyncio.sleep(0.01)
+            gone = asyncio.ensure_future(renderer.tile(JOBS[1], wanted=lambda: False))
+            getinfo = renderer.run(describe, model.evaluate, DEM_TEXT, GRID)
+            facts = await asyncio.wait_for(getinfo, 10)
+            release.set()
+            await busy
+            try:
+                await gone
+            except ClientGone:
+                return facts, True, list(rendered)
+            return facts, False, list(rendered)
+        finally:
+            release.set()
+            renderer.close()
+
+    facts, skipped, renders = asyncio.run(main())
+    assert facts.bands == (("elevation", "int16"),)  # answered while the render was held
+    assert skipped and len(renders) == 1  # the second tile was never evaluated

@@ -80,7 +80,10 @@ def emulator() -> Iterator[EmulatorThread]:
         yield running
 
 
-def test_plan_command_and_dry_run_fetch_nothing(tmp_path: Path, emulator: EmulatorThread) -> None:
+def test_plan_command_and_dry_run_fetch_only_a_sample_tile(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    """Each fetches one block for the compressed size estimate (engine.sample), no tile."""
     emulator.reset_stats()
     runner = CliRunner()
     planned = runner.invoke(
@@ -125,7 +128,9 @@ def test_plan_command_and_dry_run_fetch_nothing(tmp_path: Path, emulator: Emulat
     assert f"total:    {data['raw_bytes'] / 1e6:.1f} MB, {data['tiles']} tiles" in dry.stdout
     assert not output.exists() and not Path(f"{output}.eefetch.db").exists()
     stats = emulator.stats()
-    assert "getPixels" not in stats["requests"] and "thumbnails:create" not in stats["requests"]
+    assert stats["requests"]["getPixels"] == {"200": 2}  # one sample for each command
+    assert stats["requests"]["thumbnails:create"] == {"200": 2}
+    assert data["compressed_bytes"] is not None
 
 
 def test_plan_from_python(tmp_path: Path, emulator: EmulatorThread) -> None:

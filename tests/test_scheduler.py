@@ -360,3 +360,21 @@ def test_the_last_wave_is_cut_once_when_fewer_tiles_than_connections_are_left(
     assert summary.tail_splits == 1
     assert counts["split"] == 1 and counts["done"] == 7
     assert all(n == 1 for n in fetch.calls.values())
+
+
+def test_tiles_waiting_for_a_retry_are_not_the_last_wave(tmp_path: Path) -> None:
+    """After 429s most of a job may wait for its retry time; a claim then gets only the tiles
+    already due, which must not pass for the job's last wave: the cut waits for the real one.
+    Here tile 1 is due again within a second and tile 2 after 2.5 s: the cut takes tile 2."""
+    store = Store.open(tmp_path / "job.db")
+    tiles = [NewTile(0, 2048 * i, 2048, 2048, 0, 4) for i in range(40)]
+    store.create_job("fp", {}, "0", str(tmp_path / "out.tif"), tiles)
+    first, second = (t.id for t in store.tiles()[:2])
+    busy = FetchError(ErrorKind.HTTP, "Too Many Requests", status=429, retry_after=0.0)
+    longer = FetchError(ErrorKind.HTTP, "Too Many Requests", status=429, retry_after=2.5)
+    fetch = ScriptedFetch({first: [busy], second: [longer]})
+    options = replace(FAST, concurrency=8)
+    summary = run(Scheduler(store, fetch, always_up, owner="a", itemsizes=[2] * 4, options=options))
+    assert summary.tail_splits == 1 and summary.failed == 0
+    assert [t.id for t in store.tiles("split")] == [second]
+    assert store.counts()["pending"] == 0

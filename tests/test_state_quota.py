@@ -7,6 +7,7 @@ import json
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -129,19 +130,46 @@ def test_one_processes_429_slows_the_others(target: Path | str) -> None:
         assert a.acquire_slot("p", "a", 30.0) is None  # twelve would have fitted before the 429
 
 
-def test_many_processes_never_exceed_the_limit(target: Path | str) -> None:
+def test_many_processes_never_exceed_the_limit(target: Path | str, tmp_path: Path) -> None:
+    """Three processes of four threads hammer a limit of five. The test itself holds all five
+    slots until every process has been refused once, so the refusals are certain, whatever
+    the timing, and no hammer may hold a slot before the test gives its slots back."""
     with Quota.open(target) as q:
         q.configure("p", 5)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, PROCS, "quota-hammer", str(target), "p", f"w{k}", "4", "8"],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for k in range(3)
-    ]
-    intervals: list[tuple[float, float]] = []
+        held = [q.acquire_slot("p", "test", 60.0) for _ in range(5)]
+        assert held == list(range(5))
+        test_start = time.monotonic()
+        marks = [tmp_path / f"w{k}.refused" for k in range(3)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    PROCS,
+                    "quota-hammer",
+                    str(target),
+                    "p",
+                    f"w{k}",
+                    "4",
+                    "8",
+                    str(marks[k]),
+                ],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for k in range(3)
+        ]
+        deadline = time.monotonic() + 120
+        while not all(m.exists() for m in marks):
+            assert time.monotonic() < deadline, (
+                "a process was never refused while all slots were held"
+            )
+            assert all(p.poll() is None for p in procs), "a process ended while all slots were held"
+            time.sleep(0.05)
+        test_end = time.monotonic()
+        for slot in held:
+            q.release_slot("p", "test", slot)
+    intervals: list[tuple[float, float]] = [(test_start, test_end)] * 5
     refused = 0
     for proc in procs:
         out, _ = proc.communicate(timeout=240)
@@ -149,14 +177,14 @@ def test_many_processes_never_exceed_the_limit(target: Path | str) -> None:
         result = json.loads(out.splitlines()[-1])
         intervals += [tuple(i) for i in result["intervals"]]  # type: ignore[misc]
         refused += result["refused"]
-    assert len(intervals) == 3 * 4 * 8
+    assert len(intervals) == 5 + 3 * 4 * 8
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    held = peak = 0
+    in_use = peak = 0
     for _, change in events:
-        held += change
-        peak = max(peak, held)
+        in_use += change
+        peak = max(peak, in_use)
     assert peak <= 5, f"{peak} requests held slots at once; the limit is 5"
-    assert refused > 0  # twelve threads wanted slots: the limit was what held them back
+    assert refused >= 3
     with Quota.open(target) as q:
         status = q.status("p")
         assert status is not None and status.in_use == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -1789,6 +1790,48 @@ def _collection_reduce(fname: str, args: Args) -> Image:
     return _composite(collection, reducer.name, "_" + reducer.name)
 
 
+_BAND_REDUCERS: Mapping[str, Callable[..., Any]] = {
+    "min": np.nanmin,
+    "max": np.nanmax,
+    "sum": np.nansum,
+    "mean": np.nanmean,
+}
+
+
+def _image_reduce(fname: str, args: Args) -> Image:
+    """`Image.reduce`: one band from all of an image's bands, pixel by pixel, over the valid
+    ones (masked where none is)."""
+    image = _image_arg(fname, args, "image")
+    reducer = _arg(fname, args, "reducer", required=True)
+    if not isinstance(reducer, Reducer) or reducer.name not in _BAND_REDUCERS:
+        raise EvaluationError(
+            f"{fname}: this emulator reduces bands with min, max, sum or mean only."
+        )
+    inputs = list(image.band_list)
+    ptype = inputs[0].ptype
+    for band in inputs[1:]:
+        ptype = _union(ptype, band.ptype)
+    if reducer.name in ("sum", "mean"):
+        ptype = _float_of(ptype, ptype) if reducer.name == "mean" else PixelType("double")
+    dtype = ptype.dtype
+    how = _BAND_REDUCERS[reducer.name]
+
+    def compute(req: RenderRequest) -> Plane:
+        planes = [band.plane(req) for band in inputs]
+        data = np.stack([np.broadcast_to(d, req.shape).astype("float64") for d, _ in planes])
+        ok = np.stack([np.broadcast_to(v, req.shape) for _, v in planes])
+        valid = np.asarray(ok.any(axis=0))
+        fill = np.where(ok, data, np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-masked pixels give NaN
+            out = how(fill, axis=0)
+        return np.where(valid, out, 0).astype(dtype), valid
+
+    first = inputs[0].info
+    info = BandInfo(reducer.name, dtype, first.crs, first.transform, first.dimensions)
+    return image.derive([Band(info, ptype, compute, tuple(inputs))], keep_properties=False)
+
+
 def _reducer(name: str) -> Callable[[str, Args], Reducer]:
     return lambda fname, args: Reducer(name)
 
@@ -1820,6 +1863,7 @@ def _function_table() -> dict[str, Callable[[str, Args], Any]]:
         "Image.setDefaultProjection": _reproject,
         "Image.clipToBoundsAndScale": _clip_to_bounds_and_scale,
         "Image.visualize": _visualize,
+        "Image.reduce": _image_reduce,
         "Projection": _projection,
         "Projection.nominalScale": _nominal_scale,
         "Geometry.bounds": _bounds,

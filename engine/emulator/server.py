@@ -51,7 +51,7 @@ from engine.emulator.render import (
     picture_levels,
 )
 from engine.emulator.stats import EmulatorStats, tile_key
-from engine.emulator.workers import Renderer
+from engine.emulator.workers import ClientGone, Renderer
 
 log = logging.getLogger(__name__)
 
@@ -454,11 +454,36 @@ async def discovery(request: web.Request) -> web.Response:
     state = _state(request)
     if state.discovery is None:
         raw = await _run(state, _client_file, "cloud_api_discovery_document.json")
-        state.discovery = json.loads(raw.decode("utf-8").replace("v1alpha", "v1"))
+        state.discovery = _with_workload_tags(
+            json.loads(raw.decode("utf-8").replace("v1alpha", "v1"))
+        )
     root = f"{request.scheme}://{request.host}/"
     document = {**state.discovery, "rootUrl": root, "baseUrl": root, "servicePath": ""}
     document.pop("mtlsRootUrl", None)
     return web.json_response(document)
+
+
+WORKLOAD_TAG_PARAMETER = {
+    "type": "string",
+    "location": "query",
+    "description": "User supplied tag to track this computation (the client's workload tag).",
+}
+
+
+def _with_workload_tags(document: dict[str, Any]) -> dict[str, Any]:
+    """The client's bundled discovery document predates ``workloadTag``; the service
+    declares it on the calls that create work, and the client sends it as a query
+    parameter of ``thumbnails.create`` (an undeclared one fails in the client)."""
+
+    def walk(resources: dict[str, Any]) -> None:
+        for resource in resources.values():
+            for name, method in resource.get("methods", {}).items():
+                if name in ("create", "compute", "computePixels"):
+                    method.setdefault("parameters", {})["workloadTag"] = WORKLOAD_TAG_PARAMETER
+            walk(resource.get("resources", {}))
+
+    walk(document.get("resources", {}))
+    return document
 
 
 async def algorithms(request: web.Request) -> web.Response:
@@ -476,6 +501,7 @@ async def value_compute(request: web.Request) -> web.Response:
     expression = body.get("expression")
     if not isinstance(expression, dict):
         raise ApiError(400, "Invalid argument: 'expression' is required.")
+    state.stats.record_workload_tag("value:compute", body.get("workloadTag"))
     await _api_fault(state, "value:compute", digest(expression))
     started = state.clock()
 
@@ -508,6 +534,7 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     if visualization is not None and not isinstance(visualization, dict):
         raise ApiError(400, "Invalid argument: 'visualizationOptions' must be an object.")
     requested = body.get("bandIds") or None
+    state.stats.record_workload_tag("thumbnails:create", request.query.get("workloadTag"))
     await _api_fault(state, "thumbnails:create", digest(body))
     started = state.clock()
     text = expression_text(expression)
@@ -612,9 +639,13 @@ async def _serve_pixels(
     try:
         check_memory(state.config, work)
         assert state.renderer is not None, "the app has not started"
-        body = await state.renderer.tile(job)
+        body = await state.renderer.tile(job, wanted=lambda: not _client_gone(request))
     except state.evaluator.error as exc:
         raise ApiError(400, str(exc)) from None
+    except ClientGone:
+        state.stats.client_aborts += 1
+        request[NO_RESPONSE] = True
+        return web.Response(status=200)
     await _shape_latency(state, started, grid)
     key = tile_key(grid.crs, grid.transform, grid.width, grid.height, list(job.band_ids))
     return await send_tile(
@@ -693,6 +724,7 @@ async def compute_pixels(request: web.Request) -> web.StreamResponse:
     if not isinstance(expression, dict):
         raise ApiError(400, "Invalid argument: 'expression' is required.")
     file_format = str(body.get("fileFormat") or "GEO_TIFF")
+    state.stats.record_workload_tag("computePixels", body.get("workloadTag"))
     if file_format not in encode.FORMATS_COMPUTE:
         raise ApiError(400, f"Unsupported fileFormat for this emulator: {file_format}.")
     given = _grid_from_body(body["grid"]) if "grid" in body else None

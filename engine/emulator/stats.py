@@ -45,6 +45,7 @@ class EmulatorStats:
         self.requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.faults: Counter[str] = Counter()
         self.tiles: Counter[str] = Counter()
+        self.workload_tags: Counter[str] = Counter()  # by endpoint and tag: "endpoint tag"
         self.bytes_served = 0
         self.client_aborts = 0
         self.quota_rejections = 0
@@ -76,6 +77,11 @@ class EmulatorStats:
     def record_tile(self, key: str) -> None:
         """A tile's body went out completely with a 200."""
         self.tiles[key] += 1
+
+    def record_workload_tag(self, endpoint: str, tag: Any) -> None:
+        """A request carried a workload tag (``workloadTag``), as Cloud Monitoring would see."""
+        if tag:
+            self.workload_tags[f"{endpoint} {tag}"] += 1
 
     def record_cache(self, hit: bool) -> None:
         """A tile body came from the tile cache (hit) or had to be rendered (miss)."""
@@ -147,6 +153,7 @@ class EmulatorStats:
                 "over_50ms": self.loop_lags_over_50ms,
             },
             "faults": dict(self.faults),
+            "workload_tags": dict(self.workload_tags),
             "tiles_served": [
                 {"key": key, "count": count} for key, count in sorted(self.tiles.items())
             ],
