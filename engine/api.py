@@ -26,6 +26,7 @@ from engine.errors import (
     CollectionIncomplete,
     DownloadIncomplete,
     EefetchError,
+    InvalidJob,
 )
 from engine.job import JobResult, run_job
 from engine.paths import default_state_path
@@ -41,7 +42,7 @@ from engine.request import (
 )
 from engine.runner import run_sync
 from engine.spec import Endpoint
-from state import is_database_url
+from state import default_job_name, is_database_url
 
 if TYPE_CHECKING:
     import ee
@@ -172,6 +173,8 @@ def download_ee_image_collection(
     project_quota: int | None = None,
     lease_seconds: float = _DEFAULTS.lease_seconds,
     tile_folder: str | os.PathLike[str] | None = None,
+    state: str | None = None,
+    job: str | None = None,
     quiet: bool = False,
     progress: Progress | None = None,
     **kwargs: Any,
@@ -184,17 +187,28 @@ def download_ee_image_collection(
     ``concurrency`` (or ``num_threads``) is the budget for the whole collection;
     ``parallel_images`` how many images are in progress at once. With ``zarr=True`` (or
     ``output_format="zarr"``, or an ``out_dir`` ending in .zarr) the images go to one Zarr
-    store with a time dimension, ``out_dir/collection.zarr`` (``engine.stack``). Raises
-    :class:`CollectionIncomplete` when an image did not finish.
+    store with a time dimension, ``out_dir/collection.zarr`` (``engine.stack``). ``state``, a
+    PostgreSQL URL, keeps every image as a job ``JOB.IMAGE`` in that database (``job``:
+    default the folder's name), so the same call on several machines shares the work (the
+    stacked store: one job named ``job``). Raises :class:`CollectionIncomplete` when an image
+    did not finish.
     """
     from engine import collection as images_of
 
     del kwargs
     folder = Path(out_dir or os.getcwd()).expanduser().resolve()
+    if state is not None and not is_database_url(state):
+        raise InvalidJob(
+            f"state for a collection is a PostgreSQL URL (postgresql://user@host:port/db), got "
+            f"{state!r}; without it every image keeps its state in a file beside it"
+        )
+    where = images_of.Where(state, job or default_job_name(folder.name + ".tif"))
     # Each image's own file name replaces the output's.
     request, settings, connection = _from_arguments(locals(), folder / "image.tif")
     if zarr or request.format == "zarr" or folder.suffix.lower() == ".zarr":
-        return _stack(collection, request, settings, connection, progress, quiet, filenames)
+        return _stack(
+            collection, request, settings, connection, progress, quiet, filenames, state, job
+        )
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,7 +223,7 @@ def download_ee_image_collection(
                 request.for_output(output),
                 connection,
                 concurrency=settings.concurrency,
-                slot=call_slot(default_state_path(output), settings.project_quota),
+                slot=call_slot(state or default_state_path(output), settings.project_quota),
             ),
         )
         result = run_sync(
@@ -219,6 +233,7 @@ def download_ee_image_collection(
                 options,
                 progress or choose_progress(quiet),
                 parallel_images or DEFAULT_PARALLEL_IMAGES,
+                where,
             )
         )
     if not result.complete:
@@ -234,6 +249,8 @@ def _stack(
     progress: Progress | None,
     quiet: bool,
     filenames: Sequence[str] | str | None,
+    state: str | None,
+    job: str | None,
 ) -> CollectionResult:
     """``download_ee_image_collection`` to one Zarr store: one job for all the images."""
     from engine import collection as images_of
@@ -248,9 +265,9 @@ def _stack(
     with ee_adapter.client_settings(workload_tag=request.workload_tag):
         members = images_of.list_images(collection, filenames)
         spec = stack_job(collection, members, request, connection, concurrency=settings.concurrency)
-        result = run_sync(
-            run_job(spec, default_state_path(output), options, progress or choose_progress(quiet))
-        )
+        target = state or default_state_path(output)
+        running = run_job(spec, target, options, progress or choose_progress(quiet), job=job)
+        result = run_sync(running)
     outcome = CollectionResult(output.parent, {output.name: result})
     if not outcome.complete:
         raise CollectionIncomplete(outcome)
