@@ -24,6 +24,15 @@ from state import StateError, Store
 LOG = logging.getLogger(__name__)
 
 
+MAX_BEAT_S = 5.0  # what `eefetch status` shows of a worker is at most this old
+
+
+def beat_interval(lease_seconds: float) -> float:
+    """Seconds between heartbeats: a third of the lease (a live worker is never judged dead),
+    and at most MAX_BEAT_S, so that the per-worker rows of a status stay fresh."""
+    return min(MAX_BEAT_S, max(0.5, lease_seconds / 3))
+
+
 class CountingProgress:
     """A progress display that also counts this worker's finished tiles and their bytes."""
 
@@ -113,7 +122,7 @@ class WorkerSession:
 
     async def _beat(self) -> None:
         while True:
-            await asyncio.sleep(max(0.5, self.lease_seconds / 3))
+            await asyncio.sleep(beat_interval(self.lease_seconds))
             try:
                 await self.state(self._send)
             except StateError as exc:  # the next beat tries again; the store already waited

@@ -438,3 +438,11 @@ def test_one_collection_command_on_two_machines_fetches_and_merges_each_image_on
     for j in jobs:
         assert Path(j.output_path).parent == folder
         assert_oracle(Path(j.output_path), pg_url, j.name, oracle)
+
+
+def test_heartbeats_come_a_few_times_per_lease_and_at_least_every_five_seconds() -> None:
+    from engine.heartbeat import beat_interval
+
+    assert beat_interval(60.0) == 5.0  # the default lease: status rows at most 5 s old
+    assert beat_interval(6.0) == 2.0  # a short lease: three beats per lease
+    assert beat_interval(0.9) == 0.5
