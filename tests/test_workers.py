@@ -32,6 +32,7 @@ from fleet import (
 )
 from reliability import (
     REPO,
+    assert_matches_oracle,
     dem_args,
     oracle_render,
     run_cli,
@@ -360,7 +361,6 @@ def test_an_older_state_file_is_upgraded_and_resumed(
     finally:
         con.close()
     assert version == (str(SCHEMA_VERSION),)
-    from reliability import assert_matches_oracle
 
     assert_matches_oracle(output, state, oracle)
     shown = run_cli("status", str(state))
@@ -446,3 +446,30 @@ def test_heartbeats_come_a_few_times_per_lease_and_at_least_every_five_seconds()
     assert beat_interval(60.0) == 5.0  # the default lease: status rows at most 5 s old
     assert beat_interval(6.0) == 2.0  # a short lease: three beats per lease
     assert beat_interval(0.9) == 0.5
+
+
+def test_two_downloads_on_one_machine_share_their_projects_quota(
+    tmp_path: Path, ee_emulator, oracle: EmulatorThread
+) -> None:
+    """Two ordinary `eefetch download` jobs (state files, no server), started together on one
+    project: each keeps 3 requests in flight, and together they keep 4, the project quota
+    (kept in the per-user quota file), not 6."""
+    emulator = paced(ee_emulator, 0.8)
+    limits = ("--concurrency", "3", "--project-quota", "4")
+    outputs = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    regions = ["118.70,32.00,118.75,32.06", "118.75,32.00,118.80,32.06"]
+    processes = [
+        start_eefetch(dem_args(emulator.url, output, *SMALL_TILES, *limits, region=region))
+        for output, region in zip(outputs, regions, strict=True)
+    ]
+    all_ok([finish(p) for p in processes])
+    stats = emulator.stats()["projects"][PROJECT]
+    assert 0 < stats["max_in_flight"] <= 4, stats
+    done = []
+    for output in outputs:
+        with Store.open_reader(f"{output}.eefetch.db") as store:
+            done.append([t.updated_at for t in store.tiles("done")])
+        assert_matches_oracle(output, Path(f"{output}.eefetch.db"), oracle)
+    # They did run side by side (else the bound would prove nothing): each job had tiles done
+    # before the other's last one.
+    assert min(done[1]) < max(done[0]) and min(done[0]) < max(done[1])
