@@ -11,11 +11,21 @@ import enum
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.defaults import DEFAULT_CONCURRENCY, EE_MAX_CONCURRENCY
+
+RATE_LIMIT_PAUSE_S = 0.5  # no new request for this long after a 429 ...
+RATE_LIMIT_PAUSE_CAP_S = 30.0  # ... doubling while 429s keep coming, up to this
+
+
+def rate_limit_pause(
+    streak: int, base: float = RATE_LIMIT_PAUSE_S, cap: float = RATE_LIMIT_PAUSE_CAP_S
+) -> float:
+    """How long to send nothing new after the ``streak``-th 429 with no success between."""
+    return min(cap, base * 2.0 ** max(0, streak - 1))
 
 
 class Meter(Protocol):
@@ -188,6 +198,11 @@ class AdaptiveLimiter:
     back one at a time, additive increase and multiplicative decrease, the rule TCP uses to
     share a link, here to stay under Earth Engine's per-project quota. Unpinned (``probe``):
     a :class:`ConcurrencyProbe` sets the size from measured goodput, and 429s still halve it.
+
+    A 429 also pauses every new request (``rate_limit_pause``), doubling while 429s keep
+    coming after each pause: a 429 frees its slot at once, so without the pause the freed
+    slots sent other tiles into the same refusal, about 50 requests a second for the 10 s a
+    resumed job's server was still busy with the stopped run's requests (seed_scale).
     """
 
     def __init__(
@@ -198,6 +213,7 @@ class AdaptiveLimiter:
         successes_per_step: int = 4,
         decrease_cooldown: float = 5.0,
         probe: ConcurrencyProbe | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if maximum < 1:
             raise ValueError("concurrency must be at least 1")
@@ -211,6 +227,9 @@ class AdaptiveLimiter:
         self._cooldown = decrease_cooldown
         self._last_decrease = -float("inf")
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sleep = sleep
+        self._paused_until = -float("inf")
+        self._rate_limited_streak = 0
 
     @classmethod
     def unpinned(
@@ -248,7 +267,15 @@ class AdaptiveLimiter:
     def in_use(self) -> int:
         return self._in_use
 
+    def pause_left(self) -> float:
+        """Seconds before a new request may start, after the last 429."""
+        return max(0.0, self._paused_until - self._clock())
+
     async def acquire(self) -> None:
+        slept_until = -float("inf")
+        while self._paused_until > slept_until and (wait := self.pause_left()) > 0:
+            slept_until = self._paused_until  # a clock that does not move still ends it
+            await self._sleep(wait)
         while self._in_use >= self._limit:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -272,6 +299,7 @@ class AdaptiveLimiter:
         self._wake()
 
     def on_success(self) -> None:
+        self._rate_limited_streak = 0
         if self.probe is not None:
             return  # the probe decides when more connections are worth it
         self._successes += 1
@@ -280,8 +308,14 @@ class AdaptiveLimiter:
             self._limit += 1
             self._wake()
 
-    def on_rate_limited(self) -> None:
+    def on_rate_limited(
+        self, pause: float = RATE_LIMIT_PAUSE_S, pause_cap: float = RATE_LIMIT_PAUSE_CAP_S
+    ) -> None:
+        """A 429: pause new requests (``pause`` doubling up to ``pause_cap``), lower the limit."""
         now = self._clock()
+        if now >= self._paused_until:  # a request sent during a pause does not lengthen it
+            self._rate_limited_streak += 1
+            self._paused_until = now + rate_limit_pause(self._rate_limited_streak, pause, pause_cap)
         if now - self._last_decrease < self._cooldown:
             return
         self._last_decrease = now

@@ -29,7 +29,12 @@ from engine.defaults import (
 from engine.errors import ErrorKind, FetchError, JobStopped
 from engine.grid import split_for_slots, split_tile
 from engine.offload import StateThread, uninterrupted
-from engine.pacing import AdaptiveLimiter, OutageMonitor
+from engine.pacing import (
+    RATE_LIMIT_PAUSE_CAP_S,
+    RATE_LIMIT_PAUSE_S,
+    AdaptiveLimiter,
+    OutageMonitor,
+)
 from engine.progress import Progress, SilentProgress
 from engine.retry import Action, Verdict, classify, retry_delay
 from engine.tiles import new_tile, tile_plan
@@ -383,7 +388,11 @@ class Scheduler:
     def _handle_failure(self, tile: TileRecord, error: FetchError) -> None:
         verdict = classify(error)
         if verdict.rate_limited:
-            self.limiter.on_rate_limited()
+            # The pause never outlasts the backoff the user allowed (--max-backoff).
+            self.limiter.on_rate_limited(
+                min(RATE_LIMIT_PAUSE_S, self.options.backoff_base),
+                min(RATE_LIMIT_PAUSE_CAP_S, self.options.backoff_cap),
+            )
         in_outage = verdict.network_down and self.outage.record_network_failure()
         action = verdict.action
         if action is Action.STOP_JOB:

@@ -4,7 +4,13 @@ import asyncio
 
 import pytest
 
-from engine.pacing import AdaptiveLimiter, ConcurrencyProbe, OutageMonitor, ProbeSettings
+from engine.pacing import (
+    AdaptiveLimiter,
+    ConcurrencyProbe,
+    OutageMonitor,
+    ProbeSettings,
+    rate_limit_pause,
+)
 
 
 class FakeClock:
@@ -81,6 +87,54 @@ def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     assert asyncio.run(scenario()) == 1
 
 
+def test_a_429_pauses_new_requests_and_the_pause_doubles_while_429s_keep_coming() -> None:
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(16, clock=clock)
+    limiter.on_rate_limited()
+    assert limiter.pause_left() == 0.5
+    clock.now = 0.1
+    limiter.on_rate_limited()  # sent before the pause: it does not lengthen it
+    assert limiter.pause_left() == pytest.approx(0.4)
+    clock.now = 0.6
+    limiter.on_rate_limited()  # refused again after the pause: twice as long
+    assert limiter.pause_left() == pytest.approx(1.0)
+    limiter.on_success()
+    clock.now = 2.0
+    limiter.on_rate_limited()  # a success between: back to the first pause
+    assert limiter.pause_left() == 0.5
+    assert [rate_limit_pause(n) for n in (1, 2, 3, 8, 20)] == [0.5, 1.0, 2.0, 30.0, 30.0]
+
+
+def test_acquire_waits_out_the_pause_even_on_a_clock_that_does_not_move() -> None:
+    clock = FakeClock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def scenario() -> int:
+        limiter = AdaptiveLimiter(4, clock=clock, sleep=sleep)
+        await limiter.acquire()
+        limiter.on_rate_limited()
+        limiter.release()
+        await asyncio.wait_for(limiter.acquire(), 1)
+        return limiter.in_use
+
+    assert asyncio.run(scenario()) == 1
+    assert slept == [0.5]
+
+
+def test_the_pause_keeps_a_busy_server_from_being_hammered() -> None:
+    # The server's quota is held by another client for 10 s (a stopped run's requests): every
+    # request is refused. Without the pause each 429 freed a slot for the next refusal at the
+    # simulation's step (50 ms): 1,000 and more 429s; with it, a few bursts.
+    model = Model(per_connection=4 * MB, latency=1.0, busy_until=10.0)
+    clock = FakeClock()
+    limiter = AdaptiveLimiter(16, clock=clock)
+    _, _, refused = simulate(model, limiter, clock, 200, 4 * MB)  # returns when all are done
+    assert refused <= 10  # one per pause: 0.5, 1, 2, 4, 8 s
+
+
 def test_outage_needs_consecutive_network_failures() -> None:
     monitor = OutageMonitor(threshold=3)
     assert not monitor.record_network_failure()
@@ -110,7 +164,8 @@ def test_probe_interval_doubles_up_to_a_cap_and_resets_on_recovery() -> None:
 class Model:
     """A server and link as a fluid model: each tile waits ``latency`` seconds, then streams at
     the smallest of the per-connection rate and its share of the link; beyond ``quota``
-    concurrent requests the server answers 429 at once."""
+    concurrent requests, or before ``busy_until`` (its quota taken by another client), the
+    server answers 429 at once."""
 
     def __init__(
         self,
@@ -119,7 +174,9 @@ class Model:
         link: float = float("inf"),
         latency: float = 1.0,
         quota: int = 10_000,
+        busy_until: float = 0.0,
     ) -> None:
+        self.busy_until = busy_until
         self.per_connection = per_connection
         self.link = link
         self.latency = latency
@@ -144,10 +201,10 @@ def simulate(
         ready = [t for t in retry_at if t <= now]
         retry_at = [t for t in retry_at if t > now]
         pending += len(ready)
-        while pending and limiter.in_use < limiter.limit:
+        while pending and limiter.in_use < limiter.limit and limiter.pause_left() == 0:
             pending -= 1
             limiter.take()
-            if len(waiting) + len(streaming) >= model.quota:
+            if now < model.busy_until or len(waiting) + len(streaming) >= model.quota:
                 refused += 1
                 limiter.on_rate_limited()
                 limiter.release()
