@@ -29,6 +29,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
+from engine.durable import fsync_path
 from engine.errors import MergeError, OutputExistsError
 from engine.filemodes import create_private, public_mode
 from engine.tilestore import TileValidationError, block_ends, block_position
@@ -367,19 +368,11 @@ def _temp_path(output: Path, tag: str) -> Path:
     return output.with_name(f".{output.name}.eefetch-{tag}.tmp")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(temp: Path, output: Path, overwrite: bool) -> None:
     """Give ``temp`` the output's name, durably; without overwrite never clobber a file that
     appeared meanwhile (a hard link fails if the name exists)."""
     os.chmod(temp, public_mode())  # built private; published as any new file of the user
-    _fsync(temp)
+    fsync_path(temp)
     if overwrite:
         os.replace(temp, output)
     else:
@@ -393,7 +386,7 @@ def _publish(temp: Path, output: Path, overwrite: bool) -> None:
             os.replace(temp, output)
         else:
             temp.unlink()
-    _fsync(output.parent)
+    fsync_path(output.parent)
 
 
 def _exists(output: Path) -> OutputExistsError:
@@ -570,7 +563,7 @@ class OutputBuilder:
         """
         self._stack.close()
         self._dst = self._writer = None
-        _fsync(self.plain)
+        fsync_path(self.plain)
         self._suspended = True
         stat = self.plain.stat()
         return stat.st_size, stat.st_mtime_ns

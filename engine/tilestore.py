@@ -30,6 +30,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioError
 from rasterio.windows import Window as RioWindow
 
+from engine.durable import fsync_path
 from engine.grid import Transform
 
 PART_SUFFIX = ".part"
@@ -128,15 +129,6 @@ async def _write_hashed(handle: AsyncBufferedIOBase, digest: hashlib._Hash, data
     """Hash ``data`` in a worker thread (hashlib lets go of the GIL), then write it."""
     await asyncio.to_thread(digest.update, data)
     await handle.write(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable; without this a crash can forget the new name."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -338,7 +330,7 @@ class TileStore:
     def _ensure_root(self) -> None:
         if not self.root.is_dir():
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as the state
-            _fsync_dir(self.root.parent)
+            fsync_path(self.root.parent)
 
     async def write_stream(
         self,
@@ -359,7 +351,7 @@ class TileStore:
             received, checksum = await self._receive(part, chunks, expected_length)
             await asyncio.to_thread(validate_geotiff, part, expect, decode=True)
             os.replace(part, final)
-            await asyncio.to_thread(_fsync_dir, self.root)
+            await asyncio.to_thread(fsync_path, self.root)
         except BaseException:
             _unlink_quietly(part)
             raise

@@ -45,6 +45,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window as RioWindow
 from zarr.codecs import BloscCodec
 
+from engine.durable import fsync_path
 from engine.errors import MergeError, OutputExistsError
 from engine.filemodes import PRIVATE_DIR, current_umask
 from engine.grid import Grid, TilePlan
@@ -317,7 +318,7 @@ class ZarrBuilder:
         self._journal.write(json.dumps(header) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())
-        _fsync_dir(self.temp)
+        fsync_path(self.temp)
 
     def _close_journal(self) -> None:
         if self._journal is not None:
@@ -450,7 +451,7 @@ class ZarrBuilder:
                 os.close(fd)
             folders.add(path.parent)
         for folder in sorted(folders):
-            _fsync_dir(folder)
+            fsync_path(folder)
 
     def _chunk_keys(self, plan: TilePlan) -> Iterator[str]:
         w = plan.window
@@ -476,7 +477,7 @@ class ZarrBuilder:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(meta.parent)
+            fsync_path(meta.parent)
 
     def _publish(self) -> None:
         """Rename the store to the output's name; an existing output only with overwrite."""
@@ -490,7 +491,7 @@ class ZarrBuilder:
             shutil.rmtree(old, ignore_errors=True)
             os.rename(self.output, old)
         os.rename(self.temp, self.output)
-        _fsync_dir(self.output.parent)
+        fsync_path(self.output.parent)
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -518,14 +519,6 @@ def _cuts(start: int, stop: int, chunk: int, per_step: int) -> list[int]:
     """``[start, stop)`` cut on chunk lines, every ``per_step`` chunks."""
     lines = list(range((start // chunk + 1) * chunk, stop, chunk))
     return [start, *lines[per_step - 1 :: per_step], stop]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fill_value_attribute(value: float | int, dtype: str) -> int | str:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
 PROJECT = "eefetch-offline"  # the project an emulator run sends its requests to
 
@@ -42,7 +42,7 @@ PROJECT = "eefetch-offline"  # the project an emulator run sends its requests to
 def job_args(url: str, ee_url: str, output: Path, args: argparse.Namespace) -> list[str]:
     """The first worker's command: a DEM of about ``args.megabytes`` MB (the last
     --max-tile-bytes given is the one that counts)."""
-    from reliability import dem_args
+    from engine.testing.jobs import dem_args
 
     side = (args.megabytes * 1e6 / 2) ** 0.5 * 30 / 111_000  # int16 pixels of 30 m, in degrees
     west, south = 118.5, 32.0
@@ -65,8 +65,7 @@ def shared_args(args: argparse.Namespace) -> list[str]:
 
 def run(workers: int, cluster: object, emulator: object, folder: Path, args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """One job fetched by ``workers`` processes; its figures."""
-    from fleet import finish, job_exists, start_eefetch, wait_for, worker_args
-
+    from engine.testing.fleet import finish, job_exists, start_eefetch, wait_for, worker_args
     from state import Store
 
     url = cluster.create_database()  # type: ignore[attr-defined]
@@ -122,10 +121,9 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
 
-    from pg import PostgresCluster
-
     from engine.emulator.config import EmulatorConfig
     from engine.emulator.server import EmulatorThread
+    from tests.pg import PostgresCluster
 
     figures: dict[int, list[dict[str, float]]] = {w: [] for w in counts}
     loads = [os.getloadavg()[0]]

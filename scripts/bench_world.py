@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 HUAINAN = REPO / "engine" / "data" / "huainan.geojson"
 
@@ -65,29 +63,29 @@ def start_up() -> tuple[float, float]:
         process.wait(timeout=10)
 
 
-def tutorial(ee: Any) -> Any:
-    from engine.recipes import Composite, composite
+def huainan_recipe(**options: Any) -> Any:
+    """The tutorial's 2022 Sentinel-2 recipe over Huainan (``options``: more of its fields)."""
+    from engine.recipes import Composite
     from engine.region_input import load_region
 
-    recipe = Composite(
-        "COPERNICUS/S2_SR_HARMONIZED",
-        "2022-01-01",
-        "2022-12-31",
-        load_region(str(HUAINAN)),
-        max_cloud=10,
-        bands=("B[1-8]",),
+    region = load_region(str(HUAINAN))
+    return Composite(
+        "COPERNICUS/S2_SR_HARMONIZED", "2022-01-01", "2022-12-31", region, max_cloud=10, **options
     )
-    return composite(recipe)
+
+
+def tutorial(ee: Any) -> Any:
+    from engine.recipes import composite
+
+    return composite(huainan_recipe(bands=("B[1-8]",)))
 
 
 def query_time(ee: Any) -> tuple[float, int, int]:
     """(seconds, scenes, candidates) of the tutorial's collection over Huainan."""
-    from ee_offline import wire
-
     from engine.emulator import catalog
     from engine.emulator.evaluate import evaluate
-    from engine.recipes import Composite, composite_collection
-    from engine.region_input import load_region
+    from engine.recipes import composite_collection
+    from engine.testing.ee_offline import wire
 
     seen: list[int] = []
     search = catalog.search
@@ -99,14 +97,7 @@ def query_time(ee: Any) -> tuple[float, int, int]:
 
     catalog.search = counting  # type: ignore[assignment]
     try:
-        recipe = Composite(
-            "COPERNICUS/S2_SR_HARMONIZED",
-            "2022-01-01",
-            "2022-12-31",
-            load_region(str(HUAINAN)),
-            max_cloud=10,
-        )
-        expression = wire(composite_collection(recipe).size())
+        expression = wire(composite_collection(huainan_recipe()).size())
         started = time.perf_counter()
         size = evaluate(expression)
         return time.perf_counter() - started, int(size), sum(seen)
@@ -116,11 +107,10 @@ def query_time(ee: Any) -> tuple[float, int, int]:
 
 def render_window(ee: Any, side: int) -> tuple[float, int]:
     """(seconds, scenes reaching the window) for one side x side window at Huainan's centre."""
-    from ee_offline import download_expression
-
     from engine.emulator.evaluate import evaluate
     from engine.grid import grid_from_region
     from engine.region_input import load_region
+    from engine.testing.ee_offline import download_expression
 
     grid = grid_from_region(load_region(str(HUAINAN)), "EPSG:4326", 10)
     a, _, c, _, e, f = grid.transform
@@ -144,7 +134,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--side", type=int, default=2048)
     args = parser.parse_args()
-    from ee_offline import offline_ee
+    from engine.testing.ee_offline import offline_ee
 
     starts = [start_up() for _ in range(args.runs)]
     results: dict[str, Any] = {

@@ -25,13 +25,14 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from engine.testing.cli import emulator_process
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "tutorial_composite.py"
@@ -47,21 +48,6 @@ def write_region(path: Path, box: tuple[float, float, float, float]) -> Path:
     feature = {"type": "Feature", "properties": {}, "geometry": geometry}
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     return path
-
-
-def start_emulator(profile: str, seed: int) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "emulator", "--profile", profile, "--seed", str(seed)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    url = process.stdout.readline().strip()
-    if not url.startswith("http"):
-        process.kill()
-        raise SystemExit(f"bench_zarr: the emulator did not start (said {url!r})")
-    return process, url
 
 
 def output_bytes(path: Path) -> int:
@@ -175,10 +161,9 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     region = write_region(args.workdir / "box.geojson", QUICK_BOX if args.quick else FULL_BOX)
-    emulator, url = start_emulator(args.profile, args.seed)
     started = dt.datetime.now(dt.UTC)
     runs: list[dict[str, Any]] = []
-    try:
+    with emulator_process("--profile", args.profile, "--seed", str(args.seed)) as (_, url):
         for rep in range(args.reps):
             order = FORMATS if rep % 2 == 0 else FORMATS[::-1]
             for fmt in order:
@@ -188,13 +173,6 @@ def main() -> None:
                 print(json.dumps(run), file=sys.stderr, flush=True)
                 if rep == args.reps - 1:
                     keep_pair(fmt, args.workdir)
-    finally:
-        emulator.send_signal(signal.SIGTERM)
-        try:
-            emulator.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            emulator.kill()
-            emulator.wait()
     equal = same_values(args.workdir / "kept-out.tif", args.workdir / "kept-out.zarr")
     results = {
         "started": started.isoformat(timespec="seconds"),

@@ -37,21 +37,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import rasterio
+from rasterio.io import MemoryFile
+from rasterio.windows import Window as RioWindow
+
+from engine import ee_adapter
+from engine.emulator.config import EmulatorConfig
+from engine.emulator.server import EmulatorThread
+from engine.grid import METRES_PER_DEGREE, Window
+from engine.spec import JobSpec
+from engine.testing.oracle import oracle_emulator
+from state import StateError, Store
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from rasterio.io import MemoryFile  # noqa: E402
-from rasterio.windows import Window as RioWindow  # noqa: E402
-
-from engine import ee_adapter  # noqa: E402
-from engine.emulator.config import EmulatorConfig  # noqa: E402
-from engine.emulator.server import EmulatorThread  # noqa: E402
-from engine.grid import METRES_PER_DEGREE, Window  # noqa: E402
-from engine.spec import JobSpec  # noqa: E402
-from state import StateError, Store  # noqa: E402
 
 MODES = ("early", "progress", "part", "merge")
 ORACLE_STRIP_BYTES = 32 << 20
@@ -516,7 +515,7 @@ def main() -> int:
         )
         with (
             EmulatorThread(emulator_config(config)) as emulator,
-            EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as oracle,
+            oracle_emulator() as oracle,
         ):
             result = run_campaign(config, emulator, oracle)
     summary = {

@@ -10,6 +10,7 @@ again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import signal
@@ -19,22 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from engine.testing.cli import emulator_process
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def start_emulator(profile: str, seed: int) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "emulator", "--profile", profile, "--seed", str(seed)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    assert process.stdout is not None
-    url = process.stdout.readline().strip()
-    if not url.startswith("http"):
-        process.kill()
-        raise SystemExit(f"the emulator did not start (said {url!r})")
-    return process, url
 
 
 def tiles_done(state: Path) -> tuple[int, int]:
@@ -83,7 +71,10 @@ def main() -> int:
     output = args.output_dir / "huainan-s2-2022-median.tif"
     state = output.with_name(output.name + ".eefetch.db")
 
-    emulator, url = start_emulator(args.profile, args.seed)
+    emulator = contextlib.ExitStack()
+    _, url = emulator.enter_context(
+        emulator_process("--profile", args.profile, "--seed", str(args.seed))
+    )
     print(f"demo: emulator ({args.profile} profile) at {url}", flush=True)
     region = str(REPO / "engine" / "data" / "huainan.geojson")
     command = [sys.executable, "-m", "engine.cli", "composite"]
@@ -132,8 +123,7 @@ def main() -> int:
             f"{len(repeats)} were served twice (at most the tiles in flight at the interrupt)"
         )
     finally:
-        emulator.send_signal(signal.SIGTERM)
-        emulator.wait(timeout=30)
+        emulator.close()
 
     import rasterio
 

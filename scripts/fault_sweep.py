@@ -24,15 +24,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.emulator.config import TILE_FAULT_KINDS
+from engine.scheduler import SchedulerOptions
+from engine.testing.campaigns import FaultReport, run_under_faults
+from engine.transport import TransportOptions
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO))
-
-from peers import FaultReport, run_under_faults  # noqa: E402
-
-from engine.emulator.config import TILE_FAULT_KINDS  # noqa: E402
-from engine.scheduler import SchedulerOptions  # noqa: E402
-from engine.transport import TransportOptions  # noqa: E402
 
 START = "<!-- fault-sweep:start -->"
 END = "<!-- fault-sweep:end -->"

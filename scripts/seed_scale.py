@@ -52,24 +52,25 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-for _folder in (REPO, REPO / "tests", REPO / "scripts"):
-    if str(_folder) not in sys.path:
-        sys.path.insert(0, str(_folder))
+# bench.py and crash_campaign.py are this folder's scripts, not modules of the package.
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
 
 import bench  # noqa: E402  (scripts/bench.py: the emulator's process, /proc CPU, the machine)
 import crash_campaign  # noqa: E402  (done counts, freezing, served counts, the oracle check)
-from peers import GUARDED_CLI, TinyProxy, cli_env, host_port  # noqa: E402
 
 from engine.emulator.config import EmulatorConfig  # noqa: E402
 from engine.grid import Window  # noqa: E402
 from engine.progress import format_bytes  # noqa: E402
+from engine.testing.cli import GUARDED_CLI, cli_env  # noqa: E402
+from engine.testing.jobs import tutorial_args  # noqa: E402
+from engine.testing.peers import TinyProxy, host_port  # noqa: E402
 from state import Store  # noqa: E402
 
 BENCHMARKS = REPO / "BENCHMARKS.md"
 PROFILE = "realistic"
 RSS_GOAL_MB = 400.0
 DISK_SLACK = 1.1  # the disk goal: 1.1 x the output + one tile per connection
-COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
 HUAINAN = "engine/data/huainan.geojson"
 # Huainan's box (116.35-117.20 E, 31.90-33.00 N) grown 2.22 times each way about its centre:
 # 21041 x 27163 pixels, 18.3 GB, the tutorial's other download.
@@ -135,36 +136,7 @@ PRESETS = {
 
 def eefetch_args(preset: Preset, output: Path, url: str, proxy_url: str) -> list[str]:
     """The README's tutorial command for the preset's region (plus its extra options)."""
-    return [
-        "composite",
-        "--collection",
-        COLLECTION,
-        "--start",
-        "2022-01-01",
-        "--end",
-        "2022-12-31",
-        "--max-cloud",
-        "10",
-        "--cloud-mask",
-        "qa60",
-        "--bands",
-        "B[1-8]",
-        "--reducer",
-        "median",
-        "--region",
-        preset.region,
-        "--scale",
-        "10",
-        "--crs",
-        "EPSG:4326",
-        "-o",
-        str(output),
-        "--ee-url",
-        url,
-        "--proxy",
-        proxy_url,
-        *preset.extra,
-    ]
+    return tutorial_args(preset.region, output, url, "--proxy", proxy_url, *preset.extra)
 
 
 # ----------------------------------------------------------------------------- pure figures

@@ -111,6 +111,15 @@ def ee_emulator():  # type: ignore[no-untyped-def]
         emulator.stop()
 
 
+@pytest.fixture(scope="module")
+def oracle():  # type: ignore[no-untyped-def]
+    """An emulator with no limits, whose one-request render is what a job must merge to."""
+    from engine.testing.oracle import oracle_emulator
+
+    with oracle_emulator() as emulator:
+        yield emulator
+
+
 @pytest.fixture(scope="session")
 def pg_cluster():  # type: ignore[no-untyped-def]
     """One throwaway PostgreSQL server for the session (tests/pg.py), or a skip saying why

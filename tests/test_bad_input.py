@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import rasterio
 from click.testing import CliRunner
-from reliability import SMALL_REGION, assert_matches_oracle, one_line_error, run_cli, state_of
 
 from engine.cli import main
 from engine.defaults import EE_MAX_SIDE_URLS
@@ -22,21 +21,17 @@ from engine.ee_adapter import BandInfo
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.request import lossy_cast_message
+from engine.testing.cli import REPO, one_line_error, run_cli
+from engine.testing.jobs import SMALL_REGION, dem_args, state_of
+from engine.testing.oracle import assert_matches_oracle
 from state import Store
 
-REPO = Path(__file__).resolve().parents[1]
 DEM = ("--asset", "USGS/SRTMGL1_003")
 
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorThread]:
     with EmulatorThread(EmulatorConfig.from_profile("clean", seed=1)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as running:
         yield running
 
 
@@ -176,20 +171,8 @@ def test_a_crs_proj_does_not_know_prints_nothing_but_our_line(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
     """PROJ complains on stderr by itself unless GDAL's errors are routed to logging."""
-    done = run_cli(
-        "download",
-        *DEM,
-        "--region",
-        SMALL_REGION,
-        "--crs",
-        "EPSG:999999",
-        "--scale",
-        "30",
-        "-o",
-        str(tmp_path / "out.tif"),
-        "--ee-url",
-        emulator.url,
-    )
+    output = tmp_path / "out.tif"
+    done = run_cli(*dem_args(emulator.url, output, crs="EPSG:999999", max_tile_bytes=None))
     assert done.returncode == 2  # a command describing an impossible download: misuse
     assert one_line_error(done.stderr) == (
         "Error: unknown crs 'EPSG:999999': give an EPSG code such as 'EPSG:32650' or a WKT string"
@@ -197,23 +180,15 @@ def test_a_crs_proj_does_not_know_prints_nothing_but_our_line(
 
 
 def test_debug_shows_the_traceback(tmp_path: Path, emulator: EmulatorThread) -> None:
+    output = tmp_path / "out.tif"
     done = run_cli(
-        "download",
-        *DEM,
-        "--region",
-        SMALL_REGION,
-        "--scale",
-        "-1",
-        "-o",
-        str(tmp_path / "out.tif"),
-        "--ee-url",
-        emulator.url,
-        "--debug",
+        *dem_args(emulator.url, output, "--debug", scale=-1, crs=None, max_tile_bytes=None)
     )
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "scale must be a positive" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_dtype_that_cannot_hold_the_data_is_warned_about_in_one_line(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
@@ -252,22 +227,10 @@ def test_a_dtype_that_cannot_hold_the_data_is_warned_about_in_one_line(
 
 
 def _dem(emulator: EmulatorThread, output: Path, region: str = SMALL_REGION) -> list[str]:
-    return [
-        "download",
-        *DEM,
-        "--region",
-        region,
-        "--crs",
-        "EPSG:4326",
-        "--scale",
-        "30",
-        "-o",
-        str(output),
-        "--ee-url",
-        emulator.url,
-    ]
+    return dem_args(emulator.url, output, region=region, crs="EPSG:4326", max_tile_bytes=None)
 
 
+@pytest.mark.slow
 def test_a_grid_wider_than_ee_allows_in_one_tile_is_split_not_rejected(
     tmp_path: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:

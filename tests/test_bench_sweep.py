@@ -4,25 +4,18 @@ hand; these only check the arithmetic and the file handling it relies on."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from engine.testing.cli import REPO, load_script
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_script", REPO / "scripts" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_script"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench", "bench_script")
 
 
 @pytest.mark.parametrize(("height", "width", "mib"), [(2828, 2828, 2), (1000, 3001, 48), (7, 5, 8)])

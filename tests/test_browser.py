@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from reliability import REPO, dem_args, run_cli
 from test_webview import start_serve
 
 from engine.emulator import EmulatorConfig, EmulatorThread
 from engine.jobmap import STATE_COLOURS
 from engine.snapshot import read_facts
+from engine.testing.cli import REPO, run_cli
+from engine.testing.jobs import dem_args
 from state import StateError
 
 CHROMIUM = shutil.which("chromium")
@@ -152,6 +153,7 @@ def wait_for_progress(state: Path, job: subprocess.Popen[str]) -> None:
     pytest.fail("the job made no progress within 120 s")
 
 
+@pytest.mark.slow
 def test_the_page_shows_a_running_job_then_the_finished_one(tmp_path: Path) -> None:
     folder = tmp_path / "jobs"
     folder.mkdir()

@@ -18,6 +18,7 @@ from engine.emulator import EmulatorConfig, EmulatorThread
 from engine.grid import grid_from_region
 from engine.region_input import load_region
 from engine.spec import JobSpec
+from engine.testing.jobs import dem_args
 from state import NewTile, Store
 
 DEM_REGION = "118.70,32.00,118.80,32.06"
@@ -30,25 +31,17 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with EmulatorThread(EmulatorConfig.from_profile("clean", seed=8)) as emulator:
         result = CliRunner().invoke(
             main,
-            [
-                "download",
-                "--asset",
-                "USGS/SRTMGL1_003",
-                "--region",
-                DEM_REGION,
-                "--scale",
-                "30",
-                "-o",
-                str(folder / "dem" / "dem.tif"),
+            dem_args(
+                emulator.url,
+                folder / "dem" / "dem.tif",
                 "--keep-tiles",
                 "--concurrency",
                 "2",
-                "--max-tile-bytes",
-                "100000",
-                "--ee-url",
-                emulator.url,
                 "--quiet",
-            ],
+                region=DEM_REGION,
+                crs=None,
+                max_tile_bytes=100_000,
+            ),
         )
         assert result.exit_code == 0, result.output
     yield folder

@@ -99,6 +99,7 @@ def served(emulator: EmulatorThread) -> int:
     return sum(item["count"] for item in emulator.stats()["tiles_served"])
 
 
+@pytest.mark.slow
 def test_download_collection_then_resume_skips_finished_images(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
@@ -136,6 +137,7 @@ def test_download_collection_then_resume_skips_finished_images(
     assert served(emulator) - before == third.results[EXPECTED[2]].counts["done"]
 
 
+@pytest.mark.slow
 def test_images_share_one_concurrency_budget(tmp_path: Path, emulator: EmulatorThread) -> None:
     collection = scenes(emulator)
     folder = (tmp_path / "shared").resolve()

@@ -12,18 +12,17 @@ import asyncio
 import gzip
 import threading
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import ee
 import pytest
 from aiohttp import ClientSession, web
-from reliability import assert_matches_oracle
 
 from engine import download_ee_image, ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.errors import ErrorKind, FetchError
+from engine.testing.oracle import assert_matches_oracle
 from engine.transport import Decoder, content_encoding, decode_error_body
 
 HOP_BY_HOP = {"host", "accept-encoding", "content-length", "transfer-encoding", "connection"}
@@ -105,12 +104,6 @@ class CompressingProxy:
             for path, asked in self.asked
             if path.endswith(":getPixels") or path.endswith("image:computePixels")
         ]
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 @pytest.mark.parametrize(

@@ -5,51 +5,29 @@ The larger campaign is ``scripts/crash_campaign.py``; this runs the same code wi
 
 from __future__ import annotations
 
-import importlib.util
 import signal
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from reliability import (
-    REPO,
-    assert_matches_oracle,
-    dem_args,
-    job_spec,
-    run_cli,
-    served_counts,
-    start_cli,
-    state_of,
-    tile_key,
-)
 
-from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from state import StateError, Store
+from engine.testing.cli import load_script, run_cli, start_cli
+from engine.testing.emulators import paced_emulator
+from engine.testing.jobs import dem_args, job_spec, state_of, wait_for_done_tiles
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
+from state import Store
+
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def campaign() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "crash_campaign", REPO / "scripts" / "crash_campaign.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["crash_campaign"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("crash_campaign")
 
 
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
-
-
-@pytest.mark.slow
 def test_five_sigkills_end_in_the_oracle_file_and_no_done_tile_is_fetched_again(
     tmp_path: Path, campaign: ModuleType, oracle: EmulatorThread
 ) -> None:
@@ -80,21 +58,12 @@ def test_five_sigkills_end_in_the_oracle_file_and_no_done_tile_is_fetched_again(
 def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
-    config = EmulatorConfig.from_profile(
-        "clean", seed=12, latency_fixed_s=0.5, latency_per_mpix_s=0.0
-    )
     output = tmp_path / "dem.tif"
     state = state_of(output)
-    with EmulatorThread(config) as emulator:
-        args = dem_args(emulator.url, output, "--concurrency", "3", "--max-tile-bytes", "60000")
+    with paced_emulator(seed=12, latency_s=0.5) as emulator:
+        args = dem_args(emulator.url, output, "--concurrency", "3", max_tile_bytes=60_000)
         process = start_cli(args)
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "finished before Ctrl-C"
-            assert time.monotonic() < deadline, "no tile done in time"
-            if state.exists() and _done(state) >= 2:
-                break
-            time.sleep(0.05)
+        wait_for_done_tiles(state, 2, process, timeout=60)
         pressed = time.monotonic()
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
@@ -113,12 +82,3 @@ def test_ctrl_c_stops_within_seconds_and_the_same_command_resumes(
     spec = job_spec(state)
     assert all(served[tile_key(spec, tile)] == 1 for tile in done)
     assert_matches_oracle(output, state, oracle)
-
-
-def _done(state: Path) -> int:
-    """Tiles done so far; 0 while the state file is still being created."""
-    try:
-        with Store.open(state, create=False) as store:
-            return store.counts()["done"]
-    except StateError:
-        return 0

@@ -16,31 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability import (
-    SMALL_REGION,
-    assert_matches_oracle,
-    dem_args,
-    job_spec,
-    one_line_error,
-    run_cli,
-    served_counts,
-    state_of,
-    tile_key,
-)
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import one_line_error, run_cli
+from engine.testing.jobs import SMALL_REGION, dem_args, job_spec, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
 # 1485 x 1114 float32 pixels: 6.6 MB of tiles in 17 requests.
 JOB_REGION = "118.7,32.0,118.9,32.15"
 LIBTIFF_NOISE = "_tiffWriteProc: No space left on device."
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 @pytest.fixture
@@ -98,6 +84,7 @@ def job(url: str, output: Path, *extra: str) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_disk_full_during_the_download_stops_cleanly_and_resumes_after_space_is_freed(
     small_disk: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:
@@ -145,6 +132,7 @@ def test_disk_full_during_the_download_stops_cleanly_and_resumes_after_space_is_
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_a_state_file_that_cannot_be_created_on_a_full_disk_is_one_clear_line(
     small_disk: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:
@@ -162,6 +150,7 @@ def test_a_state_file_that_cannot_be_created_on_a_full_disk_is_one_clear_line(
     assert_matches_oracle(output, state_of(output), oracle)
 
 
+@pytest.mark.slow
 def test_disk_full_during_the_merge_publishes_nothing_and_a_rerun_only_merges(
     tmp_path: Path, small_disk: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:
@@ -234,6 +223,7 @@ def _other_job(path: Path, url: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "says"),
     [

@@ -118,6 +118,7 @@ def test_every_continent_answers_through_the_official_client(client: Any, place:
         assert all(np.unique(band[np.isfinite(band)]).size > 1 for band in values), (place, name)
 
 
+@pytest.mark.slow
 def test_the_tutorials_huainan_plan_is_the_size_geemap_reported(
     emulator: EmulatorThread, tmp_path: Path
 ) -> None:

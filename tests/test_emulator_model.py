@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ee_offline import download_expression, offline_ee, wire
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from engine.emulator.evaluate import (
     to_info,
 )
 from engine.grid import grid_from_region
+from engine.testing.ee_offline import download_expression, offline_ee, wire
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
 # A generated 2022 scene over Nanjing (tile 50SPA, relative orbit 132, 15.6 % cloud).

@@ -36,8 +36,8 @@ from engine.emulator.render import (
 from engine.emulator.server import EmulatorThread, Evaluator, create_app
 from engine.emulator.stats import EmulatorStats
 from engine.emulator.workers import ClientGone, Renderer
+from engine.testing.cli import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MB = 1e6
 MIB = 2**20
 

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import shapely
-from ee_offline import download_expression, offline_ee, wire
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from engine.emulator import catalog, model
 from engine.emulator.evaluate import EvaluationError, Image, evaluate, to_info
 from engine.emulator.world import land, landsat, mgrs, sentinel2
 from engine.emulator.world.assets import millis
+from engine.testing.ee_offline import download_expression, offline_ee, wire
 
 S2 = "COPERNICUS/S2_SR_HARMONIZED"
 L8 = "LANDSAT/LC08/C02/T1_L2"
@@ -336,6 +336,7 @@ def wire_load(asset_id: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_sentinel2_cloud_masks_agree_with_the_cloud_properties() -> None:
     found = catalog.search(
         catalog.Query(S2, ms("2022-01-01"), ms("2022-03-01")).placed(
@@ -409,6 +410,7 @@ def test_dems_and_land_cover_see_the_sea(ee: Any) -> None:
     assert evaluate(wire(ee.Image("ESA/WorldCover/v200/2021"))).render(*north).valid[0].all()
 
 
+@pytest.mark.slow
 def test_renders_are_the_same_every_time_and_by_strips(
     ee: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -491,6 +493,7 @@ def _assert_tiles_equal_whole(
 DEG_30M = 30 / 111319.49079327357
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "crs", "transform", "tile"),
     [

@@ -8,37 +8,24 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import ee
-import numpy as np
 import pytest
 import rasterio
-from reliability import (
-    dem_job,
-    job_spec,
-    oracle_render,
-    run_cli,
-    served_counts,
-    start_cli,
-    tile_key,
-)
 
 from engine import DownloadIncomplete, download_ee_image, ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.live_merge import checkpoint_path
 from engine.merge import OutputBuilder
+from engine.testing.cli import run_cli, start_cli
+from engine.testing.emulators import paced_emulator
+from engine.testing.jobs import dem_args, dem_job, job_spec, state_of, wait_for_done_tiles
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 @pytest.fixture
@@ -49,24 +36,6 @@ def clean() -> Iterator[EmulatorThread]:
 
 def use(emulator: EmulatorThread) -> None:
     ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
-
-
-def assert_matches_oracle(output: Path, state_path: Path, oracle: EmulatorThread) -> np.ndarray:
-    spec = job_spec(state_path)
-    expected = oracle_render(oracle, spec)
-    with rasterio.open(output) as dataset:
-        merged = dataset.read()
-        assert (
-            dataset.crs.to_string() == spec.grid.crs
-            or dataset.crs == rasterio.crs.CRS.from_user_input(spec.grid.crs)
-        )
-        assert tuple(dataset.transform)[:6] == pytest.approx(spec.grid.transform, abs=1e-12)
-        assert list(dataset.descriptions) == list(spec.band_ids)
-        assert dataset.nodata == spec.nodata
-    assert merged.shape == expected.shape
-    assert merged.dtype == expected.dtype
-    np.testing.assert_array_equal(merged, expected)
-    return merged
 
 
 def tutorial_composite(region: ee.Geometry) -> ee.Image:
@@ -93,6 +62,7 @@ TRIANGLE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["urls", "compute"])
 def test_tutorial_composite_in_epsg4326_equals_the_oracle(
     tmp_path: Path, clean: EmulatorThread, oracle: EmulatorThread, endpoint: str
@@ -156,26 +126,11 @@ def test_projected_grid_with_edge_tiles_and_memory_splits(
 
 
 def dem_command(url: str, output: Path, *extra: str) -> list[str]:
-    return [
-        "download",
-        "--asset",
-        "USGS/SRTMGL1_003",
-        "--region",
-        "118.70,32.00,118.95,32.15",
-        "--crs",
-        "EPSG:32650",
-        "--scale",
-        "30",
-        "-o",
-        str(output),
-        "--ee-url",
-        url,
-        "--max-tile-bytes",
-        "400000",
-        *extra,
-    ]
+    """The DEM job over a larger region, in a few dozen tiles."""
+    return dem_args(url, output, *extra, region="118.70,32.00,118.95,32.15", max_tile_bytes=400_000)
 
 
+@pytest.mark.slow
 def test_cli_under_the_flaky_profile_ends_in_a_correct_file(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -191,52 +146,35 @@ def test_cli_under_the_flaky_profile_ends_in_a_correct_file(
     )
     output = tmp_path / "flaky.tif"
     with EmulatorThread(config) as emulator:
-        command = dem_command(emulator.url, output, "--concurrency", "6", "--max-backoff", "2")
-        command[command.index("--max-tile-bytes") + 1] = "150000"
+        command = dem_args(
+            emulator.url,
+            output,
+            "--concurrency",
+            "6",
+            "--max-backoff",
+            "2",
+            region="118.70,32.00,118.95,32.15",
+            max_tile_bytes=150_000,
+        )
         done = run_cli(*command)
         stats = emulator.stats()
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(str(output))
     assert len(stats["faults"]) >= 3, f"too few kinds of fault injected: {stats['faults']}"
-    assert_matches_oracle(output, Path(str(output) + ".eefetch.db"), oracle)
-
-
-def wait_for_done_tiles(
-    state: Path, at_least: int, process: subprocess.Popen[str], timeout: float = 120
-) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the download finished before it could be interrupted"
-        if state.exists():
-            try:
-                with Store.open(state, create=False) as store:
-                    done = store.counts()["done"]
-            except Exception:
-                done = 0
-            if done >= at_least:
-                return done
-        time.sleep(0.05)
-    raise AssertionError("no progress before the timeout")
+    assert_matches_oracle(output, state_of(output), oracle)
 
 
 def slow_emulator(seed: int) -> EmulatorThread:
     """An emulator slow enough per tile that a test can interrupt a download part way."""
-    return EmulatorThread(
-        EmulatorConfig.from_profile(
-            "realistic",
-            seed=seed,
-            latency_fixed_s=0.3,
-            latency_per_mpix_s=0.0,
-            api_latency_s=0.0,
-        )
-    )
+    return paced_emulator(seed, 0.3, profile="realistic", api_latency_s=0.0)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_fetches_no_finished_tile_again(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
     output = tmp_path / "killed.tif"
-    state = Path(str(output) + ".eefetch.db")
+    state = state_of(output)
     with slow_emulator(seed=3) as emulator:
         command = dem_command(emulator.url, output, "--concurrency", "4")
         process = start_cli(command)
@@ -257,11 +195,12 @@ def test_sigkill_then_rerun_fetches_no_finished_tile_again(
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_resume_needs_only_the_state_file(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
     output = tmp_path / "terminated.tif"
-    state = Path(str(output) + ".eefetch.db")
+    state = state_of(output)
     with slow_emulator(seed=4) as emulator:
         process = start_cli(dem_command(emulator.url, output, "--concurrency", "3"))
         wait_for_done_tiles(state, 2, process)
@@ -287,6 +226,7 @@ def test_sigterm_stops_cleanly_and_resume_needs_only_the_state_file(
     assert not OutputBuilder.temp_for(output).exists()
 
 
+@pytest.mark.slow
 def test_failed_tiles_end_the_run_non_zero_and_the_next_run_retries_them(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -318,7 +258,7 @@ def test_failed_tiles_end_the_run_non_zero_and_the_next_run_retries_them(
                     concurrency=2, max_attempts=2, backoff_base=0.01, backoff_cap=0.02
                 ),
             )
-            result = run_sync(run_job(spec, Path(str(output) + ".eefetch.db"), options))
+            result = run_sync(run_job(spec, state_of(output), options))
             assert not result.complete
             raise DownloadIncomplete(result)
     assert not output.exists()

@@ -13,30 +13,28 @@ collection of two images.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from reliability import REPO, state_of
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
-from state import StateError, Store
+from engine.testing.cli import REPO, start_cli
+from engine.testing.jobs import dem_args, done_tiles, state_of
+
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
 
 
 def cli(log: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "EEFETCH_TEST_LOOP_LOG": str(log)}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "loop_watch_cli.py"), *args],
-        cwd=REPO,
-        env=env,
+    return start_cli(
+        args,
+        wrapper=REPO / "tests" / "loop_watch_cli.py",
+        env={"EEFETCH_TEST_LOOP_LOG": str(log)},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
 
 
@@ -44,14 +42,6 @@ def slow_callbacks(log: Path) -> list[dict[str, object]]:
     if not log.exists():
         return []
     return [json.loads(line) for line in log.read_text().splitlines()]
-
-
-def done_tiles(state: Path) -> int:
-    try:
-        with Store.open(state, create=False) as store:
-            return store.counts()["done"]
-    except StateError:
-        return 0
 
 
 @pytest.fixture(scope="module")
@@ -74,26 +64,17 @@ def test_an_interrupted_and_resumed_download_never_holds_the_loop(
     emulator = paced_emulator
     output = tmp_path / "dem.tif"
     state = state_of(output)
-    args = [
-        "download",
-        "--asset",
-        "USGS/SRTMGL1_003",
-        "--region",
-        "118.50,31.90,118.80,32.10",
-        "--crs",
-        "EPSG:4326",
-        "--scale",
-        "10",
-        "-o",
-        str(output),
-        "--ee-url",
+    args = dem_args(
         emulator.url,
-        "--max-tile-bytes",
-        "1000000",
+        output,
         "--concurrency",
         "4",
         "--quiet",
-    ]
+        region="118.50,31.90,118.80,32.10",
+        crs="EPSG:4326",
+        scale=10,
+        max_tile_bytes=1_000_000,
+    )
     log = tmp_path / "loop.jsonl"
     first = cli(log, *args)
     deadline = time.monotonic() + 120

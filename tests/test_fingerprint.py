@@ -18,15 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import free_port
-from reliability import (
-    SMALL_REGION,
-    assert_matches_oracle,
-    dem_args,
-    dem_job,
-    one_line_error,
-    run_cli,
-)
 
 from engine import ee_adapter
 from engine.defaults import EE_MAX_SIDE_URLS
@@ -39,6 +30,10 @@ from engine.job import open_job
 from engine.paths import default_state_path, tiles_folder
 from engine.service import GOOGLE, service_identity, url_is_for
 from engine.spec import JobSpec, identity_differences, resumed_spec
+from engine.testing.cli import one_line_error, run_cli
+from engine.testing.jobs import SMALL_REGION, dem_args, dem_job
+from engine.testing.oracle import assert_matches_oracle, served
+from engine.testing.peers import free_port
 from engine.tilestore import TileStore
 from engine.transport import Transport, TransportOptions
 from state import Store, TileUpdate, TileUrl
@@ -212,20 +207,10 @@ def test_a_plan_with_tiles_too_wide_for_urls_keeps_the_compute_endpoint() -> Non
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
-
-
 @pytest.fixture
 def emulator() -> Iterator[EmulatorThread]:
     with EmulatorThread(EmulatorConfig.from_profile("clean", seed=3)) as running:
         yield running
-
-
-def served(emulator: EmulatorThread, route: str) -> int:
-    return sum(emulator.stats()["requests"].get(route, {}).values())
 
 
 def plan_only(emulator: EmulatorThread, output: Path, **arguments: object) -> int:
@@ -238,6 +223,7 @@ def plan_only(emulator: EmulatorThread, output: Path, **arguments: object) -> in
         return len(store.tiles())
 
 
+@pytest.mark.slow
 def test_a_job_does_not_resume_against_another_service(tmp_path: Path) -> None:
     """The output of one service never takes tiles of another (emulator -> real EE alike)."""
     output = tmp_path / "city.tif"
@@ -288,6 +274,7 @@ def test_a_stored_url_of_another_origin_is_made_again(
     assert served(emulator, "getPixels") == 1
 
 
+@pytest.mark.slow
 def test_changed_tile_settings_resume_with_the_stored_plan(
     tmp_path: Path, emulator: EmulatorThread, oracle: EmulatorThread
 ) -> None:
@@ -306,6 +293,7 @@ def test_changed_tile_settings_resume_with_the_stored_plan(
     assert_matches_oracle(output, default_state_path(output), oracle)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("planned_with", "asked", "fetched_with"),
     [("compute", "urls", "computePixels"), ("urls", "compute", "computePixels")],

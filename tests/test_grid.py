@@ -426,38 +426,46 @@ def check_plan(
             assert max(w for _, w in col_spans) <= step
 
 
+def tiling_limits(
+    max_bytes: st.SearchStrategy[int],
+    max_side: st.SearchStrategy[int],
+    max_bands: st.SearchStrategy[int],
+    min_tiles: st.SearchStrategy[int],
+    block: st.SearchStrategy[int],
+) -> st.SearchStrategy[dict[str, int]]:
+    """The keywords of ``plan_tiles`` that limit a tile, each drawn from its strategy."""
+    return st.fixed_dictionaries(
+        {
+            "max_bytes": max_bytes,
+            "max_side": max_side,
+            "max_bands": max_bands,
+            "min_tiles": min_tiles,
+            "block": block,
+        }
+    )
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     height=st.integers(1, 30_000),
     width=st.integers(1, 30_000),
     itemsizes=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=40),
-    max_bytes=st.one_of(st.just(EE_MAX_REQUEST_BYTES), st.integers(100_000, 60_000_000)),
-    max_side=st.one_of(st.just(EE_MAX_SIDE_URLS), st.integers(50, 40_000)),
-    max_bands=st.one_of(st.just(EE_MAX_BANDS), st.integers(1, 50)),
-    min_tiles=st.integers(1, 100),
-    block=st.sampled_from([1, 7, 64, 256, 512, 1000]),
+    limits=tiling_limits(
+        max_bytes=st.one_of(st.just(EE_MAX_REQUEST_BYTES), st.integers(100_000, 60_000_000)),
+        max_side=st.one_of(st.just(EE_MAX_SIDE_URLS), st.integers(50, 40_000)),
+        max_bands=st.one_of(st.just(EE_MAX_BANDS), st.integers(1, 50)),
+        min_tiles=st.integers(1, 100),
+        block=st.sampled_from([1, 7, 64, 256, 512, 1000]),
+    ),
 )
 def test_plan_tiles_properties(
-    height: int,
-    width: int,
-    itemsizes: list[int],
-    max_bytes: int,
-    max_side: int,
-    max_bands: int,
-    min_tiles: int,
-    block: int,
+    height: int, width: int, itemsizes: list[int], limits: dict[str, int]
 ) -> None:
     # Keep each example to a few thousand tiles so the checks stay fast.
-    assume(request_bytes(width, height, itemsizes) / max_bytes <= 1000)
+    assume(request_bytes(width, height, itemsizes) / limits["max_bytes"] <= 1000)
+    max_side = limits["max_side"]
     assume(math.ceil(width / max_side) * math.ceil(height / max_side) <= 1000)
     grid = grid_from_transform("EPSG:32650", [10, 0, 0, 0, -10, 0], height, width)
-    limits = dict(
-        max_bytes=max_bytes,
-        max_side=max_side,
-        max_bands=max_bands,
-        min_tiles=min_tiles,
-        block=block,
-    )
     tiles = plan_tiles(grid, itemsizes, **limits)
     check_plan(grid, itemsizes, tiles, **limits)
     assert tiles == plan_tiles(grid, itemsizes, **limits)
@@ -468,32 +476,19 @@ def test_plan_tiles_properties(
     height=st.integers(1, 100),
     width=st.integers(1, 100),
     itemsizes=st.lists(st.sampled_from([1, 2, 4, 8]), min_size=1, max_size=6),
-    max_bytes=st.integers(9, 30_000),
-    max_side=st.integers(1, 150),
-    max_bands=st.integers(1, 6),
-    min_tiles=st.integers(1, 30),
-    block=st.integers(1, 40),
+    limits=tiling_limits(
+        max_bytes=st.integers(9, 30_000),
+        max_side=st.integers(1, 150),
+        max_bands=st.integers(1, 6),
+        min_tiles=st.integers(1, 30),
+        block=st.integers(1, 40),
+    ),
 )
 def test_plan_tiles_cover_every_pixel_once(
-    height: int,
-    width: int,
-    itemsizes: list[int],
-    max_bytes: int,
-    max_side: int,
-    max_bands: int,
-    min_tiles: int,
-    block: int,
+    height: int, width: int, itemsizes: list[int], limits: dict[str, int]
 ) -> None:
     grid = grid_from_transform("EPSG:32650", [10, 0, 0, 0, -10, 0], height, width)
-    tiles = plan_tiles(
-        grid,
-        itemsizes,
-        max_bytes=max_bytes,
-        max_side=max_side,
-        max_bands=max_bands,
-        min_tiles=min_tiles,
-        block=block,
-    )
+    tiles = plan_tiles(grid, itemsizes, **limits)
     count = np.zeros((len(itemsizes), height, width), dtype=np.int32)
     for t in tiles:
         w = t.window

@@ -16,7 +16,6 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
-from reliability import SMALL_REGION, job_spec, oracle_render, state_of
 from rio_cogeo.cogeo import cog_validate
 
 from engine import api, ee_adapter
@@ -29,6 +28,8 @@ from engine.like import grid_of
 from engine.metadata import collection_of
 from engine.nodata import choose_nodata
 from engine.scaling import band_factors
+from engine.testing.jobs import SMALL_REGION, download_dem, job_spec, state_of
+from engine.testing.oracle import oracle_render
 
 COAST = "121.80,30.80,122.10,31.00"  # land and sea east of Shanghai: SRTM is masked at sea
 LANDSAT = "LANDSAT/LC08/C02/T1_L2"
@@ -40,31 +41,12 @@ def emulator() -> Iterator[EmulatorThread]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as running:
-        yield running
-
-
 def connect(emulator: EmulatorThread) -> None:
     ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
 
 
 def coast_dem(emulator: EmulatorThread, output: Path, **options: object) -> Path:
-    connect(emulator)
-    result = api.download_ee_image(
-        ee.Image("USGS/SRTMGL1_003"),
-        output,
-        region=COAST,
-        crs="EPSG:32651",
-        scale=90,
-        ee_url=emulator.url,
-        max_tile_bytes=120_000,
-        quiet=True,
-        **options,  # type: ignore[arg-type]
-    )
-    assert result.output is not None
-    return result.output
+    return download_dem(emulator.url, output, region=COAST, crs="EPSG:32651", scale=90, **options)
 
 
 def landsat_scene(emulator: EmulatorThread) -> ee.Image:
@@ -174,6 +156,7 @@ def test_valid_zeros_stay_data_and_masked_pixels_take_255(
 # ------------------------------------------------------------------------------- --mask-band
 
 
+@pytest.mark.slow
 def test_mask_band_writes_ees_mask_as_the_geotiffs_mask_and_a_valid_cog(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
@@ -299,6 +282,7 @@ def test_a_cog_passes_rio_cogeo_validate(tmp_path: Path, emulator: EmulatorThrea
 # ------------------------------------------------------------------------------- plan
 
 
+@pytest.mark.slow
 def test_plan_estimates_the_compressed_size_from_a_sample_tile(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
@@ -323,6 +307,7 @@ def test_plan_estimates_the_compressed_size_from_a_sample_tile(
 # ------------------------------------------------------------------------------- workload tag
 
 
+@pytest.mark.slow
 def test_the_workload_tag_reaches_earth_engine_and_the_state_not_the_fingerprint(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 import ee
 import pytest
 from click.testing import CliRunner
-from reliability import SMALL_REGION, dem_job, one_line_error, run_cli
 
 from engine import __version__, download_ee_image, ee_adapter
 from engine.cli import main
@@ -21,6 +20,8 @@ from engine.emulator.server import EmulatorThread
 from engine.errors import InvalidJob
 from engine.job import plan
 from engine.paths import default_state_path
+from engine.testing.cli import one_line_error, run_cli
+from engine.testing.jobs import SMALL_REGION, dem_job
 from state import NewTile, Store
 
 PIXEL_ROUTES = ("thumbnails:create", "getPixels", "computePixels")
@@ -196,6 +197,7 @@ def older_fingerprint(spec: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["resume", "merge"])
 def test_a_stored_job_that_cannot_finish_ends_in_one_line(
     bad_state: Path, emulator: EmulatorThread, command: str

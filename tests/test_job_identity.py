@@ -18,16 +18,6 @@ from pathlib import Path
 
 import ee
 import pytest
-from reliability import (
-    assert_matches_oracle,
-    dem_args,
-    dem_job,
-    one_line_error,
-    run_cli,
-    served_counts,
-    start_cli,
-    state_of,
-)
 
 from engine import ee_adapter
 from engine.emulator.config import EmulatorConfig
@@ -35,16 +25,13 @@ from engine.emulator.server import EmulatorThread
 from engine.job import RunOptions, run_job
 from engine.progress import SilentProgress
 from engine.scheduler import SchedulerOptions
-from state import OutputLock, StateError, Store
+from engine.testing.cli import one_line_error, run_cli, start_cli
+from engine.testing.jobs import dem_args, dem_job, done_tiles, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts
+from state import OutputLock
 
 # A few hundred metres of Nanjing: a composite of about 30 small tiles.
 REGION = "118.760,32.040,118.775,32.052"
-
-
-@pytest.fixture(scope="module")
-def oracle() -> EmulatorThread:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
 
 
 def composite_args(url: str, output: Path, reducer: str) -> list[str]:
@@ -80,14 +67,6 @@ def composite_args(url: str, output: Path, reducer: str) -> list[str]:
     ]
 
 
-def done_tiles(state: Path) -> int:
-    try:
-        with Store.open(state, create=False) as store:
-            return store.counts()["done"]
-    except StateError:
-        return 0
-
-
 def kill_when(process: subprocess.Popen[str], state: Path, done: int) -> int:
     """SIGKILL ``process`` once ``done`` tiles are recorded; returns how many were."""
     deadline = time.monotonic() + 120
@@ -100,6 +79,7 @@ def kill_when(process: subprocess.Popen[str], state: Path, done: int) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_a_new_job_on_the_same_output_never_adopts_the_files_of_the_one_before(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -123,6 +103,7 @@ def test_a_new_job_on_the_same_output_never_adopts_the_files_of_the_one_before(
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_an_unfinished_output_of_another_job_is_not_continued(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
@@ -147,6 +128,7 @@ def test_an_unfinished_output_of_another_job_is_not_continued(
     assert_matches_oracle(output, state, oracle)
 
 
+@pytest.mark.slow
 def test_two_jobs_never_write_one_output_at_once(tmp_path: Path, oracle: EmulatorThread) -> None:
     """While one job holds the output (here: this test, as a stand-in for a running job with
     another state file), a second job on the same output stops before fetching anything."""

@@ -17,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 from jobstates import make_state, set_states, split, tile_window
 from PIL import Image
-from reliability import dem_args
 
 from engine import jobmap, region_input
 from engine.cli import main
@@ -26,6 +25,7 @@ from engine.grid import grid_from_region
 from engine.jobmap import REGION_COLOUR, STATE_COLOURS, render, write_map
 from engine.snapshot import read_snapshot
 from engine.spec import REGION_EXTRA, JobSpec, identity_differences, with_region
+from engine.testing.jobs import dem_args
 from state import NewTile, Store
 
 REGION = "118.1,32.3,118.4,32.45"  # inside the 5 x 3 tile grid of make_state(..., 3, 5)
@@ -140,6 +140,7 @@ def count_lines(action: Callable[[], Any]) -> int:
     return lines
 
 
+@pytest.mark.slow
 def test_100000_tiles_make_a_bounded_picture_at_the_cost_of_10(tmp_path: Path) -> None:
     big = make_state(tmp_path / "big.eefetch.db", 250, 400, tile=10)
     set_states(big, "id % 10 < 4", "done")
@@ -211,6 +212,7 @@ def test_a_huge_region_is_kept_simplified() -> None:
     assert len(json.dumps(kept)) < 200_000
 
 
+@pytest.mark.slow
 def test_a_download_keeps_its_region_for_the_map(tmp_path: Path) -> None:
     output = tmp_path / "dem.tif"
     with EmulatorThread(EmulatorConfig.from_profile("clean", seed=4)) as emulator:

@@ -66,6 +66,16 @@ def tile_records(folder: Path, data: np.ndarray) -> list[TileRecord]:
     return records
 
 
+def six_tiles(tmp_path: Path) -> tuple[np.ndarray, TileStore, list[TileRecord], Path, JobSpec]:
+    """Random pixels stored as six fetched tiles under ``tmp_path/tiles``, and the job (its
+    output ``tmp_path/out.tif``) they belong to."""
+    data = random_data(GRID, len(BANDS), "uint16")
+    store = TileStore(tmp_path / "tiles")
+    records = tile_records(store.root, data)
+    output = tmp_path / "out.tif"
+    return data, store, records, output, spec_for(output)
+
+
 async def run_live(
     spec: JobSpec,
     store: TileStore,
@@ -94,11 +104,7 @@ async def run_live(
 def test_tiles_go_into_the_output_while_others_are_awaited_and_a_changed_one_is_reported(
     tmp_path: Path,
 ) -> None:
-    data = random_data(GRID, len(BANDS), "uint16")
-    store = TileStore(tmp_path / "tiles")
-    records = tile_records(store.root, data)
-    output = tmp_path / "out.tif"
-    spec = spec_for(output)
+    data, store, records, output, spec = six_tiles(tmp_path)
     earlier, fetched_now = records[:3], records[3:]
     changed = store.final_path(earlier[1].path or "")
     body = bytearray(changed.read_bytes())
@@ -138,11 +144,7 @@ def test_tiles_go_into_the_output_while_others_are_awaited_and_a_changed_one_is_
 def test_a_stopped_run_keeps_its_unfinished_output_and_the_next_one_writes_only_the_rest(
     tmp_path: Path,
 ) -> None:
-    data = random_data(GRID, len(BANDS), "uint16")
-    store = TileStore(tmp_path / "tiles")
-    records = tile_records(store.root, data)
-    output = tmp_path / "out.tif"
-    spec = spec_for(output)
+    data, store, records, output, spec = six_tiles(tmp_path)
     tile_bytes = 512 * 512 * len(BANDS) * 2
 
     assert asyncio.run(run_live(spec, store, [], records[:4], None)) == 4 * tile_bytes
@@ -158,11 +160,7 @@ def test_a_stopped_run_keeps_its_unfinished_output_and_the_next_one_writes_only_
 def test_an_unfinished_output_touched_since_its_run_stopped_is_written_anew(
     tmp_path: Path,
 ) -> None:
-    data = random_data(GRID, len(BANDS), "uint16")
-    store = TileStore(tmp_path / "tiles")
-    records = tile_records(store.root, data)
-    output = tmp_path / "out.tif"
-    spec = spec_for(output)
+    data, store, records, output, spec = six_tiles(tmp_path)
 
     asyncio.run(run_live(spec, store, [], records[:3], None))
     temp = OutputBuilder.temp_for(output)
@@ -176,10 +174,7 @@ def test_an_unfinished_output_touched_since_its_run_stopped_is_written_anew(
 
 
 def test_an_error_only_turns_the_live_merge_off(tmp_path: Path) -> None:
-    data = random_data(GRID, len(BANDS), "uint16")
-    store = TileStore(tmp_path / "tiles")
-    records = tile_records(store.root, data)
-    spec = spec_for(tmp_path / "out.tif")
+    _, store, records, _, spec = six_tiles(tmp_path)
     store.final_path(records[0].path or "").write_bytes(b"II*\x00 not a tiff at all")
 
     async def scenario() -> LiveMerge:

@@ -10,36 +10,26 @@ done is fetched again.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from reliability import (
-    REPO,
-    assert_matches_oracle,
-    dem_args,
-    job_spec,
-    run_cli,
-    served_counts,
-    state_of,
-    tile_key,
-)
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.live_merge import checkpoint_path
 from engine.merge import OutputBuilder
+from engine.testing.cli import REPO, run_cli, start_cli
+from engine.testing.jobs import dem_args, job_spec, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
-
-@pytest.fixture(scope="module")
-def oracle() -> EmulatorThread:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
 
 
 class Paused:
@@ -49,20 +39,12 @@ class Paused:
         self.paused = folder / "paused"
         self.release = folder / "release"
         env = {
-            **os.environ,
-            "NO_PROXY": "127.0.0.1,localhost",
             "EEFETCH_TEST_PAUSE": moment,
             "EEFETCH_TEST_PAUSED": str(self.paused),
             "EEFETCH_TEST_RELEASE": str(self.release),
         }
-        self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "paused_cli.py"), *args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        wrapper = REPO / "tests" / "paused_cli.py"
+        self.process = start_cli(args, wrapper=wrapper, env=env, stdout=subprocess.DEVNULL)
 
     def wait_paused(self) -> None:
         deadline = time.monotonic() + 120
@@ -84,6 +66,17 @@ class Paused:
         self.process.wait(timeout=30)
 
 
+@contextmanager
+def paused_job(folder: Path, moment: str) -> Iterator[tuple[EmulatorThread, list[str], Paused]]:
+    """The DEM job into ``folder/dem.tif`` from a fresh emulator, paused at ``moment`` of its
+    merge: yields the emulator, the job's arguments and the paused run."""
+    with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
+        args = dem_args(emulator.url, folder / "dem.tif")
+        run = Paused(folder, moment, args)
+        run.wait_paused()
+        yield emulator, args, run
+
+
 def _done(state: Path) -> dict[int, str]:
     with Store.open(state, create=False) as store:
         return {t.id: str(t.checksum) for t in store.tiles("done")}
@@ -102,10 +95,7 @@ def test_a_stop_before_the_output_is_finished_keeps_it_for_the_next_run(
 ) -> None:
     output = tmp_path / "dem.tif"
     state = state_of(output)
-    with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
-        args = dem_args(emulator.url, output)
-        run = Paused(tmp_path, "finish", args)
-        run.wait_paused()
+    with paused_job(tmp_path, "finish") as (emulator, args, run):
         code, stderr = run.signal_then_release(sig)
         assert code == 130, stderr
         assert "stopped; run the same command again to resume" in stderr
@@ -131,10 +121,7 @@ def test_a_stop_while_the_output_is_published_is_recorded(
     publishes, and the state must say so: the next run finds the job complete."""
     output = tmp_path / "dem.tif"
     state = state_of(output)
-    with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
-        args = dem_args(emulator.url, output)
-        run = Paused(tmp_path, "publish", args)
-        run.wait_paused()
+    with paused_job(tmp_path, "publish") as (emulator, args, run):
         code, stderr = run.signal_then_release(signal.SIGTERM)
         assert code == 130, stderr
         assert output.exists()
@@ -153,10 +140,7 @@ def test_a_sigkill_inside_the_merge_ends_in_the_oracle_file(
 ) -> None:
     output = tmp_path / "dem.tif"
     state = state_of(output)
-    with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
-        args = dem_args(emulator.url, output)
-        run = Paused(tmp_path, moment, args)
-        run.wait_paused()
+    with paused_job(tmp_path, moment) as (emulator, args, run):
         run.kill()
         assert output.exists() == (moment == "published")
         again = run_cli(*args)

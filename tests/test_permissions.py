@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from reliability import dem_job
 from test_live_merge import GRID, run_live, spec_for, tile_records
 from test_merge import random_data
 
@@ -24,6 +23,7 @@ from engine.grid import TilePlan, Window
 from engine.live_merge import checkpoint_path
 from engine.merge import OutputBuilder
 from engine.paths import default_state_path, tiles_folder
+from engine.testing.jobs import dem_job
 from engine.tilestore import TileStore
 from state import JobLock, Store
 

@@ -20,8 +20,9 @@ from engine.grid import grid_from_region
 from engine.job import plan as plan_tiles
 from engine.region_input import load_region
 from engine.spec import JobSpec
+from engine.testing.cli import REPO
+from engine.testing.jobs import dem_args
 
-REPO = Path(__file__).resolve().parents[1]
 NANJING = REPO / "engine" / "data" / "nanjing.geojson"
 DEM_REGION = "118.5,31.8,119.2,32.3"
 
@@ -88,18 +89,15 @@ def test_plan_command_and_dry_run_fetch_only_a_sample_tile(
     runner = CliRunner()
     planned = runner.invoke(
         main,
-        [
-            "plan",
-            "--asset",
-            "USGS/SRTMGL1_003",
-            "--region",
-            DEM_REGION,
-            "--scale",
-            "30",
-            "--json",
-            "--ee-url",
+        dem_args(
             emulator.url,
-        ],
+            None,
+            "--json",
+            command="plan",
+            region=DEM_REGION,
+            crs=None,
+            max_tile_bytes=None,
+        ),
     )
     assert planned.exit_code == 0, planned.output
     data = json.loads(planned.stdout)
@@ -109,20 +107,9 @@ def test_plan_command_and_dry_run_fetch_only_a_sample_tile(
     output = tmp_path / "dem.tif"
     dry = runner.invoke(
         main,
-        [
-            "download",
-            "--asset",
-            "USGS/SRTMGL1_003",
-            "--region",
-            DEM_REGION,
-            "--scale",
-            "30",
-            "-o",
-            str(output),
-            "--dry-run",
-            "--ee-url",
-            emulator.url,
-        ],
+        dem_args(
+            emulator.url, output, "--dry-run", region=DEM_REGION, crs=None, max_tile_bytes=None
+        ),
     )
     assert dry.exit_code == 0, dry.output
     assert f"total:    {data['raw_bytes'] / 1e6:.1f} MB, {data['tiles']} tiles" in dry.stdout

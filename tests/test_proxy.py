@@ -14,20 +14,14 @@ from pathlib import Path
 
 import ee
 import pytest
-from peers import (
-    MicroSocks,
-    TinyProxy,
-    assert_equals_oracle,
-    cli_env,
-    dem_download,
-    free_port,
-    host_port,
-    run_cli,
-)
 
 from engine import ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import cli_env
+from engine.testing.jobs import state_of
+from engine.testing.oracle import assert_matches_oracle, served
+from engine.testing.peers import MicroSocks, TinyProxy, free_port, guarded_download, host_port
 
 
 @pytest.fixture
@@ -69,21 +63,19 @@ def routes(requests: list[tuple[str, str]], base: str) -> Counter[str]:
     return counted
 
 
-def served(emulator: EmulatorThread, route: str) -> int:
-    return sum(emulator.stats()["requests"].get(route, {}).values())
-
-
-def test_explicit_http_proxy_carries_every_api_call_and_tile(
-    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
+@pytest.mark.slow
+@pytest.mark.peers
+@pytest.mark.parametrize("given", ["--proxy", "HTTP_PROXY"])
+def test_an_http_proxy_carries_every_api_call_and_tile(
+    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy, given: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
-    env = cli_env(NO_PROXY="127.0.0.1,localhost")
-    done = run_cli(
-        dem_download(emulator.url, output, "--proxy", tinyproxy.url),
-        env,
-        forbid_direct=[host_port(emulator.url)],
-    )
+    if given == "--proxy":
+        # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
+        env, extra = cli_env(NO_PROXY="127.0.0.1,localhost"), ("--proxy", tinyproxy.url)
+    else:
+        env, extra = cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org"), ()
+    done = guarded_download(emulator.url, output, env, *extra)
     assert done.returncode == 0, done.stderr
     carried = routes(tinyproxy.requests(), emulator.url)
     tiles = served(emulator, "getPixels")
@@ -92,78 +84,52 @@ def test_explicit_http_proxy_carries_every_api_call_and_tile(
     assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
     assert carried["value:compute"] == served(emulator, "value:compute") >= 1
     assert carried["discovery"] >= 1 and carried["algorithms"] >= 1  # ee.Initialize too
-    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, state_of(output))
 
 
-def test_explicit_socks5_proxy_carries_every_connection(
-    tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
+@pytest.mark.slow
+@pytest.mark.peers
+@pytest.mark.parametrize("given", ["--proxy", "ALL_PROXY"])
+def test_a_socks5_proxy_carries_every_connection(
+    tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks, given: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output, "--proxy", microsocks.url),
-        cli_env(NO_PROXY="127.0.0.1,localhost"),
-        forbid_direct=[host_port(emulator.url)],
-    )
+    if given == "--proxy":
+        env, extra = cli_env(NO_PROXY="127.0.0.1,localhost"), ("--proxy", microsocks.url)
+    else:
+        env, extra = cli_env(all_proxy=microsocks.url), ()
+    done = guarded_download(emulator.url, output, env, *extra)
     assert done.returncode == 0, done.stderr
     opened = microsocks.connections()
     assert opened, "microsocks opened no connection"
     assert set(opened) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
-    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, state_of(output))
 
 
-def test_http_proxy_from_the_environment(
-    tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
-) -> None:
-    output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output),
-        cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org"),
-        forbid_direct=[host_port(emulator.url)],
-    )
-    assert done.returncode == 0, done.stderr
-    carried = routes(tinyproxy.requests(), emulator.url)
-    assert carried["getPixels"] == served(emulator, "getPixels") >= 8
-    assert carried["thumbnails:create"] == served(emulator, "thumbnails:create")
-
-
-def test_all_proxy_socks5_from_the_environment(
-    tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks
-) -> None:
-    output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output),
-        cli_env(all_proxy=microsocks.url),
-        forbid_direct=[host_port(emulator.url)],
-    )
-    assert done.returncode == 0, done.stderr
-    assert set(microsocks.connections()) == {host_port(emulator.url)}
-    assert served(emulator, "getPixels") >= 8
-
-
+@pytest.mark.slow
+@pytest.mark.peers
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.0/8"])
 def test_no_proxy_sends_the_environment_proxy_around(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy, no_proxy: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output),
-        cli_env(HTTP_PROXY=tinyproxy.url, HTTPS_PROXY=tinyproxy.url, NO_PROXY=no_proxy),
-    )
+    env = cli_env(HTTP_PROXY=tinyproxy.url, HTTPS_PROXY=tinyproxy.url, NO_PROXY=no_proxy)
+    done = guarded_download(emulator.url, output, env, forbid_direct=False)
     assert done.returncode == 0, done.stderr
     assert served(emulator, "getPixels") >= 8
     assert tinyproxy.requests() == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_proxy_is_reported_not_bypassed(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    done = run_cli(
-        dem_download(emulator.url, tmp_path / "dem.tif", "--proxy", dead),
-        cli_env(),
-        timeout=60,
+    output = tmp_path / "dem.tif"
+    done = guarded_download(
+        emulator.url, output, cli_env(), "--proxy", dead, forbid_direct=False, timeout=60
     )
     # The client's own retries of its first call once took 35 s before saying anything.
     assert time.monotonic() - started < 20
@@ -174,6 +140,7 @@ def test_an_unreachable_proxy_is_reported_not_bypassed(
     assert served(emulator, "value:compute") == 0
 
 
+@pytest.mark.peers
 def test_use_network_routes_a_client_initialised_elsewhere(
     emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:
@@ -186,6 +153,7 @@ def test_use_network_routes_a_client_initialised_elsewhere(
     assert carried["discovery"] >= 1  # the client's API objects were rebuilt on the session
 
 
+@pytest.mark.peers
 def test_a_collection_after_the_users_own_initialize_sends_api_calls_through_the_proxy(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy
 ) -> None:

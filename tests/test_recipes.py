@@ -17,10 +17,11 @@ from engine.errors import InvalidJob
 from engine.recipes import Composite, composite
 from engine.region_input import load_region
 from engine.spec import JobSpec
+from engine.testing.cli import REPO
+from engine.testing.ee_offline import offline_ee
+from engine.testing.jobs import tutorial_args
 from state import Store
-from tests.ee_offline import offline_ee
 
-REPO = Path(__file__).resolve().parents[1]
 NANJING = REPO / "engine" / "data" / "nanjing.geojson"
 SMALL = "118.70,32.00,118.78,32.05"
 
@@ -84,36 +85,9 @@ def test_composite_command_downloads_the_recipe_and_resumes(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
     output = tmp_path / "small.tif"
-    args = [
-        "composite",
-        "--collection",
-        "COPERNICUS/S2_SR_HARMONIZED",
-        "--start",
-        "2022-01-01",
-        "--end",
-        "2022-12-31",
-        "--max-cloud",
-        "10",
-        "--cloud-mask",
-        "qa60",
-        "--bands",
-        "B[1-8]",
-        "--reducer",
-        "median",
-        "--region",
-        SMALL,
-        "--scale",
-        "30",
-        "--crs",
-        "EPSG:4326",
-        "-o",
-        str(output),
-        "--ee-url",
-        emulator.url,
-        "--max-tile-bytes",
-        "1000000",
-        "--quiet",
-    ]
+    args = tutorial_args(
+        SMALL, output, emulator.url, "--max-tile-bytes", "1000000", "--quiet", scale=30
+    )
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert first.stdout.strip().endswith(str(output))

@@ -6,31 +6,20 @@ Also: a second eefetch on the same job refuses with a clear message and spoils n
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability import (
-    assert_matches_oracle,
-    dem_args,
-    job_spec,
-    one_line_error,
-    run_cli,
-    served_counts,
-    start_cli,
-    state_of,
-    tile_key,
-)
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import one_line_error, run_cli, start_cli
+from engine.testing.emulators import paced_emulator
+from engine.testing.jobs import dem_args, job_spec, state_of
+from engine.testing.oracle import assert_matches_oracle, served_counts, tile_key
 from state import Store
 
-
-@pytest.fixture(scope="module")
-def oracle() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", no_limits=True)) as emulator:
-        yield emulator
+# Every test here runs real downloads end to end (tens of seconds in all): -m 'not slow' skips them.
+pytestmark = pytest.mark.slow
 
 
 def test_deleted_truncated_corrupted_and_partial_tiles_are_fetched_again_and_reported(
@@ -108,13 +97,10 @@ def test_a_done_tile_whose_file_vanished_before_the_merge_is_fetched_again(
 def test_a_second_process_on_the_same_job_refuses_and_spoils_nothing(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
-    config = EmulatorConfig.from_profile(
-        "clean", seed=3, latency_fixed_s=3.0, latency_per_mpix_s=0.0
-    )
     output = tmp_path / "dem.tif"
     state = state_of(output)
-    with EmulatorThread(config) as emulator:
-        args = dem_args(emulator.url, output, "--concurrency", "2", "--max-tile-bytes", "50000")
+    with paced_emulator(seed=3, latency_s=3.0) as emulator:
+        args = dem_args(emulator.url, output, "--concurrency", "2", max_tile_bytes=50_000)
         first = start_cli(args)
         deadline = time.monotonic() + 60
         while not Path(f"{state}.lock").exists() or not state.exists():

@@ -362,6 +362,7 @@ def test_the_last_wave_is_cut_once_when_fewer_tiles_than_connections_are_left(
     assert all(n == 1 for n in fetch.calls.values())
 
 
+@pytest.mark.slow
 def test_tiles_waiting_for_a_retry_are_not_the_last_wave(tmp_path: Path) -> None:
     """After 429s most of a job may wait for its retry time; a claim then gets only the tiles
     already due, which must not pass for the job's last wave: the cut waits for the real one.

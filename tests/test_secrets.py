@@ -14,10 +14,10 @@ import pytest
 import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reliability import REPO
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import REPO, emulator_process
 from engine.tilestore import TileStore
 
 TOKEN = "ya29.FAKE-TOKEN-a1b2c3d4e5f6-DO-NOT-LEAK"
@@ -84,6 +84,7 @@ def _written_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ["urls", "compute"])
 def test_the_access_token_reaches_no_file_log_or_message(tmp_path: Path, endpoint: str) -> None:
     """Faults make eefetch record and print errors; none of it may carry the token."""
@@ -129,6 +130,7 @@ def test_the_access_token_reaches_no_file_log_or_message(tmp_path: Path, endpoin
         assert "FAKE-TOKEN" not in stream
 
 
+@pytest.mark.slow
 def test_names_from_earth_engine_never_leave_the_output_folder(tmp_path: Path) -> None:
     """A band called '../../escape/evil' must not become a path anywhere."""
     driver = tmp_path / "driver.py"
@@ -195,22 +197,10 @@ def _listening_addresses(port: int) -> list[str]:
 
 
 def test_the_emulator_listens_on_loopback_only_by_default() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "emulator"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
+    with emulator_process() as (_, url):
         assert url.startswith("http://127.0.0.1:"), url
         port = int(url.rsplit(":", 1)[1])
         assert _listening_addresses(port) == ["0100007F"]  # 127.0.0.1, IPv4 only
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     with EmulatorThread(EmulatorConfig.from_profile("clean")) as emulator:
         port = int(emulator.url.rsplit(":", 1)[1])
         assert emulator.url.startswith("http://127.0.0.1:")

@@ -8,9 +8,7 @@ code at full size; they are benchmarks, run by hand, with their figures in BENCH
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,21 +16,16 @@ import pytest
 
 from engine.emulator.config import EmulatorConfig
 from engine.grid import Window
-
-REPO = Path(__file__).resolve().parents[1]
+from engine.testing.cli import load_script
 
 
 @pytest.fixture(scope="module")
 def seed_scale() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("seed_scale", REPO / "scripts" / "seed_scale.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["seed_scale"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("seed_scale")
 
 
 @pytest.mark.slow
+@pytest.mark.peers  # the campaign's downloads go through tinyproxy
 def test_small_job_survives_two_kills_and_an_outage_with_the_oracle_pixels(
     tmp_path: Path, seed_scale: ModuleType
 ) -> None:

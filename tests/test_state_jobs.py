@@ -229,6 +229,7 @@ def test_the_merge_lease_has_one_holder(two_jobs: tuple[Store, Store]) -> None:
     assert a.acquire_merge("A", 10.0, now=20.0)
 
 
+@pytest.mark.slow
 def test_one_merger_among_processes(two_jobs: tuple[Store, Store], target: Path | str) -> None:
     procs = [spawn("merge-race", str(target), "a", f"m{k}", "5") for k in range(3)]
     holdings: list[tuple[float, float, str]] = []
@@ -267,6 +268,7 @@ def test_a_dead_mergers_lease_passes_on(two_jobs: tuple[Store, Store], target: P
 # ---- several processes claiming ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_processes_claiming_at_once_take_each_tile_once(target: Path | str) -> None:
     with Store.open(target, job="big") as s:
         s.create_job("fp", SPEC, "0", "o.tif", grid(15, 20))
@@ -282,6 +284,7 @@ def test_processes_claiming_at_once_take_each_tile_once(target: Path | str) -> N
         assert s.counts()["done"] == 300
 
 
+@pytest.mark.slow
 def test_a_killed_workers_tiles_go_to_others_after_its_lease(target: Path | str) -> None:
     with Store.open(target, job="j") as s:
         s.create_job("fp", SPEC, "0", "o.tif", grid(2, 5))

@@ -22,6 +22,7 @@ def grid(rows: int, cols: int) -> list[NewTile]:
     return [NewTile(r * 8, c * 8, 8, 8, 0, 1) for r in range(rows) for c in range(cols)]
 
 
+@pytest.mark.slow
 def test_a_restart_during_work_loses_nothing(own_cluster: PostgresCluster) -> None:
     url = own_cluster.create_database()
     with Store.open(url, job="j") as s:
@@ -114,6 +115,7 @@ def test_a_job_and_a_slot_whose_commit_answers_were_lost_are_found(pg_url: str) 
         assert quota.acquire_slot("p", "A", 30.0) == 1
 
 
+@pytest.mark.slow
 def test_a_server_that_stays_down_is_reported_in_one_line(own_cluster: PostgresCluster) -> None:
     url = own_cluster.create_database("jobs")
     with Store.open(url, job="j", reconnect_seconds=1.0) as s:

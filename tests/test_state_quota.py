@@ -130,6 +130,7 @@ def test_one_processes_429_slows_the_others(target: Path | str) -> None:
         assert a.acquire_slot("p", "a", 30.0) is None  # twelve would have fitted before the 429
 
 
+@pytest.mark.slow
 def test_many_processes_never_exceed_the_limit(target: Path | str, tmp_path: Path) -> None:
     """Three processes of four threads hammer a limit of five. The test itself holds all five
     slots until every process has been refused once, so the refusals are certain, whatever

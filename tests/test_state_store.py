@@ -777,6 +777,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.next_wakeup() == (min(pending_nb) if pending_nb else None)
 
 
+@pytest.mark.slow
 def test_store_machine(state_target: Target) -> None:
     on_server = getattr(state_target, "kind", "") == "postgresql"  # a database per example
     run_state_machine_as_test(
@@ -860,6 +861,7 @@ def test_sigkill_at_random_moments_leaves_a_consistent_file(tmp_path: Path) -> N
 # ---- timings at 100,000 tiles (printed, not asserted) ----------------------------------------
 
 
+@pytest.mark.slow
 def test_timings_at_100k_tiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tiles = grid_tiles(400, 250)
     lines: list[str] = []

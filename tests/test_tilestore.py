@@ -266,7 +266,11 @@ def test_two_attempts_at_one_tile_never_share_a_part_file(store: TileStore) -> N
 
         first = asyncio.create_task(store.write_stream("t1.tif", halves(), expectation(), None))
         second = asyncio.create_task(store.write_stream("t1.tif", halves(), expectation(), None))
-        await asyncio.sleep(0.1)
+        # Both attempts hold their first half (bounded wait: no fixed sleep to outlast).
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(list(store.root.glob("t1.tif.*.part"))) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the two part files never appeared"
+            await asyncio.sleep(0.01)
         assert len(list(store.root.glob("t1.tif.*.part"))) == 2
         gate.set()
         return [await first, await second]

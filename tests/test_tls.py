@@ -9,29 +9,20 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import (
-    Authority,
-    MicroSocks,
-    TinyProxy,
-    assert_equals_oracle,
-    cli_env,
-    dem_download,
-    host_port,
-    https_emulator,
-    make_authority,
-    run_cli,
-)
+from authority import Authority, https_emulator, make_authority
 
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.testing.cli import cli_env, emulator_process
+from engine.testing.jobs import state_of
+from engine.testing.oracle import assert_matches_oracle, served
+from engine.testing.peers import MicroSocks, TinyProxy, guarded_download, host_port
 
 
 @pytest.fixture
@@ -45,43 +36,39 @@ def emulator(authority: Authority) -> Iterator[EmulatorThread]:
         yield running
 
 
-def served(emulator: EmulatorThread, route: str) -> int:
-    return sum(emulator.stats()["requests"].get(route, {}).values())
-
-
+@pytest.mark.slow
 def test_ca_bundle_from_ssl_cert_file(
     tmp_path: Path, emulator: EmulatorThread, authority: Authority
 ) -> None:
     assert emulator.url.startswith("https://127.0.0.1:")
     output = tmp_path / "dem.tif"
-    done = run_cli(
-        dem_download(emulator.url, output), cli_env(SSL_CERT_FILE=str(authority.ca_file))
-    )
+    env = cli_env(SSL_CERT_FILE=str(authority.ca_file))
+    done = guarded_download(emulator.url, output, env, forbid_direct=False)
     assert done.returncode == 0, done.stderr
     assert served(emulator, "value:compute") >= 1  # requests, through the ee client
     assert served(emulator, "getPixels") >= 8  # aiohttp
 
 
+@pytest.mark.slow
 def test_an_untrusted_certificate_stops_with_one_clear_line(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:
-    done = run_cli(dem_download(emulator.url, tmp_path / "dem.tif"), cli_env())
+    done = guarded_download(emulator.url, tmp_path / "dem.tif", cli_env(), forbid_direct=False)
     assert done.returncode != 0
     assert "CERTIFICATE_VERIFY_FAILED" in done.stderr
     assert "Traceback" not in done.stderr
     assert served(emulator, "getPixels") == 0
 
 
+@pytest.mark.slow
+@pytest.mark.peers
 def test_https_through_tinyproxy_uses_connect_tunnels_only(
     tmp_path: Path, emulator: EmulatorThread, authority: Authority
 ) -> None:
     output = tmp_path / "dem.tif"
     with TinyProxy(tmp_path / "proxy") as proxy:
-        done = run_cli(
-            dem_download(emulator.url, output),
-            cli_env(HTTPS_PROXY=proxy.url, REQUESTS_CA_BUNDLE=str(authority.ca_file)),
-            forbid_direct=[host_port(emulator.url)],
-        )
+        env = cli_env(HTTPS_PROXY=proxy.url, REQUESTS_CA_BUNDLE=str(authority.ca_file))
+        done = guarded_download(emulator.url, output, env)
         requests = proxy.requests()
     assert done.returncode == 0, done.stderr
     assert requests, "tinyproxy saw no request"
@@ -89,50 +76,29 @@ def test_https_through_tinyproxy_uses_connect_tunnels_only(
     # Every tunnel carried at least one request (connections are kept alive).
     answered = sum(sum(codes.values()) for codes in emulator.stats()["requests"].values())
     assert len(requests) <= answered
-    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, state_of(output))
 
 
+@pytest.mark.slow
+@pytest.mark.peers
 def test_https_through_microsocks(
     tmp_path: Path, emulator: EmulatorThread, authority: Authority
 ) -> None:
     output = tmp_path / "dem.tif"
     with MicroSocks(tmp_path / "proxy") as proxy:
-        done = run_cli(
-            dem_download(
-                emulator.url, output, "--proxy", proxy.url, "--ca-bundle", str(authority.ca_file)
-            ),
-            cli_env(),
-            forbid_direct=[host_port(emulator.url)],
-        )
+        trust = ("--ca-bundle", str(authority.ca_file))
+        done = guarded_download(emulator.url, output, cli_env(), "--proxy", proxy.url, *trust)
         opened = proxy.connections()
     assert done.returncode == 0, done.stderr
     assert opened and set(opened) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
-    assert_equals_oracle(output, Path(f"{output}.eefetch.db"))
+    assert_matches_oracle(output, state_of(output))
 
 
 def test_the_emulator_command_serves_https_with_a_given_certificate(tmp_path: Path) -> None:
     authority = make_authority(tmp_path / "ca")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine.cli",
-            "emulator",
-            "--profile",
-            "clean",
-            "--certfile",
-            str(authority.cert_file),
-            "--keyfile",
-            str(authority.key_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
+    certificate = ("--certfile", str(authority.cert_file), "--keyfile", str(authority.key_file))
+    with emulator_process("--profile", "clean", *certificate) as (_, url):
         assert url.startswith("https://127.0.0.1:"), url
         trusted = ssl.create_default_context(cafile=str(authority.ca_file))
         with urllib.request.urlopen(
@@ -143,6 +109,3 @@ def test_the_emulator_command_serves_https_with_a_given_certificate(tmp_path: Pa
             urllib.request.urlopen(
                 f"{url}/_emulator/stats", context=ssl.create_default_context(), timeout=10
             )
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

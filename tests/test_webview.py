@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from jobstates import make_state, set_states, split
-from reliability import REPO
 
 from engine import inventory, jobstats
 from engine.snapshot import EmptyState, ErrorCount, JobFacts, Snapshot, Tiles, read_snapshot
+from engine.testing.cli import REPO
 from engine.webview import loopback_hosts, make_app
 from state import TILE_STATUSES, JobLock, NewTile, StateError, Store
 
@@ -388,6 +388,7 @@ def test_serve_prints_its_url_serves_and_stops_on_sigterm(folder: Path) -> None:
     assert "stopped serving" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_serve_refuses_what_it_cannot_serve_in_one_line(folder: Path) -> None:
     junk = subprocess.run(
         [sys.executable, "-m", "engine.cli", "serve", str(folder / "junk.tif.eefetch.db")],

@@ -22,25 +22,6 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from fleet import (
-    counts_of,
-    finish,
-    job_exists,
-    owned_by_pid,
-    start_eefetch,
-    tiles_of,
-    wait_for,
-    worker_args,
-)
-from reliability import (
-    REPO,
-    assert_matches_oracle,
-    dem_args,
-    oracle_render,
-    run_cli,
-    served_counts,
-    tile_key,
-)
 
 from engine.cli import main
 from engine.emulator.config import EmulatorConfig
@@ -50,6 +31,19 @@ from engine.quota_gate import QuotaGate
 from engine.service import quota_key
 from engine.snapshot import read_snapshot
 from engine.spec import JobSpec
+from engine.testing.cli import REPO, run_cli
+from engine.testing.fleet import (
+    counts_of,
+    finish,
+    job_exists,
+    owned_by_pid,
+    start_eefetch,
+    tiles_of,
+    wait_for,
+    worker_args,
+)
+from engine.testing.jobs import dem_args
+from engine.testing.oracle import assert_matches_oracle, oracle_render, served_counts, tile_key
 from state import SCHEMA_VERSION, Quota, Store
 from tests.pg import PostgresCluster
 
@@ -102,6 +96,7 @@ def fetched_twice(emulator: EmulatorThread) -> set[tuple[object, ...]]:
     return {key for key, n in served_counts(emulator).items() if n > 1}
 
 
+@pytest.mark.slow
 def test_three_workers_share_a_job_fetch_each_tile_once_and_one_merges(
     pg_url: str, tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:
@@ -145,6 +140,7 @@ def test_three_workers_share_a_job_fetch_each_tile_once_and_one_merges(
     assert_oracle(output, pg_url, "dem", oracle)
 
 
+@pytest.mark.slow
 def test_a_killed_workers_tiles_go_to_the_others_after_its_lease(
     pg_url: str, tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:
@@ -181,6 +177,7 @@ def test_a_killed_workers_tiles_go_to_the_others_after_its_lease(
     assert not states[doomed.pid].alive and states[doomed.pid].stopped_at is None
 
 
+@pytest.mark.slow
 def test_workers_pause_through_a_database_restart_and_lose_nothing(
     own_cluster: PostgresCluster, tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:
@@ -208,6 +205,7 @@ def test_workers_pause_through_a_database_restart_and_lose_nothing(
     assert_oracle(output, url, "dem", oracle)
 
 
+@pytest.mark.slow
 def test_a_worker_ten_minutes_off_neither_steals_nor_loses_tiles(
     pg_url: str, tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:
@@ -232,6 +230,7 @@ def test_a_worker_ten_minutes_off_neither_steals_nor_loses_tiles(
     assert not output.with_name(output.name + ".eefetch-worker-tiles").exists()
 
 
+@pytest.mark.slow
 def test_two_jobs_and_three_workers_stay_within_the_project_quota(
     pg_url: str, tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:
@@ -260,6 +259,7 @@ def test_two_jobs_and_three_workers_stay_within_the_project_quota(
     assert status is not None and status.ceiling == 12 and status.in_use == 0
 
 
+@pytest.mark.slow
 def test_a_429_burst_lowers_the_limit_every_worker_of_the_project_shares(
     pg_url: str, tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:
@@ -323,6 +323,7 @@ def test_one_processs_429_lowers_what_another_process_may_hold(tmp_path: Path) -
     assert limit == 4 and while_full == 4 and in_the_end == 5
 
 
+@pytest.mark.slow
 def test_an_older_state_file_is_upgraded_and_resumed(
     tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:
@@ -411,6 +412,7 @@ def _write_schema_2(path: Path, job, kept, dropped) -> None:  # type: ignore[no-
         con.close()
 
 
+@pytest.mark.slow
 def test_one_collection_command_on_two_machines_fetches_and_merges_each_image_once(
     pg_url: str, tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:
@@ -451,6 +453,7 @@ def test_heartbeats_come_a_few_times_per_lease_and_at_least_every_five_seconds()
     assert beat_interval(0.9) == 0.5
 
 
+@pytest.mark.slow
 def test_two_downloads_on_one_machine_share_their_projects_quota(
     tmp_path: Path, ee_emulator, oracle: EmulatorThread
 ) -> None:

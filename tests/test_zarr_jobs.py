@@ -20,23 +20,15 @@ import rasterio
 import rioxarray  # noqa: F401  (the .rio accessor)
 import zarr
 from click.testing import CliRunner
-from reliability import (
-    REPO,
-    SMALL_REGION,
-    dem_args,
-    job_spec,
-    run_cli,
-    served_counts,
-    start_cli,
-    state_of,
-    tile_key,
-)
 
 from engine import api, ee_adapter, open_dataset
 from engine.cli import main
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.outputs import zarr_layout
+from engine.testing.cli import REPO, run_cli, start_cli
+from engine.testing.jobs import dem_args, download_dem, job_spec, state_of
+from engine.testing.oracle import served_counts, tile_key
 from engine.zarr_output import JOURNAL, VARIABLE, temp_for
 from state import Store
 
@@ -50,18 +42,7 @@ def emulator() -> Iterator[EmulatorThread]:
 
 
 def dem(emulator: EmulatorThread, output: Path) -> Path:
-    ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
-    result = api.download_ee_image(
-        ee.Image("USGS/SRTMGL1_003"),
-        output,
-        region=SMALL_REGION,
-        crs="EPSG:32650",
-        scale=30,
-        ee_url=emulator.url,
-        max_tile_bytes=120_000,
-        quiet=True,
-    )
-    assert result.output == output.resolve()
+    assert download_dem(emulator.url, output) == output.resolve()
     return output
 
 
@@ -70,6 +51,7 @@ def read_tif(path: Path) -> np.ndarray:
         return dataset.read()
 
 
+@pytest.mark.slow
 def test_a_zarr_store_equals_the_geotiff_and_both_open_as_the_same_dataset(
     tmp_path: Path, emulator: EmulatorThread
 ) -> None:

@@ -188,6 +188,7 @@ def test_an_unfinished_store_is_private_and_the_published_one_is_not(tmp_path: P
     assert not rest and output.stat().st_mode & 0o777 == 0o755
 
 
+@pytest.mark.slow
 def test_a_tile_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     data = random_data(GRID, 3, "uint16")
     plan = plans(GRID, 256, [(0, 3)])[0]

@@ -1,6 +1,6 @@
 """Workers of one job as separate processes, for tests/test_workers.py and
-scripts/bench_workers.py: the CLI started in the background (optionally with a skewed clock),
-waits on what the state database says, and what the emulator served."""
+scripts/bench_workers.py: the CLI started in the background (optionally with a skewed clock)
+and waits on what the state database says."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
+from engine.testing.cli import REPO
 from state import Store, TileRecord
 
-REPO = Path(__file__).resolve().parents[1]
 # The CLI with this process's wall clock moved by argv[1] seconds, as on a machine whose clock
 # is wrong; monotonic clocks (timeouts) and the database's clock are not affected.
 SKEWED_CLI = """

@@ -41,7 +41,8 @@ def offline_ee() -> Iterator[Any]:
 
 def wire(obj: Any) -> dict[str, Any]:
     """The expression exactly as the client puts it on the wire (a JSON round trip)."""
-    return json.loads(json.dumps(ee.serializer.encode(obj, for_cloud_api=True)))
+    encoded: dict[str, Any] = json.loads(json.dumps(ee.serializer.encode(obj, for_cloud_api=True)))
+    return encoded
 
 
 def download_expression(image: Any, **params: Any) -> dict[str, Any]:
