@@ -26,10 +26,12 @@ from engine.errors import (
     CollectionIncomplete,
     DownloadIncomplete,
     EefetchError,
+    InvalidJob,
 )
 from engine.job import JobResult, run_job
 from engine.paths import default_state_path
 from engine.progress import Progress, choose_progress
+from engine.quota_gate import call_slot
 from engine.request import (
     DownloadRequest,
     LossyCastWarning,
@@ -40,6 +42,7 @@ from engine.request import (
 )
 from engine.runner import run_sync
 from engine.spec import Endpoint
+from state import default_job_name, is_database_url
 
 if TYPE_CHECKING:
     import ee
@@ -69,6 +72,7 @@ def download_ee_image(
     *,
     bands: Sequence[str] | None = None,
     state: str | os.PathLike[str] | None = None,
+    job: str | None = None,
     concurrency: int | None = None,
     endpoint: Endpoint = "urls",
     max_tile_bytes: int | None = None,
@@ -88,6 +92,9 @@ def download_ee_image(
     first_byte_timeout: float = _DEFAULTS.first_byte_timeout,
     max_attempts: int = _DEFAULTS.max_attempts,
     max_backoff: float = _DEFAULTS.max_backoff,
+    project_quota: int | None = None,
+    lease_seconds: float = _DEFAULTS.lease_seconds,
+    tile_folder: str | os.PathLike[str] | None = None,
     quiet: bool = False,
     progress: Progress | None = None,
     **kwargs: Any,
@@ -101,18 +108,22 @@ def download_ee_image(
     value), ``scale_offset`` applies the bands' scales and offsets (float32). eefetch's own:
     ``like`` (a raster whose grid to take), ``mask_band`` (EE's mask as the GeoTIFF's
     internal mask), ``output_format`` (``"zarr"``, or a file name ending in .zarr: a Zarr
-    store), ``workload_tag`` (labels the requests). Returns a :class:`JobResult`; raises
-    :class:`DownloadIncomplete` when tiles failed (call again to retry them) and another
-    :class:`EefetchError` when the job cannot run as asked.
+    store), ``workload_tag`` (labels the requests). ``state`` is a state file or a PostgreSQL
+    URL (then this call is one worker of job ``job``, which others may join: ``eefetch
+    worker``). Returns a :class:`JobResult`; raises :class:`DownloadIncomplete` when tiles
+    failed (call again to retry them) and another :class:`EefetchError` when the job cannot
+    run as asked.
     """
     del kwargs  # geemap passes extra keywords through to geedim; none change the result
     request, settings, connection = _from_arguments(locals(), Path(filename))
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
     with ee_adapter.client_settings(workload_tag=request.workload_tag):
-        spec = build_job(image, request, connection, concurrency=settings.concurrency)
-        state_path = Path(state) if state else default_state_path(Path(spec.output))
-        result = run_sync(run_job(spec, state_path, options, progress or choose_progress(quiet)))
+        target = _state_target(state, request.output)
+        slot = call_slot(target, settings.project_quota)
+        spec = build_job(image, request, connection, concurrency=settings.concurrency, slot=slot)
+        running = run_job(spec, target, options, progress or choose_progress(quiet), job=job)
+        result = run_sync(running)
     if not result.complete:
         raise DownloadIncomplete(result)
     return result
@@ -159,6 +170,11 @@ def download_ee_image_collection(
     first_byte_timeout: float = _DEFAULTS.first_byte_timeout,
     max_attempts: int = _DEFAULTS.max_attempts,
     max_backoff: float = _DEFAULTS.max_backoff,
+    project_quota: int | None = None,
+    lease_seconds: float = _DEFAULTS.lease_seconds,
+    tile_folder: str | os.PathLike[str] | None = None,
+    state: str | None = None,
+    job: str | None = None,
     quiet: bool = False,
     progress: Progress | None = None,
     **kwargs: Any,
@@ -171,17 +187,28 @@ def download_ee_image_collection(
     ``concurrency`` (or ``num_threads``) is the budget for the whole collection;
     ``parallel_images`` how many images are in progress at once. With ``zarr=True`` (or
     ``output_format="zarr"``, or an ``out_dir`` ending in .zarr) the images go to one Zarr
-    store with a time dimension, ``out_dir/collection.zarr`` (``engine.stack``). Raises
-    :class:`CollectionIncomplete` when an image did not finish.
+    store with a time dimension, ``out_dir/collection.zarr`` (``engine.stack``). ``state``, a
+    PostgreSQL URL, keeps every image as a job ``JOB.IMAGE`` in that database (``job``:
+    default the folder's name), so the same call on several machines shares the work (the
+    stacked store: one job named ``job``). Raises :class:`CollectionIncomplete` when an image
+    did not finish.
     """
     from engine import collection as images_of
 
     del kwargs
     folder = Path(out_dir or os.getcwd()).expanduser().resolve()
+    if state is not None and not is_database_url(state):
+        raise InvalidJob(
+            f"state for a collection is a PostgreSQL URL (postgresql://user@host:port/db), got "
+            f"{state!r}; without it every image keeps its state in a file beside it"
+        )
+    where = images_of.Where(state, job or default_job_name(folder.name + ".tif"))
     # Each image's own file name replaces the output's.
     request, settings, connection = _from_arguments(locals(), folder / "image.tif")
     if zarr or request.format == "zarr" or folder.suffix.lower() == ".zarr":
-        return _stack(collection, request, settings, connection, progress, quiet, filenames)
+        return _stack(
+            collection, request, settings, connection, progress, quiet, filenames, state, job
+        )
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,7 +219,11 @@ def download_ee_image_collection(
             folder,
             members,
             lambda image, output: build_job(
-                image, request.for_output(output), connection, concurrency=settings.concurrency
+                image,
+                request.for_output(output),
+                connection,
+                concurrency=settings.concurrency,
+                slot=call_slot(state or default_state_path(output), settings.project_quota),
             ),
         )
         result = run_sync(
@@ -202,6 +233,7 @@ def download_ee_image_collection(
                 options,
                 progress or choose_progress(quiet),
                 parallel_images or DEFAULT_PARALLEL_IMAGES,
+                where,
             )
         )
     if not result.complete:
@@ -217,6 +249,8 @@ def _stack(
     progress: Progress | None,
     quiet: bool,
     filenames: Sequence[str] | str | None,
+    state: str | None,
+    job: str | None,
 ) -> CollectionResult:
     """``download_ee_image_collection`` to one Zarr store: one job for all the images."""
     from engine import collection as images_of
@@ -231,9 +265,9 @@ def _stack(
     with ee_adapter.client_settings(workload_tag=request.workload_tag):
         members = images_of.list_images(collection, filenames)
         spec = stack_job(collection, members, request, connection, concurrency=settings.concurrency)
-        result = run_sync(
-            run_job(spec, default_state_path(output), options, progress or choose_progress(quiet))
-        )
+        target = state or default_state_path(output)
+        running = run_job(spec, target, options, progress or choose_progress(quiet), job=job)
+        result = run_sync(running)
     outcome = CollectionResult(output.parent, {output.name: result})
     if not outcome.complete:
         raise CollectionIncomplete(outcome)
@@ -299,6 +333,13 @@ def plan(
     return plan_spec(spec, measure(spec, connection))
 
 
+def _state_target(state: str | os.PathLike[str] | None, output: Path) -> Path | str:
+    """The state given (a file or a database URL), else the file beside the output."""
+    if state is None:
+        return default_state_path(output.expanduser().resolve())
+    return state if isinstance(state, str) and is_database_url(state) else Path(state)
+
+
 def _from_arguments(
     arguments: dict[str, Any], output: Path
 ) -> tuple[DownloadRequest, RunSettings, Connection]:
@@ -334,6 +375,9 @@ def _from_arguments(
         max_attempts=arguments["max_attempts"],
         max_backoff=arguments["max_backoff"],
         overwrite=arguments["overwrite"],
+        project_quota=arguments["project_quota"],
+        lease_seconds=arguments["lease_seconds"],
+        tile_folder=Path(arguments["tile_folder"]) if arguments["tile_folder"] else None,
     )
     connection = Connection(
         url=arguments["ee_url"],

@@ -18,7 +18,7 @@ import click
 from engine import __version__
 from engine import cli_options as opt
 from engine.cli_command import Group, OneLineError
-from engine.cli_output import report_preview, show_job, show_jobs, status_json
+from engine.cli_output import report_preview, show_job, show_jobs, show_rows, status_json
 from engine.emulator.config import PROFILES as EMULATOR_PROFILES
 
 if TYPE_CHECKING:
@@ -86,6 +86,9 @@ Examples:
 
 One GeoTIFF and one state file per image, named from the image ids. All images share one
 concurrency budget. Run the same command again to resume: finished images are skipped.
+With --state postgresql://... every image is a job PREFIX.IMAGE in that database (PREFIX:
+--job, by default the folder's name); the same command run on several machines shares the
+work (README, "Several machines").
 """
 
 EPILOG_PREVIEW = """\b
@@ -134,6 +137,7 @@ def return_large_buffers_to_the_system() -> None:
 @opt.request_options
 @opt.output
 @opt.state
+@opt.job_name
 @opt.overwrite
 @opt.dry_run
 @opt.preview("Write a quick-look PNG of the image (B4,B3,B2 when present) instead of downloading.")
@@ -146,6 +150,7 @@ def download(
     job: opt.RequestArgs,
     output: str | None,
     state: str | None,
+    job_name: str | None,
     overwrite: bool,
     dry_run: bool,
     preview_png: str | None,
@@ -164,7 +169,8 @@ def download(
         _preview_of(image, job, preview_png, connection, quiet, bands=job.band_list())
         return
     request = job.request(_required_output(output))
-    _download(image, request, state, run.settings(overwrite), connection, dry_run, quiet)
+    settings = run.settings(overwrite)
+    _download(image, request, state, job_name, settings, connection, dry_run, quiet)
 
 
 @main.command(epilog=EPILOG_COMPOSITE)
@@ -185,6 +191,7 @@ def download(
 @opt.request_options
 @opt.output
 @opt.state
+@opt.job_name
 @opt.overwrite
 @opt.dry_run
 @opt.preview("Write a true-colour PNG of the composite (B4,B3,B2, 0-0.3) instead of downloading.")
@@ -199,6 +206,7 @@ def composite(
     job: opt.RequestArgs,
     output: str | None,
     state: str | None,
+    job_name: str | None,
     overwrite: bool,
     dry_run: bool,
     preview_png: str | None,
@@ -227,7 +235,8 @@ def composite(
         _preview_of(image, job, preview_png, connection, quiet, stretch=stretch)
         return
     request = job.request(_required_output(output), select_bands=False)
-    _download(image, request, state, run.settings(overwrite), connection, dry_run, quiet)
+    settings = run.settings(overwrite)
+    _download(image, request, state, job_name, settings, connection, dry_run, quiet)
 
 
 @main.command()
@@ -302,6 +311,8 @@ def plan(
     show_default=True,
     help="Images in progress at once (tiles in flight stay within --concurrency).",
 )
+@opt.collection_state
+@opt.collection_prefix
 @opt.overwrite
 @opt.dry_run
 @opt.run_options
@@ -316,6 +327,8 @@ def collection(
     job: opt.RequestArgs,
     out_dir: str,
     parallel_images: int,
+    state: str | None,
+    job_prefix: str | None,
     overwrite: bool,
     dry_run: bool,
     run: opt.RunArgs,
@@ -327,7 +340,9 @@ def collection(
     from engine import collection as images_of
     from engine import ee_adapter
     from engine.errors import CollectionIncomplete
+    from engine.paths import default_state_path
     from engine.progress import choose_progress
+    from engine.quota_gate import call_slot
     from engine.request import build_job
     from engine.runner import run_until_signalled
 
@@ -335,7 +350,17 @@ def collection(
         raise click.UsageError("give --start and --end (and other filters), or --script")
     if not script and not job.region:
         raise click.UsageError("--region is required: a GeoJSON file or west,south,east,north")
+    from state import default_job_name, is_database_url
+
+    if state is not None and not is_database_url(state):
+        raise click.UsageError(
+            "--state for a collection is a PostgreSQL URL (postgresql://user@host:port/db); "
+            "without it every image keeps its state in a file beside it"
+        )
+    if job_prefix is not None and state is None:
+        raise click.UsageError("--job names the images' jobs in a --state database; give both")
     folder = Path(out_dir).expanduser().resolve()
+    where = images_of.Where(state, job_prefix or default_job_name(folder.name + ".tif"))
     request = job.request(folder / "image.tif", select_bands=False)
     settings = run.settings(overwrite)
     request.check(settings.concurrency)
@@ -355,7 +380,7 @@ def collection(
         chosen = chosen.limit(limit)
     members = images_of.list_images(chosen, None, name_property)
     if request.format == "zarr" or folder.suffix.lower() == ".zarr":
-        _stack(chosen, members, request, settings, connection, dry_run, quiet)
+        _stack(chosen, members, request, settings, connection, dry_run, quiet, state, job_prefix)
         return
 
     def build(image: Any, output: Path) -> Any:
@@ -365,6 +390,7 @@ def collection(
             connection,
             concurrency=settings.concurrency,
             warn=_warn,
+            slot=call_slot(state or default_state_path(output), settings.project_quota),
         )
 
     jobs = images_of.collection_specs(chosen, folder, members, build)
@@ -379,6 +405,7 @@ def collection(
             settings.run_options(connection),
             choose_progress(quiet),
             parallel_images,
+            where,
         )
     )
     if not result.complete:
@@ -439,7 +466,8 @@ def preview(
 
 
 @main.command()
-@click.argument("state", type=click.Path(dir_okay=False))
+@click.argument("state")
+@opt.job_name
 @opt.overwrite
 @opt.run_options
 @opt.connection_options
@@ -447,24 +475,75 @@ def preview(
 @opt.debug
 def resume(
     state: str,
+    job_name: str | None,
     overwrite: bool,
     run: opt.RunArgs,
     network: opt.ConnectionArgs,
     quiet: bool,
     debug: bool,
 ) -> None:
-    """Resume the job saved in STATE, without the original script."""
+    """Resume the job saved in STATE (a state file, or a database URL with --job), without
+    the original script."""
+    _resume(state, job_name, run.settings(overwrite), network, quiet)
+
+
+EPILOG_WORKER = """\b
+Examples:
+  eefetch download --asset USGS/SRTMGL1_003 --region 73,18,135,54 --scale 30 \\
+      -o /shared/dem.tif --state postgresql://eefetch@db:5432/eefetch --job dem \\
+      --tiles /shared/tiles            # machine 1: creates the job, and works on it
+  eefetch worker --state postgresql://eefetch@db:5432/eefetch --job dem \\
+      --tiles /shared/tiles            # machines 2, 3, ...: join it
+  eefetch status postgresql://eefetch@db:5432/eefetch --job dem
+
+When the last tile is done, one worker merges (the others say which and exit).
+"""
+
+
+@main.command(epilog=EPILOG_WORKER)
+@opt.state
+@opt.job_name
+@opt.overwrite
+@opt.run_options
+@opt.connection_options
+@opt.quiet
+@opt.debug
+def worker(
+    state: str | None,
+    job_name: str | None,
+    overwrite: bool,
+    run: opt.RunArgs,
+    network: opt.ConnectionArgs,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Join a job whose state is on a PostgreSQL server, from this machine."""
+    from state import is_database_url
+
+    if not state or not is_database_url(state):
+        raise click.UsageError(
+            "a worker joins a job whose state is on a server: give --state "
+            "postgresql://user@host:port/db and --job NAME (an SQLite state file is worked "
+            "on by one process: eefetch resume FILE)"
+        )
+    _resume(state, job_name, run.settings(overwrite), network, quiet)
+
+
+def _resume(
+    state: str, job_name: str | None, settings: Any, network: opt.ConnectionArgs, quiet: bool
+) -> None:
+    """What resume and worker share: the stored job, run on the service reached now."""
     from dataclasses import replace
 
     from engine import ee_adapter
     from engine.service import service_identity
 
-    spec = _stored_spec(state)
+    spec, name = _stored_spec(state, job_name)
     connection = network.connect(spec.ee_url, spec.project)
     ee_adapter.set_workload_tag(spec.extra.get("workload_tag"))
     # The service reached now, which --ee-url may have changed: the job refuses another.
     spec = replace(spec, service=service_identity(ee_adapter.current_base_url()))
-    _run_spec(spec, state, run.settings(overwrite), connection, quiet)
+    _run_spec(spec, state, name, settings, connection, quiet)
 
 
 EPILOG_STATUS = """\b
@@ -492,7 +571,8 @@ their lock) and shows no download URL; it listens on 127.0.0.1 unless --host say
 
 
 @main.command(epilog=EPILOG_STATUS)
-@click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
+@click.argument("path", metavar="STATE_OR_FOLDER")
+@opt.job_name
 @opt.as_json
 @click.option(
     "--map",
@@ -501,20 +581,36 @@ their lock) and shows no download URL; it listens on 127.0.0.1 unless --host say
     help="Also draw the job's tiles, coloured by state, into this PNG.",
 )
 @opt.debug
-def status(path: str, as_json: bool, map_png: str | None, debug: bool) -> None:
-    """Show a job (tiles done / pending / failed, bytes, last errors), or every job in a folder."""
+def status(
+    path: str, job_name: str | None, as_json: bool, map_png: str | None, debug: bool
+) -> None:
+    """Show a job (tiles done / pending / failed, bytes, workers, last errors), or every job in
+    a folder or a state database."""
     from engine import inventory
+    from state import is_database_url
 
-    if Path(path).is_dir():
+    server = is_database_url(path)
+    if not server and not Path(path).exists():
+        raise OneLineError(f"{path} does not exist; give a state file, a folder or a database URL")
+    if not server and Path(path).is_dir():
         if map_png:
             raise click.UsageError("--map draws one job: give its state file, not a folder")
         show_jobs(inventory.find_state_files(path), path, as_json, totals=True)
         return
-    row = inventory.read_job(path)
+    if server and job_name is None:
+        names = inventory.job_names(path)
+        if len(names) != 1:
+            if map_png:
+                raise click.UsageError("--map draws one job: name it with --job")
+            rows = [inventory.read_job(path, job=name) for name in names]
+            show_rows(rows, path, as_json, totals=True)
+            return
+        job_name = names[0]
+    row = inventory.read_job(path, job=job_name)
     if row.status == "empty":
         raise OneLineError(f"{path} holds no job yet; start one with `eefetch download`")
     if map_png:
-        _write_map(path, map_png)
+        _write_map(path, map_png, row.name if server else job_name)
     if as_json:
         click.echo(json.dumps(status_json(row), indent=2))
         return
@@ -587,14 +683,21 @@ def serve(path: str, port: int, host: str, debug: bool) -> None:
 
 
 @main.command()
-@click.argument("state", type=click.Path(dir_okay=False))
+@click.argument("state")
+@opt.job_name
+@opt.tile_folder
 @opt.overwrite
 @opt.debug
-def merge(state: str, overwrite: bool, debug: bool) -> None:
-    """Redo only the merge of a job whose tiles are all fetched (and kept)."""
+def merge(
+    state: str, job_name: str | None, tile_folder: str | None, overwrite: bool, debug: bool
+) -> None:
+    """Merge a job whose tiles are all fetched (and kept): STATE is its state file, or a
+    database URL with --job."""
     from engine.job import merge_only
 
-    click.echo(str(merge_only(Path(state), overwrite=overwrite)))
+    folder = Path(tile_folder) if tile_folder else None
+    merged = merge_only(state, overwrite=overwrite, job=job_name, tile_folder=folder)
+    click.echo(str(merged))
 
 
 @main.command()
@@ -714,6 +817,7 @@ def _download(
     image: Any,
     request: Any,
     state: str | None,
+    job_name: str | None,
     settings: Any,
     connection: Any,
     dry_run: bool,
@@ -722,29 +826,47 @@ def _download(
     """What download and composite share: plan (--dry-run), or fetch and merge."""
     from engine import ee_adapter
     from engine.estimate import plan_spec
+    from engine.paths import default_state_path
+    from engine.quota_gate import call_slot
     from engine.request import build_job
     from engine.sample import measure
 
     request.check(settings.concurrency)
     settings.run_options(connection)  # refuse impossible settings before Earth Engine's calls
     ee_adapter.set_workload_tag(request.workload_tag)
-    spec = build_job(image, request, connection, concurrency=settings.concurrency, warn=_warn)
+    target = _state_target(state, request.output)
+    slot = None if dry_run else call_slot(target, settings.project_quota)
+    spec = build_job(
+        image, request, connection, concurrency=settings.concurrency, warn=_warn, slot=slot
+    )
     if dry_run:
         click.echo(plan_spec(spec, measure(spec, connection)).text())
         return
-    _run_spec(spec, state, settings, connection, quiet)
+    _run_spec(spec, state or str(default_state_path(Path(spec.output))), job_name, settings,
+              connection, quiet)  # fmt: skip
 
 
-def _run_spec(spec: Any, state: str | None, settings: Any, connection: Any, quiet: bool) -> None:
+def _state_target(state: str | None, output: Path) -> str:
+    """The state the command names, else the state file beside the output."""
+    from engine.paths import default_state_path
+
+    return state or str(default_state_path(Path(output).expanduser().resolve()))
+
+
+def _run_spec(
+    spec: Any, state: str, job_name: str | None, settings: Any, connection: Any, quiet: bool
+) -> None:
     from engine.errors import DownloadIncomplete
     from engine.job import run_job
-    from engine.paths import default_state_path
     from engine.progress import choose_progress, format_bytes
     from engine.runner import run_until_signalled
+    from state import is_database_url
 
-    state_path = Path(state) if state else default_state_path(Path(spec.output))
+    target: str | Path = state if is_database_url(state) else Path(state)
     options = settings.run_options(connection)
-    result = run_until_signalled(run_job(spec, state_path, options, choose_progress(quiet)))
+    result = run_until_signalled(
+        run_job(spec, target, options, choose_progress(quiet), job=job_name)
+    )
     summary = result.summary
     line = (
         f"{summary.fetched_tiles} tiles fetched ({format_bytes(summary.fetched_bytes)}), "
@@ -755,6 +877,8 @@ def _run_spec(spec: Any, state: str | None, settings: Any, connection: Any, quie
         raise DownloadIncomplete(result)
     if not quiet:
         click.echo(f"eefetch: {line}", err=True)
+    if result.merged_by is not None:
+        click.echo(f"eefetch: all tiles are fetched; {result.merged_by} merges", err=True)
     click.echo(str(result.output))
 
 
@@ -766,11 +890,15 @@ def _stack(
     connection: Any,
     dry_run: bool,
     quiet: bool,
+    state: str | None,
+    job_name: str | None,
 ) -> None:
-    """A collection to one Zarr store with a time dimension: one job (``engine.stack``)."""
+    """A collection to one Zarr store with a time dimension: one job (``engine.stack``),
+    whose state is a file beside the store, or job ``job_name`` in the ``state`` database."""
     from dataclasses import replace
 
     from engine.estimate import plan_spec
+    from engine.paths import default_state_path
     from engine.stack import stack_job, stack_output
 
     output = stack_output(request.output.parent)
@@ -783,7 +911,8 @@ def _stack(
         click.echo(plan_spec(spec).text())
         return
     output.parent.mkdir(parents=True, exist_ok=True)
-    _run_spec(spec, None, settings, connection, quiet)
+    target = state or str(default_state_path(output))
+    _run_spec(spec, target, job_name, settings, connection, quiet)
 
 
 def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:
@@ -804,7 +933,7 @@ def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:
         )
 
 
-def _write_map(state: str, picture: str) -> None:
+def _write_map(state: str, picture: str, job_name: str | None = None) -> None:
     from engine.jobmap import write_map
 
     if not Path(picture).parent.is_dir():
@@ -812,23 +941,28 @@ def _write_map(state: str, picture: str) -> None:
             f"--map {picture}: folder {Path(picture).parent} does not exist; create it or "
             "choose another path"
         )
-    result = write_map(state, picture)
+    result = write_map(state, picture, job=job_name)
     click.echo(f"eefetch: wrote {picture} ({result.width} x {result.height})", err=True)
 
 
-def _stored_spec(state: str) -> Any:
+def _stored_spec(state: str, job_name: str | None) -> tuple[Any, str]:
+    """The spec of the job in ``state`` (named ``job_name``, or its only job), and its name."""
     from engine.errors import JobError, SpecError
     from engine.spec import JobSpec
-    from state import Store
+    from state import Store, is_database_url
 
-    with Store.open(state, create=False) as store:
+    if not is_database_url(state) and not Path(state).is_file():
+        raise JobError(f"state file {state} does not exist; check the path")
+    with Store.open(state, job=job_name, create=False) as store:
         job = store.job()
+        label = store.target
     if job is None:
-        raise JobError(f"{state} holds no job; start one with `eefetch download`")
+        what = "no job" if job_name is None else f"no job named {job_name}"
+        raise JobError(f"{label} holds {what}; start one with `eefetch download`")
     try:
-        return JobSpec.from_dict(job.spec)
+        return JobSpec.from_dict(job.spec), job.name
     except SpecError as exc:
-        raise SpecError(f"state file {state}: {exc}") from exc
+        raise SpecError(f"state {label}: {exc}") from exc
 
 
 if __name__ == "__main__":

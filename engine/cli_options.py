@@ -34,9 +34,13 @@ from engine.defaults import (
     IDLE_TIMEOUT_S,
     MAX_ATTEMPTS,
     MAX_BACKOFF_S,
+    MAX_PROJECT_QUOTA,
+    MIN_LEASE_S,
     OUTPUT_FORMATS,
+    PROJECT_QUOTA,
     RESAMPLINGS,
     SENTINEL2_SCALE,
+    WORKER_LEASE_S,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,8 +54,23 @@ if TYPE_CHECKING:
 output = click.option("-o", "--output", type=click.Path(dir_okay=False), help="GeoTIFF to write.")
 state = click.option(
     "--state",
-    type=click.Path(dir_okay=False),
-    help="State database (default: OUTPUT.eefetch.db beside the output).",
+    help="State database: an SQLite file (default: OUTPUT.eefetch.db beside the output), or "
+    "a PostgreSQL URL (postgresql://user@host:port/db) that workers on several machines share.",
+)
+job_name = click.option(
+    "--job",
+    "job_name",
+    help="The job's name in the state database (default: the output's file name without .tif).",
+)
+collection_state = click.option(
+    "--state",
+    help="A PostgreSQL URL (postgresql://user@host:port/db) holding every image's job, which "
+    "the same command on other machines shares [default: a state file beside each image].",
+)
+collection_prefix = click.option(
+    "--job",
+    "job_prefix",
+    help="With --state: the images' jobs are named PREFIX.IMAGE [default: the folder's name].",
 )
 bands = click.option(
     "--bands", help="Bands: comma-separated names or regular expressions, e.g. B4,B3,B2 'B[1-8]'."
@@ -315,6 +334,15 @@ request_options = _grouped(
 
 # ------------------------------------------------------------------- how a run goes
 
+tile_folder = click.option(
+    "--tiles",
+    "tile_folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for tile files that every worker of the job reaches (each job gets a "
+    "folder named after it in there) [default: beside the state file, or the output].",
+)
+
 concurrency = click.option(
     "--concurrency",
     type=click.IntRange(1, EE_MAX_CONCURRENCY),
@@ -334,6 +362,9 @@ class RunArgs:
     first_byte_timeout: float
     max_attempts: int
     max_backoff: float
+    project_quota: int | None
+    lease_seconds: float
+    tile_folder: str | None
 
     def settings(self, overwrite: bool) -> Any:
         from engine.request import RunSettings
@@ -345,6 +376,9 @@ class RunArgs:
             max_attempts=self.max_attempts,
             max_backoff=self.max_backoff,
             overwrite=overwrite,
+            project_quota=self.project_quota,
+            lease_seconds=self.lease_seconds,
+            tile_folder=Path(self.tile_folder) if self.tile_folder else None,
         )
 
 
@@ -382,6 +416,24 @@ run_options = _grouped(
             "tries failed tiles again).",
         ),
         _seconds("--max-backoff", MAX_BACKOFF_S, "Longest wait in seconds between two attempts."),
+        click.option(
+            "--project-quota",
+            type=click.IntRange(1, MAX_PROJECT_QUOTA),
+            default=None,
+            help=f"Requests in flight at most for the Earth Engine project, over every eefetch "
+            f"process and job that uses it [default: {PROJECT_QUOTA} for a new project, else "
+            "the last value given].",
+        ),
+        click.option(
+            "--lease",
+            "lease_seconds",
+            type=click.FloatRange(min=MIN_LEASE_S),
+            default=WORKER_LEASE_S,
+            show_default=True,
+            help="Seconds a worker's tiles and quota slots stay its own without a heartbeat; "
+            "a dead worker's go to the others after this.",
+        ),
+        tile_folder,
     ],
 )
 

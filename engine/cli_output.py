@@ -41,14 +41,27 @@ def show_job(row: Any) -> None:
     )
     for item in row.last_errors:
         click.echo(f"error:   tile {item['tile']}: {item['error']}")
+    if row.workers:
+        from engine.inventory import worker_table
+
+        alive = sum(w["state"] == "alive" for w in row.workers)
+        click.echo(f"workers: {len(row.workers)} ({alive} alive)")
+        for line in worker_table(row.workers).splitlines():
+            click.echo(f"  {line}")
     hint = next_step(row)
     if hint:
         click.echo(f"next:    {hint}")
 
 
 def next_step(row: Any) -> str:
+    from state import is_database_url
+
     if row.status == "merged" or row.running:
         return ""
+    if is_database_url(row.state):
+        if row.status == "downloaded":
+            return f"eefetch merge {row.state} --job {row.name}"
+        return f"eefetch worker --state {row.state} --job {row.name}  (on any machine)"
     if row.status == "downloaded":
         return f"eefetch merge {row.state}"
     return f"eefetch resume {row.state}  (or run the same download command again)"
@@ -64,12 +77,22 @@ def status_json(row: Any) -> dict[str, Any]:
 def show_jobs(paths: list[Path], folder: str, as_json: bool, *, totals: bool) -> None:
     from engine import inventory
 
-    rows = [inventory.read_job(p) for p in paths]
+    show_rows([inventory.read_job(p) for p in paths], folder, as_json, totals=totals)
+
+
+def show_rows(rows: list[Any], folder: str, as_json: bool, *, totals: bool) -> None:
+    """Jobs as a table (or JSON), with a line of totals under it if asked."""
+    from engine import inventory
+
     if as_json:
         click.echo(json.dumps([status_json(r) for r in rows], indent=2))
         return
     if not rows:
-        click.echo(f"no eefetch jobs under {folder} (looked for *.eefetch.db)")
+        from state import is_database_url
+
+        where = "in" if is_database_url(folder) else "under"
+        looked = "" if is_database_url(folder) else " (looked for *.eefetch.db)"
+        click.echo(f"no eefetch jobs {where} {folder}{looked}")
         return
     click.echo(inventory.table(rows))
     if totals:

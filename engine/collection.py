@@ -6,11 +6,17 @@ time) under one shared :class:`engine.pacing.AdaptiveLimiter`, so the whole coll
 within ``concurrency`` requests in flight, and a 429 for any image slows all of them, as
 Earth Engine's per-project quota requires. Running the same call again skips finished images
 (their state says merged) and resumes the others tile by tile.
+
+With ``state`` a PostgreSQL URL, every image's job lives in that database instead, named
+``PREFIX.IMAGE`` (``image_job_name``), and the same collection command run on several machines
+makes each of them a worker of every image (``engine.workers``): each tile is fetched once and
+each image merged once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -22,14 +28,17 @@ from typing import Any
 import ee
 
 from engine import ee_adapter
-from engine.defaults import DEFAULT_PARALLEL_IMAGES
+from engine.defaults import DEFAULT_PARALLEL_IMAGES, PROJECT_QUOTA
 from engine.errors import EarthEngineError, EefetchError, InvalidJob
-from engine.job import JobResult, RunOptions, new_limiter, run_job
+from engine.job import JobResult, RunOptions, new_limiter, open_gate, run_job
 from engine.paths import default_state_path
 from engine.progress import Progress, SilentProgress
+from engine.quota_gate import new_owner
 from engine.spec import JobSpec
+from state import default_job_name
 
 MAX_NAME_CHARS = 120
+MAX_JOB_NAME = 128  # state.schema.JOB_NAME
 UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -149,25 +158,78 @@ def collection_specs(
         return list(pool.map(one, images))
 
 
+def image_job_name(prefix: str, image_name: str) -> str:
+    """The job name of one image of a collection whose state is on a server: ``PREFIX.IMAGE``
+    in the characters a name allows, cut to its length with a hash of the whole kept (two long
+    image names that share their start stay two jobs)."""
+    whole = f"{prefix}.{image_name}"
+    name = default_job_name(whole + ".tif")
+    if len(whole) > MAX_JOB_NAME:
+        digest = hashlib.sha256(whole.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_JOB_NAME - 9]}-{digest}"
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a collection keeps its state: None, a file beside each image; else this
+    PostgreSQL URL, each image a job named ``image_job_name(prefix, image)``."""
+
+    state: str | None = None
+    prefix: str = "collection"
+
+    def target(self, image: CollectionImage, spec: JobSpec) -> tuple[Path | str, str | None]:
+        """The state and the job name of one image."""
+        if self.state is None:
+            return default_state_path(Path(spec.output)), None
+        return self.state, image_job_name(self.prefix, image.name)
+
+
 async def run_collection(
     jobs: Sequence[tuple[CollectionImage, JobSpec]],
     out_dir: Path,
     options: RunOptions,
     progress: Progress | None = None,
     parallel_images: int = DEFAULT_PARALLEL_IMAGES,
+    where: Where | None = None,
 ) -> CollectionResult:
-    """Run every image's job, ``parallel_images`` at once, under one shared limiter."""
+    """Run every image's job, ``parallel_images`` at once, under one shared limiter and one
+    door to the project's quota (in the server database when ``where`` names one)."""
     progress = progress or SilentProgress()
-    shared = replace(options, limiter=options.limiter or new_limiter(options.concurrency))
+    where = where or Where()
+    quota = options.quota
+    if quota is None:
+        quota_at = where.state or default_state_path(out_dir / "images.tif")
+        quota = await open_gate(quota_at, options, new_owner())
+    try:
+        limiter = options.limiter or new_limiter(
+            options.concurrency, quota.ceiling or PROJECT_QUOTA
+        )
+        shared = replace(options, limiter=limiter, quota=quota)
+        return await _run_images(jobs, out_dir, shared, progress, parallel_images, where)
+    finally:
+        if options.quota is None:
+            await quota.close()
+
+
+async def _run_images(
+    jobs: Sequence[tuple[CollectionImage, JobSpec]],
+    out_dir: Path,
+    shared: RunOptions,
+    progress: Progress,
+    parallel_images: int,
+    where: Where,
+) -> CollectionResult:
+    """``run_collection`` with its budgets open."""
     gate = asyncio.Semaphore(max(1, parallel_images))
     overall = CollectionProgress(progress)
     result = CollectionResult(out_dir)
 
     async def one(image: CollectionImage, spec: JobSpec) -> None:
         async with gate:
-            state_path = default_state_path(Path(spec.output))
+            target, name = where.target(image, spec)
             try:
-                job = await run_job(spec, state_path, shared, overall.child(image.name))
+                job = await run_job(spec, target, shared, overall.child(image.name), job=name)
             except (EefetchError, OSError) as exc:
                 result.errors[image.name] = " ".join(str(exc).split())
                 progress.note(f"{image.name}: {result.errors[image.name]}")

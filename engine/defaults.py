@@ -36,6 +36,11 @@ MAX_ATTEMPTS: Final = 8
 BACKOFF_BASE_S: Final = 2.0
 MAX_BACKOFF_S: Final = 120.0
 DEFAULT_PARALLEL_IMAGES: Final = 4
+# Several processes on one job or one project (docs/CONTRACTS.md, "state/").
+WORKER_LEASE_S: Final = 60.0  # claims and quota slots last this long unless renewed (every third)
+MIN_LEASE_S: Final = 3.0  # shorter leases would be renewed too often to be worth it
+PROJECT_QUOTA: Final = EE_MAX_CONCURRENCY  # requests in flight per project over all processes
+MAX_PROJECT_QUOTA: Final = 10_000  # what the quota table accepts (state/quota.py)
 TAIL_PART_BYTES: Final = 4 << 20  # the smallest part a tile is cut into at a job's end
 OUTPUT_BLOCK: Final = 512  # pixels per side of the output's blocks (and of tile alignment)
 

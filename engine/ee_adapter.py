@@ -256,6 +256,12 @@ def current_base_url() -> str:
     return (url or Connection().base_url).rstrip("/")
 
 
+def current_project() -> str:
+    """The Cloud project the client bills and sends its requests to (the one in the request
+    paths, whose concurrency quota Earth Engine counts)."""
+    return str(ee.data._get_state().cloud_api_user_project or OFFLINE_PROJECT)
+
+
 def image_from_asset(asset_id: str) -> ee.Image:
     image: ee.Image = ee.Image(asset_id)
     return image

@@ -98,7 +98,7 @@ class DownloadIncomplete(IncompleteError):
         first = f" First error: {result.summary.errors[0]}" if result.summary.errors else ""
         super().__init__(
             f"{counts.get('failed', 0)} tile(s) failed and {counts.get('pending', 0)} are still "
-            f"pending; run the same command again (or `eefetch resume {result.state_path}`) to "
+            f"pending; run the same command again (or `{result.resume_command}`) to "
             f"retry them.{first}"
         )
         self.result = result

@@ -7,6 +7,7 @@ FetchError out") and the EE adapter, the transport and the tile store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from engine import ee_adapter
 from engine.errors import ErrorKind, FetchError
 from engine.grid import Grid
 from engine.pacing import Meter
+from engine.quota_gate import QuotaGate
 from engine.service import url_is_for
 from engine.spec import JobSpec
 from engine.tiles import tile_expectation, tile_grid, tile_name
@@ -47,9 +49,13 @@ class TileFetcher:
         *,
         meter: Meter | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        quota: QuotaGate | None = None,
     ) -> None:
         """``meter`` hears how long each tile waited for its first byte and how many bytes
-        arrive (the concurrency probe measures goodput with them)."""
+        arrive (the concurrency probe measures goodput with them). ``quota``: every request
+        (making a URL, the GET, a computePixels call) holds a slot of the project's shared
+        quota while it is in flight. ``clock`` stamps the URLs made (and judges their age): a
+        clock every worker of the job shares."""
         self.spec = spec
         self.job_uid = job_uid
         self.image = image
@@ -60,6 +66,7 @@ class TileFetcher:
         self.clock = clock
         self.meter = meter
         self.monotonic = monotonic
+        self.quota = quota
         self.band_count = len(spec.band_ids)
 
     async def __call__(self, tile: TileRecord) -> StoredTile:
@@ -74,11 +81,13 @@ class TileFetcher:
             or self.clock() - tile.url_made_at > URL_LIFETIME
             or not url_is_for(url, ee_adapter.current_base_url())
         ):
-            url = await self._in_thread(ee_adapter.download_url, image, grid)
+            async with self._slot():
+                url = await self._in_thread(ee_adapter.download_url, image, grid)
             self.record(TileUrl(tile.id, url, self.clock()))
-        asked = self.monotonic()
-        async with self.transport.stream("GET", url) as body:
-            return await self._store(tile, body, asked)
+        async with self._slot():
+            asked = self.monotonic()
+            async with self.transport.stream("GET", url) as body:
+                return await self._store(tile, body, asked)
 
     async def _compute(self, tile: TileRecord, image: ee.Image, grid: Grid) -> StoredTile:
         url, payload = await self._in_thread(
@@ -89,11 +98,16 @@ class TileFetcher:
             ee_adapter.current_base_url(),
         )
         headers = await self._in_thread(ee_adapter.auth_headers)
-        asked = self.monotonic()
-        async with self.transport.stream(
-            "POST", url, json=payload, headers=headers, during_download=False
-        ) as body:
-            return await self._store(tile, body, asked)
+        async with self._slot():
+            asked = self.monotonic()
+            async with self.transport.stream(
+                "POST", url, json=payload, headers=headers, during_download=False
+            ) as body:
+                return await self._store(tile, body, asked)
+
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A slot of the project's quota for one request (none to take without a gate)."""
+        return self.quota.slot() if self.quota is not None else contextlib.nullcontext()
 
     def _tile_image(self, tile: TileRecord) -> ee.Image:
         if tile.band_start == 0 and tile.band_stop == self.band_count:

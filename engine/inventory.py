@@ -38,6 +38,7 @@ class JobRow:
     tiles_on_disk: int
     output_exists: bool
     last_errors: list[dict[str, Any]] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)  # see worker_rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,49 +51,108 @@ def find_state_files(folder: str | os.PathLike[str], recursive: bool = True) -> 
     return sorted(p for p in root.glob(pattern) if p.is_file())
 
 
-def read_job(state_path: str | os.PathLike[str], errors: int = 5) -> JobRow:
-    """The row of one state file (read-only; works while the job runs)."""
-    from engine.paths import tiles_folder
-    from state import Store
+def read_job(
+    state_path: str | os.PathLike[str], errors: int = 5, *, job: str | None = None
+) -> JobRow:
+    """The row of one job: a state file's (read-only; works while the job runs), or job
+    ``job`` of a state database on a server (its only job when not named)."""
+    from engine.paths import tiles_folder, worker_tiles_folder
+    from state import Store, is_database_url
 
+    server = is_database_url(state_path)
     path = Path(state_path)
-    with Store.open(path, create=False) as store:
-        job = store.job()
-        if job is None:
-            return JobRow(
-                str(path.resolve()),
-                "",
-                _name(path),
-                "empty",
-                "empty",
-                False,
-                {},
-                0.0,
-                0,
-                0,
-                0,
-                False,
-            )
+    with Store.open(state_path, job=job, create=False) as store:
+        where = store.target if server else str(path.resolve())
+        record = store.job()
+        if record is None:
+            name = job or _name(path)
+            return JobRow(where, "", name, "empty", "empty", False, {}, 0.0, 0, 0, 0, False)
         counts = store.counts()
         done_bytes = store.bytes_done()
         last = [{"tile": t, "error": e} for t, e in store.last_errors(errors)]
-    spec = job.spec
-    running = is_running(path)
-    output = Path(job.output_path)
+        workers = worker_rows(store.workers(), store.now())
+    output = Path(record.output_path)
+    if server:
+        running = any(w["state"] == "alive" for w in workers)
+        folder = worker_tiles_folder(output)
+    else:
+        running = is_running(path)
+        folder = tiles_folder(path)
     return JobRow(
-        state=str(path.resolve()),
+        state=where,
         output=str(output),
-        name=output.name,
-        status=job.status,
-        state_label=label(job.status, counts, running, output.exists()),
+        name=record.name if server else output.name,
+        status=record.status,
+        state_label=label(record.status, counts, running, output.exists()),
         running=running,
         tiles=counts,
-        percent=percent_done(job.status, counts),
+        percent=percent_done(record.status, counts),
         bytes_done=done_bytes,
-        expected_bytes=expected_bytes(spec),
-        tiles_on_disk=_folder_bytes(tiles_folder(path)),
+        expected_bytes=expected_bytes(record.spec),
+        tiles_on_disk=_folder_bytes(folder),
         output_exists=output.exists(),
         last_errors=last,
+        workers=workers,
+    )
+
+
+def job_names(state: str | os.PathLike[str]) -> list[str]:
+    """The names of the jobs in a state database, oldest first."""
+    from state import Store
+
+    with Store.open(state, create=False) as store:
+        return [record.name for record in store.jobs()]
+
+
+MAX_WORKER_ROWS = 12
+
+
+def worker_rows(workers: Sequence[Any], now: float) -> list[dict[str, Any]]:
+    """What status shows of a job's workers (``state.WorkerRecord``s, ``now`` on the
+    database's clock): alive ones first, then the most recently seen; each with its host,
+    pid, tiles and bytes fetched, mean rate while it ran, seconds since it was last seen, and
+    whether it is alive, stopped (ended on its own) or lost (stopped beating: killed, hung,
+    cut off)."""
+    rows = []
+    for w in workers:
+        lived = max(w.last_seen - w.started_at, 1e-9)
+        state = "alive" if w.alive else ("stopped" if w.stopped_at is not None else "lost")
+        rows.append(
+            {
+                "owner": w.owner,
+                "host": w.host,
+                "pid": w.pid,
+                "tiles_done": w.tiles_done,
+                "bytes_done": w.bytes_done,
+                "bytes_per_second": w.bytes_done / lived if w.bytes_done else 0.0,
+                "last_seen_ago": max(0.0, now - w.last_seen),
+                "state": state,
+            }
+        )
+    rows.sort(key=lambda r: (r["state"] != "alive", r["last_seen_ago"]))
+    return rows[:MAX_WORKER_ROWS]
+
+
+def worker_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The workers as aligned columns."""
+    from engine.progress import format_seconds
+
+    header = ("HOST", "PID", "TILES", "MB/S", "LAST SEEN", "STATE")
+    body = [
+        (
+            str(r["host"]),
+            str(r["pid"]),
+            str(r["tiles_done"]),
+            f"{r['bytes_per_second'] / 1e6:.1f}",
+            f"{format_seconds(r['last_seen_ago'])} ago",
+            str(r["state"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip()
+        for r in [header, *body]
     )
 
 

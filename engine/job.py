@@ -11,11 +11,9 @@ import contextlib
 import logging
 import os
 import random
-import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,10 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from engine import __version__, ee_adapter
-from engine.defaults import EE_MAX_CONCURRENCY, EE_MAX_SIDE_COMPUTE, EE_MAX_SIDE_URLS
+from engine.clocks import DatabaseClock
+from engine.defaults import (
+    DEFAULT_CONCURRENCY,
+    EE_MAX_CONCURRENCY,
+    EE_MAX_SIDE_COMPUTE,
+    EE_MAX_SIDE_URLS,
+    PROJECT_QUOTA,
+)
 from engine.errors import JobError, SpecError
 from engine.fetch import TileFetcher
 from engine.grid import TilePlan, plan_tiles
+from engine.heartbeat import WorkerSession
 from engine.live_merge import (
     LiveMerge,
     MergeStopped,
@@ -37,15 +43,28 @@ from engine.live_merge import (
 )
 from engine.offload import StateThread, started_pool, uninterrupted
 from engine.outputs import merge_job
-from engine.pacing import AdaptiveLimiter
-from engine.paths import tiles_folder
+from engine.pacing import AdaptiveLimiter, ProbeSettings
+from engine.paths import job_tiles_folder
 from engine.progress import Progress, SilentProgress
+from engine.quota_gate import QuotaGate, new_owner, open_quota
 from engine.scheduler import Fetch, RunSummary, Scheduler, SchedulerOptions, UpdateBuffer
+from engine.service import quota_key
 from engine.spec import JobSpec, identity_differences, resumed_spec
 from engine.tiles import is_tile_file, new_tile, tile_expectation, tile_name, tile_plan
 from engine.tilestore import StoredTile, TileStore
 from engine.transport import Transport, TransportOptions
-from state import JobLock, OutputLock, StateError, Store, TileDone, TileRecord, TileReset
+from state import (
+    JobExistsError,
+    JobLock,
+    OutputLock,
+    StateError,
+    Store,
+    TileDone,
+    TileRecord,
+    TileReset,
+    default_job_name,
+    is_database_url,
+)
 
 MAX_VERIFY_ROUNDS = 3
 LOG = logging.getLogger(__name__)
@@ -67,20 +86,56 @@ class RunOptions:
     limiter: AdaptiveLimiter | None = None
     # The wall clock of retry times and leases (tests step it to play a suspend).
     clock: Callable[[], float] = time.time
+    # The project's --project-quota (None: the one stored for it, 40 for a new project).
+    project_quota: int | None = None
+    # A folder every worker reaches (--tiles); each job keeps its tiles in a folder named after
+    # it there. None: beside the state file (or the output, for a state on a server).
+    tile_folder: Path | None = None
+    # One door to the project's quota shared by several jobs run at once (a collection).
+    quota: QuotaGate | None = None
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long claims and quota slots last unless renewed (a dead worker's, then freed)."""
+        return (self.scheduler or SchedulerOptions()).lease_seconds
 
 
 @dataclass
 class JobResult:
     output: Path | None
-    state_path: Path
+    state_path: Path | str
     counts: dict[str, int]
     summary: RunSummary
     merged: bool
     notes: list[str] = field(default_factory=list)
+    # All tiles are fetched and another worker (this owner) holds the merge.
+    merged_by: str | None = None
+    job: str | None = None
 
     @property
     def complete(self) -> bool:
-        return self.merged
+        """Nothing is left for this process: the output is merged, or another worker merges."""
+        return self.merged or self.merged_by is not None
+
+    @property
+    def resume_command(self) -> str:
+        """What carries the job on (a state on a server: a worker of the named job)."""
+        if isinstance(self.state_path, str) and is_database_url(self.state_path):
+            return f"eefetch worker --state {self.state_path} --job {self.job}"
+        return f"eefetch resume {self.state_path}"
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """Who fetches, and under which budgets: this process's name in the state, the clock its
+    stored times are on, its concurrency limiter, its door to the project's quota, and whether
+    other workers share the job (then every lease is on the database's clock)."""
+
+    owner: str
+    clock: Callable[[], float]
+    limiter: AdaptiveLimiter
+    gate: QuotaGate | None
+    shared: bool = False
 
 
 def itemsizes(spec: JobSpec) -> list[int]:
@@ -99,7 +154,9 @@ def plan(spec: JobSpec) -> list[TilePlan]:
     )
 
 
-def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[str], JobSpec]:
+def open_job(
+    store: Store, spec: JobSpec, state_path: Path | str
+) -> tuple[bool, list[str], JobSpec]:
     """Create the job in an empty state file, or check that the file holds this very job.
 
     Returns the spec to run: ``spec``, with the stored plan's settings when resuming.
@@ -107,17 +164,29 @@ def open_job(store: Store, spec: JobSpec, state_path: Path) -> tuple[bool, list[
     job = store.job()
     if job is None:
         tiles = [new_tile(t) for t in plan(spec)]
-        store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
-        planned = (
-            f"planned {len(tiles)} tiles for a {spec.grid.width} x "
-            f"{spec.grid.height} grid of {len(spec.band_ids)} bands"
-        )
-        return True, [planned], spec
+        try:
+            store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
+        except JobExistsError:
+            if not store.is_server:
+                raise
+            job = store.job()  # another worker created it between the look and now: join it
+            assert job is not None
+        else:
+            planned = (
+                f"planned {len(tiles)} tiles for a {spec.grid.width} x "
+                f"{spec.grid.height} grid of {len(spec.band_ids)} bands"
+            )
+            return True, [planned], spec
     try:
         stored = JobSpec.from_dict(job.spec)
     except SpecError as exc:
         raise JobError(f"state file {state_path}: {exc}") from exc
     differs = identity_differences(stored, spec)
+    if differs and store.is_server:
+        raise JobError(
+            f"job {job.name} in {state_path} is another download (for {job.output_path}; it "
+            f"differs in {', '.join(differs)}); give this download another --job name"
+        )
     if differs:
         raise JobError(
             f"state file {state_path} holds another job (for {job.output_path}; it differs in "
@@ -205,27 +274,41 @@ def verify_done_tiles(store: Store, tiles: TileStore, spec: JobSpec) -> list[str
             resets.append(TileReset(tile.id, problem))
             tiles.remove(name)
     if resets:
-        store.apply(resets, _now())
+        store.apply(resets, None if store.is_server else _now())  # a server: its clock
     return [f"tile {r.tile_id} will be fetched again: {r.reason}" for r in resets]
 
 
 async def run_job(
-    spec: JobSpec, state_path: Path, options: RunOptions, progress: Progress | None = None
+    spec: JobSpec,
+    state_path: Path | str,
+    options: RunOptions,
+    progress: Progress | None = None,
+    *,
+    job: str | None = None,
 ) -> JobResult:
     """Fetch whatever is missing of ``spec`` and merge it; safe to call again after any stop.
 
-    State I/O runs in a thread of its own and file work in worker threads: several jobs (a
-    collection) share the event loop, and none may hold it up.
+    ``state_path`` is an SQLite file (one process works on the job, under its lock) or a
+    PostgreSQL URL (``engine.workers``: this process is one of the job's workers, and the job
+    is named ``job``, by default after the output). State I/O runs in a thread of its own and
+    file work in worker threads: several jobs (a collection) share the event loop, and none
+    may hold it up.
     """
     progress = progress or SilentProgress()
+    if isinstance(state_path, str) and is_database_url(state_path):
+        from engine.workers import run_shared  # the shared run builds on this module
+
+        name = job or default_job_name(spec.output)
+        return await run_shared(spec, state_path, name, options, progress)
+    state_path = Path(state_path)
     output = Path(spec.output)
     if output.exists() and not options.overwrite and not state_path.exists():
-        raise _output_exists(output)  # before a state file is made for a job that cannot run
+        raise output_exists_error(output)  # before a state file is made for a job that cannot run
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state = await asyncio.to_thread(StateThread)
     try:
         with JobLock(state_path):
-            store = await state(Store.open, state_path)
+            store = await state(partial(Store.open, state_path, job=job))
             try:
                 return await _run_locked(spec, state_path, store, state, options, progress)
             finally:
@@ -247,13 +330,14 @@ async def _run_locked(
     created, notes, spec = await state(open_job, store, spec, state_path)
     job = await state(store.job)
     assert job is not None
+    tiles = TileStore(job_tiles_folder(state_path, output, job.name, options.tile_folder))
     if job.status != "merged" and output.exists() and not options.overwrite:
         if not published_by(output, job.uid, spec.fingerprint()):
-            raise _output_exists(output)
+            raise output_exists_error(output)
         # The last run published this very file and was stopped before it could say so.
         await state(record_merged, store, output)
         if not spec.keep_tiles:
-            await uninterrupted(TileStore(tiles_folder(state_path)).remove_all)
+            await uninterrupted(tiles.remove_all)
         job = await state(store.job)
         assert job is not None
     if job.status == "merged" and output.exists() and not options.overwrite:
@@ -261,9 +345,8 @@ async def _run_locked(
         return JobResult(
             output, state_path, counts, RunSummary(), True, [f"already complete: {output}"]
         )
-    _check_output_folder(output)
+    check_output_folder(output)
     with OutputLock(output):
-        tiles = TileStore(tiles_folder(state_path))
         if created:
             notes.extend(await uninterrupted(clear_for_new_job, tiles))
         else:
@@ -276,22 +359,28 @@ async def _run_locked(
         for note in notes:
             progress.note(note)
         overwrite = options.overwrite or job.status == "merged"
-        live = await state(_start_live_merge, spec, job.uid, store, tiles, options, overwrite)
-        try:
-            summary = await _fetch_all(spec, job.uid, store, state, tiles, options, progress, live)
-            counts = await state(store.counts)
-            if counts["pending"] or counts["in_flight"] or counts["failed"]:
-                status = "failed" if counts["failed"] else "running"
-                await state(store.set_job_status, status)
-                return JobResult(None, state_path, counts, summary, False, notes)
-            await state(store.set_job_status, "downloaded")
-            progress.note(f"all {counts['done']} tiles fetched; finishing {output}")
-            merged = await _merge_to_the_end_or_not_at_all(
-                spec, store, state, tiles, overwrite, live
-            )
-        finally:
-            if live is not None:
-                await uninterrupted(live.close)
+        async with worker_budget(spec, state_path, store, options) as worker:
+            session = WorkerSession(store, state, worker.owner, options.lease_seconds)
+            async with session:
+                live = await state(
+                    _start_live_merge, spec, job.uid, store, tiles, options, overwrite
+                )
+                try:
+                    summary = await _fetch_all(
+                        spec, job.uid, store, state, tiles, options, session.counting(progress),
+                        live, worker,
+                    )  # fmt: skip
+                    counts = await state(store.counts)
+                    if counts["pending"] or counts["in_flight"] or counts["failed"]:
+                        status = "failed" if counts["failed"] else "running"
+                        await state(store.set_job_status, status)
+                        return JobResult(None, state_path, counts, summary, False, notes)
+                    await state(store.set_job_status, "downloaded")
+                    progress.note(f"all {counts['done']} tiles fetched; finishing {output}")
+                    merged = await merge_to_the_end(spec, store, state, tiles, overwrite, live)
+                finally:
+                    if live is not None:
+                        await uninterrupted(live.close)
         if spec.keep_tiles:
             await uninterrupted(tiles.free_reserve)
         else:
@@ -299,9 +388,64 @@ async def _run_locked(
         return JobResult(merged, state_path, await state(store.counts), summary, True, notes)
 
 
-def new_limiter(concurrency: int | None) -> AdaptiveLimiter:
-    """A job's (or a collection's) concurrency budget: pinned, or found by probing."""
-    return AdaptiveLimiter.unpinned() if concurrency is None else AdaptiveLimiter(concurrency)
+def new_limiter(concurrency: int | None, ceiling: int = EE_MAX_CONCURRENCY) -> AdaptiveLimiter:
+    """A job's (or a collection's) concurrency budget: pinned, or found by probing; never
+    above ``ceiling``, the project's quota, which every process of the project shares."""
+    ceiling = max(1, min(ceiling, EE_MAX_CONCURRENCY))
+    if concurrency is not None:
+        return AdaptiveLimiter(min(concurrency, ceiling))
+    start = min(DEFAULT_CONCURRENCY, ceiling)
+    return AdaptiveLimiter.unpinned(
+        ProbeSettings(start=start, floor=min(ProbeSettings().floor, start), ceiling=ceiling)
+    )
+
+
+async def open_gate(
+    target: Path | str, options: RunOptions, owner: str, store: Store | None = None
+) -> QuotaGate:
+    """This process's door to the project's quota (the project the client sends requests
+    to), kept in the state database itself when it is a server (through ``store``'s
+    connections, if given), else in this user's quota file; opened with the run's
+    --project-quota."""
+    if store is not None and store.is_server:
+        quota = store.quota()
+    else:
+        quota = await asyncio.to_thread(open_quota, target)
+    project = quota_key(ee_adapter.current_project(), ee_adapter.current_base_url())
+    gate = QuotaGate(
+        quota, project, owner, lease_seconds=options.lease_seconds, ceiling=options.project_quota
+    )
+    try:
+        await gate.open()
+    except BaseException:
+        await gate.close()
+        raise
+    return gate
+
+
+@contextlib.asynccontextmanager
+async def worker_budget(
+    spec: JobSpec, target: Path | str, store: Store, options: RunOptions, *, shared: bool = False
+) -> AsyncIterator[Worker]:
+    """This process as a worker of the job: its owner name, clock, limiter and quota gate (the
+    run's own, or the ones ``options`` shares between jobs); the own gate is closed after."""
+    owner = new_owner()
+    gate = options.quota
+    own_gate = gate is None
+    if gate is None:
+        gate = await open_gate(target, options, owner, store)
+    try:
+        ceiling = gate.ceiling or PROJECT_QUOTA
+        limiter = options.limiter or new_limiter(options.concurrency, ceiling)
+        clock: Callable[[], float] = options.clock
+        if shared:
+            database_clock = DatabaseClock(options.clock)
+            await asyncio.to_thread(database_clock.measure, store.now)
+            clock = database_clock
+        yield Worker(owner, clock, limiter, gate, shared)
+    finally:
+        if own_gate:
+            await gate.close()
 
 
 def _start_live_merge(
@@ -341,6 +485,74 @@ def _offering(fetch: Fetch, live: LiveMerge) -> Fetch:
     return fetch_and_offer
 
 
+Round = Callable[[], Awaitable[RunSummary]]
+
+
+@contextlib.asynccontextmanager
+async def fetching(
+    spec: JobSpec,
+    job_uid: str,
+    store: Store,
+    state: StateThread,
+    tiles: TileStore,
+    options: RunOptions,
+    progress: Progress,
+    worker: Worker,
+    live: LiveMerge | None = None,
+) -> AsyncIterator[Round]:
+    """The fetch set up (the image, a transport, threads for the API calls); yields a
+    coroutine function that runs one scheduler round: claim and fetch until nothing is left to
+    claim. The URLs of tiles not in flight are forgotten at the end."""
+    # Reading a large expression back takes the client a while: not on the event loop.
+    image = await asyncio.to_thread(ee_adapter.prepared_image, spec)
+    slots = options.concurrency or EE_MAX_CONCURRENCY
+    scheduler_options = options.scheduler or SchedulerOptions(concurrency=slots)
+    rng = random.Random(options.seed)
+    base_url = ee_adapter.current_base_url()
+    executor = await asyncio.to_thread(started_pool, scheduler_options.concurrency, "eefetch-ee")
+    try:
+        async with Transport(options.transport, base_url) as transport:
+            updates = UpdateBuffer(store, state, worker.clock, database_clock=worker.shared)
+            fetcher: Fetch = TileFetcher(
+                spec,
+                job_uid,
+                image,
+                transport,
+                tiles,
+                executor,
+                updates.record,
+                worker.clock,
+                meter=worker.limiter,
+                quota=worker.gate,
+            )
+            if live is not None:
+                fetcher = _offering(fetcher, live)
+
+            async def one_round() -> RunSummary:
+                scheduler = Scheduler(
+                    store,
+                    fetcher,
+                    partial(transport.probe, base_url),
+                    owner=worker.owner,
+                    itemsizes=itemsizes(spec),
+                    updates=updates,
+                    options=scheduler_options,
+                    progress=progress,
+                    rng=rng,
+                    clock=worker.clock,
+                    limiter=worker.limiter,
+                    free_space=None if worker.shared else tiles.free_reserve,
+                    shared=worker.shared,
+                )
+                return await scheduler.run()
+
+            yield one_round
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        # No tile of this process is in flight now: no bearer URL need stay on disk.
+        await uninterrupted(_forget_urls, store, executor=state.executor)
+
+
 async def _fetch_all(
     spec: JobSpec,
     job_uid: str,
@@ -350,6 +562,7 @@ async def _fetch_all(
     options: RunOptions,
     progress: Progress,
     live: LiveMerge | None,
+    worker: Worker,
 ) -> RunSummary:
     """Fetch until every tile is done (or failed), re-checking finished tiles each round.
 
@@ -360,48 +573,12 @@ async def _fetch_all(
     counts = await state(store.counts)
     leaves = counts["pending"] + counts["in_flight"] + counts["done"] + counts["failed"]
     progress.start(leaves, counts["done"], await state(store.bytes_done))
-    # Reading a large expression back takes the client a while: not on the event loop.
-    image = await asyncio.to_thread(ee_adapter.prepared_image, spec)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    slots = options.concurrency or EE_MAX_CONCURRENCY
-    scheduler_options = options.scheduler or SchedulerOptions(concurrency=slots)
-    limiter = options.limiter or new_limiter(options.concurrency)
-    rng = random.Random(options.seed)
-    base_url = ee_adapter.current_base_url()
-    executor = await asyncio.to_thread(started_pool, scheduler_options.concurrency, "eefetch-ee")
     try:
-        async with Transport(options.transport, base_url) as transport:
-            updates = UpdateBuffer(store, state, options.clock)
-            fetcher: Fetch = TileFetcher(
-                spec,
-                job_uid,
-                image,
-                transport,
-                tiles,
-                executor,
-                updates.record,
-                options.clock,
-                meter=limiter,
-            )
-            if live is not None:
-                fetcher = _offering(fetcher, live)
+        async with fetching(
+            spec, job_uid, store, state, tiles, options, progress, worker, live
+        ) as fetch_round:
             for _ in range(MAX_VERIFY_ROUNDS):
-                scheduler = Scheduler(
-                    store,
-                    fetcher,
-                    partial(transport.probe, base_url),
-                    owner=owner,
-                    itemsizes=itemsizes(spec),
-                    updates=updates,
-                    options=scheduler_options,
-                    progress=progress,
-                    rng=rng,
-                    clock=options.clock,
-                    limiter=limiter,
-                    free_space=tiles.free_reserve,
-                )
-                summary = await scheduler.run()
-                _add(total, summary)
+                add_summary(total, await fetch_round())
                 if (await state(store.counts))["pending"]:
                     break
                 if live is not None and live.active:
@@ -420,10 +597,7 @@ async def _fetch_all(
                 if not changed:
                     break
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
         progress.close()
-        # No tile is in flight now: no bearer URL need stay on disk.
-        await uninterrupted(_forget_urls, store, executor=state.executor)
     return total
 
 
@@ -432,7 +606,7 @@ def _forget_urls(store: Store) -> None:
         store.forget_urls()
 
 
-async def _merge_to_the_end_or_not_at_all(
+async def merge_to_the_end(
     spec: JobSpec,
     store: Store,
     state: StateThread,
@@ -508,13 +682,13 @@ def _merge(
     )
 
 
-def _output_exists(output: Path) -> JobError:
+def output_exists_error(output: Path) -> JobError:
     return JobError(
         f"{output} already exists; pass --overwrite to replace it, or choose another output with -o"
     )
 
 
-def _check_output_folder(output: Path) -> None:
+def check_output_folder(output: Path) -> None:
     """Refuse before fetching anything if the merge could not write the output at all."""
     folder = output.parent
     if not folder.is_dir():
@@ -526,7 +700,7 @@ def _check_output_folder(output: Path) -> None:
         )
 
 
-def _add(total: RunSummary, part: RunSummary) -> None:
+def add_summary(total: RunSummary, part: RunSummary) -> None:
     total.fetched_tiles += part.fetched_tiles
     total.fetched_bytes += part.fetched_bytes
     total.retries += part.retries
@@ -541,18 +715,35 @@ def _now() -> float:
     return time.time()
 
 
-def merge_only(state_path: Path, *, overwrite: bool = False) -> Path:
-    """Redo the merge of a job whose tiles are all fetched and still on disk."""
-    with JobLock(state_path), Store.open(state_path, create=False) as store:
-        job = store.job()
-        if job is None:
+def merge_only(
+    state_path: Path | str,
+    *,
+    overwrite: bool = False,
+    job: str | None = None,
+    tile_folder: Path | None = None,
+) -> Path:
+    """Redo the merge of a job whose tiles are all fetched and still on disk (a state on a
+    server: under the job's merge lease, ``engine.workers.merge_shared``)."""
+    if isinstance(state_path, str) and is_database_url(state_path):
+        from engine.workers import merge_shared  # the shared run builds on this module
+
+        return merge_shared(state_path, job, tile_folder, overwrite=overwrite)
+    state_path = Path(state_path)
+    with JobLock(state_path), Store.open(state_path, job=job, create=False) as store:
+        record = store.job()
+        if record is None:
             raise JobError(f"{state_path} holds no job; start one with `eefetch download`")
-        spec = JobSpec.from_dict(job.spec)
+        spec = JobSpec.from_dict(record.spec)
+        tiles = TileStore(job_tiles_folder(state_path, Path(spec.output), record.name, tile_folder))
         with OutputLock(spec.output):
-            return _merge_only(store, spec, state_path, overwrite or job.status == "merged")
+            return _merge_only(
+                store, spec, state_path, tiles, overwrite or record.status == "merged"
+            )
 
 
-def _merge_only(store: Store, spec: JobSpec, state_path: Path, overwrite: bool) -> Path:
+def _merge_only(
+    store: Store, spec: JobSpec, state_path: Path, tiles: TileStore, overwrite: bool
+) -> Path:
     """The merge of ``merge_only``, under its locks."""
     counts = store.counts()
     missing = counts["pending"] + counts["in_flight"] + counts["failed"]
@@ -561,7 +752,6 @@ def _merge_only(store: Store, spec: JobSpec, state_path: Path, overwrite: bool) 
             f"{missing} tile(s) are not fetched yet; run `eefetch resume "
             f"{state_path}` to fetch them and merge"
         )
-    tiles = TileStore(tiles_folder(state_path))
     problems = verify_done_tiles(store, tiles, spec)
     if problems:
         raise JobError(

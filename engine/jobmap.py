@@ -259,10 +259,15 @@ def render(snap: Snapshot, longest: int = DEFAULT_SIDE, *, legend: bool = True) 
 
 
 def write_map(
-    state_path: str | os.PathLike[str], picture: str | os.PathLike[str], longest: int = DEFAULT_SIDE
+    state_path: str | os.PathLike[str],
+    picture: str | os.PathLike[str],
+    longest: int = DEFAULT_SIDE,
+    *,
+    job: str | None = None,
 ) -> MapPicture:
-    """Read the state file (read-only) and write its picture to ``picture`` (temp, rename)."""
-    result = render(read_snapshot(state_path), longest)
+    """Read the job (read-only: a state file, or job ``job`` of a database on a server) and
+    write its picture to ``picture`` (temp, rename)."""
+    result = render(read_snapshot(state_path, job=job), longest)
     target = Path(picture)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:

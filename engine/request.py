@@ -11,11 +11,13 @@ command line and the Python API offer the same set.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,8 +34,11 @@ from engine.defaults import (
     EE_MAX_CONCURRENCY,
     EE_MAX_REQUEST_BYTES,
     ENDPOINTS,
+    MAX_PROJECT_QUOTA,
+    MIN_LEASE_S,
     OUTPUT_FORMATS,
     RESAMPLINGS,
+    WORKER_LEASE_S,
     ZARR_SUFFIX,
 )
 from engine.ee_adapter import MASK_BAND, BandInfo, Connection
@@ -129,6 +134,11 @@ class RunSettings:
 
     ``concurrency`` None (the default) lets the run find it: it probes from 16 up to Earth
     Engine's 40 while more tiles in flight move more bytes (``engine.pacing``).
+    ``project_quota`` is the most requests in flight for the Earth Engine project over every
+    process and job that uses it (None: the one the project was last given, 40 for a new
+    one); ``lease_seconds`` how long a worker's claims and quota slots last unless renewed;
+    ``tile_folder`` a folder every worker of a job reaches (each job keeps its tiles in a
+    folder named after it there).
     """
 
     concurrency: int | None = None
@@ -137,6 +147,9 @@ class RunSettings:
     max_attempts: int = field(default_factory=lambda: SchedulerOptions().max_attempts)
     max_backoff: float = field(default_factory=lambda: SchedulerOptions().backoff_cap)
     overwrite: bool = False
+    project_quota: int | None = None
+    lease_seconds: float = WORKER_LEASE_S
+    tile_folder: Path | None = None
 
     def run_options(self, connection: Connection) -> RunOptions:
         """The engine's options for a run of these settings, on ``connection``'s route."""
@@ -148,6 +161,16 @@ class RunSettings:
             raise InvalidJob(f"max_attempts must be a whole number >= 1, got {self.max_attempts}")
         if self.concurrency is not None and not _whole_at_least(self.concurrency, 1):
             raise InvalidJob(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
+        quota = self.project_quota
+        if quota is not None and not (_whole_at_least(quota, 1) and quota <= MAX_PROJECT_QUOTA):
+            raise InvalidJob(
+                f"project_quota must be a whole number from 1 to {MAX_PROJECT_QUOTA}, got {quota!r}"
+            )
+        if not _positive_number(self.lease_seconds) or self.lease_seconds < MIN_LEASE_S:
+            raise InvalidJob(
+                f"lease_seconds must be a number of seconds >= {MIN_LEASE_S:g}, got "
+                f"{self.lease_seconds!r}"
+            )
         return RunOptions(
             concurrency=self.concurrency,
             transport=TransportOptions(
@@ -160,8 +183,11 @@ class RunSettings:
                 concurrency=self.slots,
                 max_attempts=self.max_attempts,
                 backoff_cap=self.max_backoff,
+                lease_seconds=float(self.lease_seconds),
             ),
             overwrite=self.overwrite,
+            project_quota=quota,
+            tile_folder=None if self.tile_folder is None else Path(self.tile_folder),
         )
 
     @property
@@ -196,6 +222,7 @@ def build_job(
     *,
     concurrency: int | None = None,
     warn: Callable[[str], None] | None = None,
+    slot: Callable[[], AbstractContextManager[object]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JobSpec:
     """Everything the job needs, checked before anything is fetched.
@@ -205,9 +232,10 @@ def build_job(
     without a transform, a sheared transform, a tile size below one pixel, and so on.
     ``warn`` hears about choices that are allowed but probably not meant (a ``dtype`` that
     cannot hold the bands); by default it issues a :class:`LossyCastWarning`. One ``getInfo``
-    call (the image's bands and properties); the client must be initialised
-    (``ee_adapter.connect``). ``extra`` adds entries to the spec's ``extra`` (a stacked
-    collection's layout).
+    call (the image's bands and properties), made inside ``slot()`` when given (a slot of the
+    project's shared quota, ``engine.quota_gate.blocking_slot``); the client must be
+    initialised (``ee_adapter.connect``). ``extra`` adds entries to the spec's ``extra`` (a
+    stacked collection's layout).
     """
     request.check(concurrency)
     if request.like is not None:
@@ -217,7 +245,8 @@ def build_job(
         )
     if request.resampling and request.resampling != "near":
         image = image.resample(request.resampling)
-    info = ee_adapter.describe_image(image)
+    with slot() if slot is not None else contextlib.nullcontext():
+        info = ee_adapter.describe_image(image)
     band_ids = ee_adapter.select_bands([b.id for b in info.bands], request.bands)
     chosen = [b for b in info.bands if b.id in band_ids]
     factors = band_factors(band_ids, info.properties) if request.scale_offset else {}

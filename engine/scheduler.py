@@ -24,6 +24,7 @@ from engine.defaults import (
     MAX_BACKOFF_S,
     OUTPUT_BLOCK,
     TAIL_PART_BYTES,
+    WORKER_LEASE_S,
 )
 from engine.errors import ErrorKind, FetchError, JobStopped
 from engine.grid import split_for_slots, split_tile
@@ -62,7 +63,7 @@ Probe = Callable[[], Awaitable[bool]]
 class SchedulerOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     max_attempts: int = MAX_ATTEMPTS
-    lease_seconds: float = 600.0
+    lease_seconds: float = WORKER_LEASE_S
     flush_every: float = 1.0
     backoff_base: float = BACKOFF_BASE_S
     backoff_cap: float = MAX_BACKOFF_S
@@ -98,11 +99,20 @@ class UpdateBuffer:
         store: Store,
         state: StateThread,
         clock: Callable[[], float] = time.time,
+        *,
+        database_clock: bool = False,
     ) -> None:
+        """``database_clock``: the batches are stamped by the database (several workers);
+        otherwise by ``clock``."""
         self.store = store
         self.state = state
         self.clock = clock
+        self.database_clock = database_clock
         self._pending: list[TileUpdate] = []
+
+    def stamp(self) -> float | None:
+        """The ``now`` of a batch: None when the database's clock stamps it."""
+        return None if self.database_clock else self.clock()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -120,7 +130,7 @@ class UpdateBuffer:
         written in the order they were taken)."""
         batch = self.take()
         if batch:
-            await self.state(self.store.apply, batch, self.clock())
+            await self.state(self.store.apply, batch, self.stamp())
 
 
 class Scheduler:
@@ -141,13 +151,16 @@ class Scheduler:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limiter: AdaptiveLimiter | None = None,
         free_space: Callable[[], None] | None = None,
+        shared: bool = False,
     ) -> None:
         """``limiter`` shares one concurrency budget between jobs (a collection's images);
         by default the scheduler has its own of ``options.concurrency`` slots. ``clock`` is
         the wall clock of the times stored in the state; ``monotonic`` measures intervals and
         notices when the wall clock steps. ``updates`` (and its state thread) may be shared
         with the fetcher; by default the scheduler has its own for the run. ``free_space``
-        gives back disk space kept in reserve, when the run ends on an error."""
+        gives back disk space kept in reserve, when the run ends on an error. ``shared``: other
+        workers share the job, so claims, leases and retry times are on the database's clock
+        (``clock`` then reads that clock, ``engine.clocks.DatabaseClock``)."""
         self.store = store
         self.fetch = fetch
         self.probe = probe
@@ -161,6 +174,7 @@ class Scheduler:
         self.clock_watch = ClockWatch(clock, monotonic)
         self.sleep = sleep
         self.free_space = free_space
+        self.shared = shared
         self.limiter = limiter or AdaptiveLimiter(self.options.concurrency)
         self.outage = OutageMonitor(
             self.options.outage_threshold,
@@ -171,7 +185,11 @@ class Scheduler:
         self._own_state = updates is None
         # "is None", not "or": an empty buffer is falsy (len 0), and one passed in is shared
         # with the fetcher, whose URL records would otherwise go to a buffer nobody flushes.
-        self.updates = updates if updates is not None else UpdateBuffer(store, StateThread(), clock)
+        self.updates = (
+            updates
+            if updates is not None
+            else UpdateBuffer(store, StateThread(), clock, database_clock=shared)
+        )
         self.state = self.updates.state
         self._queue: list[TileRecord] = []
         self._in_flight = 0
@@ -220,7 +238,7 @@ class Scheduler:
         pending = self.updates.take()
         try:
             if pending:
-                self.store.apply(pending, self.clock())
+                self.store.apply(pending, self.updates.stamp())
         finally:
             # Even when the updates cannot be written (a full disk): no claim may outlive the
             # run, and giving them back is one small statement that may still get through.
@@ -277,7 +295,7 @@ class Scheduler:
         claimed = await self.state(
             self.store.claim,
             self.owner,
-            self.clock(),
+            self._lease_clock(),
             self.options.lease_seconds,
             wanted,
         )
@@ -314,9 +332,16 @@ class Scheduler:
         whole = [tile for tile, group in zip(claimed, parts, strict=True) if len(group) == 1]
         return whole + await self._claim()
 
+    def _lease_clock(self) -> float | None:
+        """The ``now`` of claims and renewals: None (the database's clock) for a shared job."""
+        return None if self.shared else self.clock()
+
     async def _follow_clock_steps(self) -> None:
         """After a suspend or a clock step, move stored retry times and this run's leases by
-        the same amount: a retry due in 10 s stays due in 10 s, not in an hour."""
+        the same amount: a retry due in 10 s stays due in 10 s, not in an hour. A shared job's
+        times are on the database's clock, which no step of this machine's moves."""
+        if self.shared:
+            return
         delta = self.clock_watch.step()
         if delta:
             await self.state(self.store.shift_times, self.owner, delta)
@@ -409,11 +434,15 @@ class Scheduler:
         if verdict.action is Action.REMAKE_URL:
             delay = 0.0
             self.record(TileUrl(tile.id, None, None))
-        self.record(
-            TileRetry(
+        if self.shared:
+            retry = TileRetry(
+                tile.id, verdict.reason, delay=delay, rate_limited=verdict.rate_limited
+            )
+        else:
+            retry = TileRetry(
                 tile.id, verdict.reason, self.clock() + delay, rate_limited=verdict.rate_limited
             )
-        )
+        self.record(retry)
         self.summary.retries += 1
         self.progress.retry(f"tile {tile.id}: {verdict.reason} (next try in {delay:.1f} s)")
 
@@ -458,7 +487,10 @@ class Scheduler:
             await self._follow_clock_steps()
             if self.monotonic() - last_renew >= renew_every:
                 await self.state(
-                    self.store.renew_claims, self.owner, self.clock(), self.options.lease_seconds
+                    self.store.renew_claims,
+                    self.owner,
+                    self._lease_clock(),
+                    self.options.lease_seconds,
                 )
                 last_renew = self.monotonic()
 

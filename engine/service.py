@@ -55,3 +55,13 @@ def url_is_for(url: str, base_url: str) -> bool:
     outage, or fetch from a service the job no longer uses.
     """
     return origin(url) == origin(base_url)
+
+
+def quota_key(project: str, base_url: str | None) -> str:
+    """The name under which a project's concurrency quota is shared (state/quota.py).
+
+    Earth Engine counts requests per Cloud project of its own service; an emulator is another
+    service, whose projects are not Google's, so its quota is kept apart (``project@service``).
+    """
+    service = service_identity(base_url)
+    return project if service == GOOGLE else f"{project}@{service}"

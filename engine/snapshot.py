@@ -1,11 +1,13 @@
-"""One state file at one instant, read without writing a byte and without the job's lock.
+"""One job at one instant, read without writing a byte and without the job's lock.
 
-``eefetch status --map`` and ``eefetch serve`` look at jobs that may be running. The state
-store (``state.Store``) opens files to work on them: it may switch the journal mode, upgrade
-an old schema or fix permissions. This module opens the SQLite file read-only instead
-(``mode=ro``), reads everything it needs in one short transaction (a consistent snapshot that
-never blocks the writer: WAL readers do not), and closes the connection at once, so no read
-transaction is left open to hold back the WAL's checkpoints.
+``eefetch status --map`` and ``eefetch serve`` look at jobs that may be running. They read
+through the state store's reader (``Store.open_reader``): an SQLite file is opened read-only
+(``mode=ro``: no journal switch, no upgrade, no permission fix; a file of an older schema is
+read from an upgraded copy in memory), a PostgreSQL database without creating anything.
+Everything is read in one short transaction (``Store.view``: a consistent snapshot that never
+blocks the writer, WAL readers do not), and the store is closed at once, so no read
+transaction is left open to hold back the WAL's checkpoints. The job is the state's only one,
+or the one named by ``job``, like every other command.
 
 Tiles come back as numpy columns, so a picture of 100,000 tiles costs array operations, not
 100,000 Python objects. Download URLs (bearer capabilities) are never selected.
@@ -13,46 +15,21 @@ Tiles come back as numpy columns, so a picture of 100,000 tiles costs array oper
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
 from engine import inventory
 from engine.spec import REGION_EXTRA
-from state.schema import APPLICATION, SCHEMA_VERSION, TILE_STATUSES
-from state.store import StateError
+from state import NoJobError, Store, is_database_url
+from state.schema import TILE_STATUSES
 
-_BUSY_TIMEOUT_S = 5.0
 _LEAF = tuple(i for i, s in enumerate(TILE_STATUSES) if s != "split")
-_UNRESOLVED = ("pending", "in_flight", "failed")  # as Store.last_errors: errors still to act on
-_STATUS_CODE = (
-    "CASE status "
-    + " ".join(f"WHEN '{name}' THEN {code}" for code, name in enumerate(TILE_STATUSES))
-    + " END"
-)
-_TILE_SQL = (
-    "SELECT id, coalesce(parent_id, -1), row_off, col_off, height, width, band_start, "
-    f"band_stop, {_STATUS_CODE}, attempts, {{rate_limited}}, coalesce(bytes, 0), updated_at "
-    "FROM tile ORDER BY id"
-)
-_ERRORS_SQL = (
-    "SELECT id, updated_at, last_error FROM tile WHERE status IN "
-    f"({', '.join(repr(s) for s in _UNRESOLVED)}) AND last_error IS NOT NULL "
-    "ORDER BY updated_at DESC, id DESC LIMIT ?"
-)
-_COUNTS_SQL = "SELECT status, count(*), sum(bytes) FROM tile GROUP BY status"
-_CAUSES_SQL = (
-    "SELECT last_error, status, count(*), sum(attempts), sum({rate_limited}) FROM tile "
-    "WHERE last_error IS NOT NULL GROUP BY last_error, status"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +108,18 @@ class Snapshot:
     errors: list[ErrorCount]
 
 
-class EmptyState(StateError):
-    """The state file holds no job yet."""
+EmptyState = NoJobError
+"""The state holds no job yet (or none of the name asked for)."""
 
 
 def read_facts(
-    state_path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
+    state_path: str | os.PathLike[str],
+    *,
+    clock: Callable[[], float] = time.time,
+    job: str | None = None,
 ) -> JobFacts:
     """The job and its counts: two aggregate queries, whatever the number of tiles."""
-    return _read(Path(state_path), clock, None)[0]
+    return _read(state_path, clock, None, job)[0]
 
 
 def read_snapshot(
@@ -147,10 +127,11 @@ def read_snapshot(
     *,
     recent_errors: int = 10,
     clock: Callable[[], float] = time.time,
+    job: str | None = None,
 ) -> Snapshot:
     """The job and its tiles as they are now; StateError (one line) if the file is not a
     readable eefetch state file, EmptyState if it holds no job."""
-    facts, rows, recent, causes = _read(Path(state_path), clock, recent_errors)
+    facts, rows, recent, causes = _read(state_path, clock, recent_errors, job)
     return Snapshot(
         facts=facts,
         tiles=_columns(rows),
@@ -162,92 +143,47 @@ def read_snapshot(
 
 
 def _read(
-    path: Path, clock: Callable[[], float], recent_errors: int | None
+    target: str | os.PathLike[str],
+    clock: Callable[[], float],
+    recent_errors: int | None,
+    job: str | None,
 ) -> tuple[JobFacts, list[Any], list[Any], list[Any]]:
-    """One read-only connection, one transaction: the facts, and with ``recent_errors`` (not
-    None) the tile rows, that many recent errors and the error counts."""
-    if not path.is_file():
-        raise StateError(f"state file {path} does not exist; check the path")
-    running = inventory.is_running(path)
-    run_started_at = _lock_time(path) if running else None
-    try:
-        conn = sqlite3.connect(
-            f"file:{quote(str(path.resolve()))}?mode=ro",
-            uri=True,
-            timeout=_BUSY_TIMEOUT_S,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-    except sqlite3.Error as exc:
-        raise StateError(f"cannot open state file {path} read-only ({exc}); check it") from exc
-    rows: list[Any] = []
-    recent: list[Any] = []
-    causes: list[Any] = []
-    try:
-        conn.execute("BEGIN")
-        try:
-            # Schema 1 had no 429 count: its tiles have none.
-            columns = {"rate_limited": "rate_limited" if _schema(conn, path) > 1 else "0"}
-            job = conn.execute(
-                "SELECT status, spec, output_path, created_at FROM job ORDER BY id LIMIT 1"
-            ).fetchone()
-            if job is None:
-                raise EmptyState(f"{path} holds no job yet; start one with `eefetch download`")
-            counted = conn.execute(_COUNTS_SQL).fetchall()
-            if recent_errors is not None:
-                rows = conn.execute(_TILE_SQL.format(**columns)).fetchall()
-                recent = conn.execute(_ERRORS_SQL, (recent_errors,)).fetchall()
-                causes = conn.execute(_CAUSES_SQL.format(**columns)).fetchall()
-        finally:
-            conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise StateError(
-            f"{path} cannot be read as an eefetch state file ({exc}); give the state file "
-            "a download made (NAME.eefetch.db)"
-        ) from exc
-    finally:
-        conn.close()
-    status, spec_text, output_path, created_at = job
+    """The facts, and with ``recent_errors`` (not None) the tile rows, that many recent errors
+    and the error counts, from one read transaction. A job on a server is running while one
+    of its workers is alive (its run started when the earliest live one did); a job in a file
+    while a process holds its lock."""
+    server = is_database_url(target)
+    with Store.open_reader(target, job=job) as store:
+        view = store.view(recent_errors)
+        if view is None:
+            what = "no job yet" if job is None else f"no job named {job}"
+            raise EmptyState(f"{store.target} holds {what}; start one with `eefetch download`")
+        workers = store.workers() if server else []
+        read_at = store.now() if server else clock()
+    if server:
+        alive = [w.started_at for w in workers if w.alive]
+        running = bool(alive)
+        run_started_at = min(alive) if alive else None
+        path = Path(view.job.name)
+    else:
+        path = Path(target)
+        running = inventory.is_running(path)
+        run_started_at = _lock_time(path) if running else None
     counts = dict.fromkeys(TILE_STATUSES, 0)
-    counts.update({name: int(n) for name, n, _ in counted if name in counts})
+    counts.update({name: n for name, n, _ in view.counts if name in counts})
     facts = JobFacts(
         path=path,
-        job_status=status,
-        spec=json.loads(spec_text),
-        output_path=output_path,
-        created_at=float(created_at),
+        job_status=view.job.status,
+        spec=view.job.spec,
+        output_path=view.job.output_path,
+        created_at=view.job.created_at,
         counts=counts,
-        bytes_done=int(sum(int(b or 0) for name, _, b in counted if name == "done")),
+        bytes_done=sum(b for name, _, b in view.counts if name == "done"),
         running=running,
         run_started_at=run_started_at,
-        read_at=clock(),
+        read_at=read_at,
     )
-    return facts, rows, recent, causes
-
-
-def _schema(conn: sqlite3.Connection, path: Path) -> int:
-    """The file's schema version; StateError for a file that is not eefetch's or is newer."""
-    if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-        raise EmptyState(f"{path} holds no job yet (a download is creating it?)")
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.Error:
-        meta = {}
-    if meta.get("application") != APPLICATION:
-        raise StateError(
-            f"{path} is not an eefetch state file; give the state file a download made "
-            "(NAME.eefetch.db)"
-        )
-    try:
-        version = int(meta.get("schema_version", ""))
-    except ValueError:
-        version = 0
-    if not 1 <= version <= SCHEMA_VERSION:
-        raise StateError(
-            f"state file {path} has state schema {meta.get('schema_version')!r}, which this "
-            f"eefetch cannot read (it reads 1 to {SCHEMA_VERSION}); use the eefetch that made it"
-        )
-    return version
+    return facts, view.tiles, view.recent, view.causes
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> Tiles:

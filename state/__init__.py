@@ -2,12 +2,21 @@
 shared Earth Engine quota, and the file locks of a one-machine job."""
 
 from state.db import is_database_url
-from state.errors import EefetchError, IncompleteError, JobLockedError, StateError, UserError
+from state.errors import (
+    EefetchError,
+    IncompleteError,
+    JobExistsError,
+    JobLockedError,
+    NoJobError,
+    StateError,
+    UserError,
+)
 from state.lock import JobLock, OutputLock
 from state.quota import DEFAULT_PROJECT_QUOTA, Quota, QuotaStatus, default_quota_path, quota_target
 from state.schema import JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES, default_job_name
 from state.store import (
     JobRecord,
+    JobView,
     MergeLease,
     NewTile,
     Store,
@@ -30,11 +39,14 @@ __all__ = [
     "TILE_STATUSES",
     "EefetchError",
     "IncompleteError",
+    "JobExistsError",
     "JobLock",
     "JobLockedError",
     "JobRecord",
+    "JobView",
     "MergeLease",
     "NewTile",
+    "NoJobError",
     "OutputLock",
     "Quota",
     "QuotaStatus",

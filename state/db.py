@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import URL, RootTransaction, make_url
@@ -57,9 +58,10 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
+from sqlalchemy.pool import StaticPool
 
 from state import schema
-from state.errors import StateError
+from state.errors import NoJobError, StateError
 from state.schema import APPLICATION, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -187,6 +189,46 @@ def _sqlite_engine(path: Path) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _reader_engine(connect: Callable[[], sqlite3.Connection]) -> Engine:
+    """An engine over connections that ``connect`` makes (read-only ones, or one in memory):
+    no PRAGMA that writes, and transactions begun by SQLAlchemy, as in _sqlite_engine."""
+    engine = create_engine("sqlite://", creator=connect, poolclass=StaticPool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write to ``path`` (SQLite's mode=ro): it never changes the
+    journal mode or the schema, and as a WAL reader it never blocks the writer."""
+    return sqlite3.connect(
+        f"file:{quote(str(path.resolve()))}?mode=ro",
+        uri=True,
+        timeout=_BUSY_TIMEOUT_S,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+
+
+def _upgraded_copy(path: Path) -> sqlite3.Connection:
+    """An in-memory copy of the file at ``path`` (read in one read transaction), to be
+    upgraded there: how a reader sees a file of an older schema without rewriting it."""
+    source = _read_only(path)
+    try:
+        copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        source.backup(copy)
+    finally:
+        source.close()
+    return copy
 
 
 def _set_wal(engine: Engine) -> None:
@@ -355,6 +397,42 @@ class Database:
         return cls._open_sqlite(Path(target), create=create)
 
     @classmethod
+    def open_reader(cls, target: str | os.PathLike[str]) -> Database:
+        """Open ``target`` to read it, never writing a byte: an SQLite file through read-only
+        connections (a file of an older schema is read from a copy in memory, upgraded there,
+        so that the same queries serve every version); a PostgreSQL database as ``open`` does
+        without ``create``. NoJobError for a file or database that holds no schema yet."""
+        if is_database_url(target):
+            return cls.open(target, create=False)
+        path = Path(target)
+        kind = _probe(path)
+        if kind == "missing":
+            raise StateError(f"state file {path} does not exist; check the path")
+        if kind == "empty":
+            raise NoJobError(f"{path} holds no job yet (a download is creating it?)")
+        engine = _reader_engine(lambda: _read_only(path))
+        db = cls(engine, path=path, label=str(path), reconnect_seconds=0.0)
+        try:
+            with engine.connect() as conn, conn.begin():
+                kind = db._classify(conn)
+            if kind == "fresh":
+                raise NoJobError(f"{path} holds no job yet (a download is creating it?)")
+            if kind == "old":
+                db.close()
+                copy = _upgraded_copy(path)
+                engine = _reader_engine(lambda: copy)
+                db = cls(engine, path=path, label=str(path), reconnect_seconds=0.0)
+                with engine.connect() as conn, conn.begin():
+                    db._install_or_upgrade(conn, db._classify(conn))
+        except (DBAPIError, sqlite3.Error) as exc:
+            db.close()
+            raise StateError(_sqlite_message(path, exc)) from exc
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @classmethod
     def _open_sqlite(cls, path: Path, *, create: bool) -> Database:
         kind = _probe(path)
         if kind == "missing":
@@ -444,8 +522,8 @@ class Database:
         ).scalar_one()
         return int(value)
 
-    def _refuse_empty(self) -> StateError:
-        return StateError(
+    def _refuse_empty(self) -> NoJobError:
+        return NoJobError(
             f"{self.noun} holds no eefetch job (it is empty); check the path, or start the "
             "download to create the job"
         )

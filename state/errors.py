@@ -28,6 +28,14 @@ class StateError(UserError):
     line: what, then what to do."""
 
 
+class NoJobError(StateError):
+    """The state holds no job yet (or none of that name): a reader has nothing to show."""
+
+
+class JobExistsError(StateError):
+    """The job to create exists already (on a server: another worker created it first)."""
+
+
 class JobLockedError(StateError):
     """Another live process holds the job's lock."""
 
@@ -39,7 +47,9 @@ class JobLockedError(StateError):
 __all__ = [
     "EefetchError",
     "IncompleteError",
+    "JobExistsError",
     "JobLockedError",
+    "NoJobError",
     "StateError",
     "UserError",
 ]

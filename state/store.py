@@ -30,6 +30,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -43,7 +44,7 @@ from sqlalchemy.exc import DBAPIError
 
 from state import schema
 from state.db import RECONNECT_SECONDS, Database
-from state.errors import JobLockedError, StateError
+from state.errors import JobExistsError, JobLockedError, StateError
 from state.schema import JOB_NAME, JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES, default_job_name
 
 if TYPE_CHECKING:
@@ -217,7 +218,34 @@ class TileReset:
 
 TileUpdate = TileDone | TileRetry | TileFailed | TileSplit | TileUrl | TileReleased | TileReset
 
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A job at one instant, for pictures and pages (`Store.view`), read in one transaction.
+
+    `counts`: (status, tiles, sum of bytes) per status present. `tiles`: every tile, split
+    parents included, by id, as (id, parent id or -1, row_off, col_off, height, width,
+    band_start, band_stop, status index in TILE_STATUSES, attempts, rate_limited, bytes or 0,
+    updated_at); never the URL. `recent`: (tile id, updated_at, error) of unresolved tiles,
+    newest first. `causes`: (error, status, tiles, sum of attempts, sum of rate_limited).
+    """
+
+    job: JobRecord
+    counts: list[tuple[str, int, int]]
+    tiles: list[tuple[Any, ...]]
+    recent: list[tuple[int, float, str]]
+    causes: list[tuple[str, str, int, int, int]]
+
+
 _TILE_COLUMNS = tuple(tile_t.c[f.name] for f in fields(TileRecord))
+_WINDOW_COLUMNS = (
+    tile_t.c.row_off,
+    tile_t.c.col_off,
+    tile_t.c.height,
+    tile_t.c.width,
+    tile_t.c.band_start,
+    tile_t.c.band_stop,
+)
 _JOB_COLUMNS = tuple(job_t.c[f.name] for f in fields(JobRecord))
 _WORKER_COLUMNS = tuple(worker_t.c[f.name] for f in fields(WorkerRecord) if f.name != "alive")
 _NO_CLAIM: Mapping[str, None] = MappingProxyType({"claim_owner": None, "claim_expires": None})
@@ -469,6 +497,15 @@ class Store:
         db = Database.open(target, create=create, reconnect_seconds=reconnect_seconds)
         return cls(db, name)
 
+    @classmethod
+    def open_reader(cls, target: str | os.PathLike[str], *, job: str | None = None) -> Store:
+        """Open the state at `target` to look at it while it may be running: nothing is ever
+        written (an SQLite file is opened read-only, and one of an older schema is read from
+        an upgraded copy in memory). NoJobError while it holds no schema yet. Only the read
+        calls (`job`, `view`, `counts`, `workers`, ...) may be used."""
+        name = None if job is None else _check_name(job)
+        return cls(Database.open_reader(target), name)
+
     # ---- plumbing --------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -586,12 +623,16 @@ class Store:
         uid = schema.new_job_uid()
 
         def work(conn: Connection) -> JobRecord:
+            if self._db.is_postgresql:
+                # Workers that start together wait for one another's creation here, then see
+                # the job (SQLite's BEGIN IMMEDIATE serialises them already).
+                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
             existing = self._job(conn)
             if existing is None:
                 existing = self._named(conn, name)
             if existing is not None:
                 named = "" if self._db.path is not None else f" named {existing.name}"
-                raise StateError(
+                raise JobExistsError(
                     f"{self._db.noun} already holds a job{named} (fingerprint "
                     f"{existing.fingerprint}, output {existing.output_path}); use another state "
                     + ("file" if self._db.path is not None else "database or --job name")
@@ -1004,14 +1045,7 @@ class Store:
         """(row_off, col_off, height, width, band_start, band_stop) of the leaf tiles that
         hold only some of the ``band_count`` bands: empty for the usual all-band plan, which then
         costs one scan inside the database instead of 100,000 rows built in Python."""
-        columns = (
-            tile_t.c.row_off,
-            tile_t.c.col_off,
-            tile_t.c.height,
-            tile_t.c.width,
-            tile_t.c.band_start,
-            tile_t.c.band_stop,
-        )
+        columns = _WINDOW_COLUMNS
 
         def query(conn: Connection, job_id: int) -> list[tuple[int, int, int, int, int, int]]:
             partial = and_(
@@ -1116,6 +1150,74 @@ class Store:
             ).scalar()
 
         return self._read(query, None)
+
+    def view(self, recent_errors: int | None = 10) -> JobView | None:
+        """The job, its counts and (unless `recent_errors` is None) every tile, that many recent
+        errors and the error counts, in one read transaction; None while the job does not
+        exist. What `eefetch status --map` and `eefetch serve` draw of a job on a server."""
+
+        def work(conn: Connection) -> JobView | None:
+            job = self._job(conn)
+            if job is None:
+                return None
+            mine = tile_t.c.job_id == job.id
+            counts = [
+                (status, int(n), int(b or 0))
+                for status, n, b in conn.execute(
+                    select(tile_t.c.status, func.count(), func.sum(tile_t.c.bytes))
+                    .where(mine)
+                    .group_by(tile_t.c.status)
+                )
+            ]
+            if recent_errors is None:
+                return JobView(job, counts, [], [], [])
+            code = case(
+                *((tile_t.c.status == name, i) for i, name in enumerate(TILE_STATUSES)),
+                else_=-1,
+            )
+            tiles = conn.execute(
+                select(
+                    tile_t.c.id,
+                    func.coalesce(tile_t.c.parent_id, -1),
+                    *_WINDOW_COLUMNS,
+                    code,
+                    tile_t.c.attempts,
+                    tile_t.c.rate_limited,
+                    func.coalesce(tile_t.c.bytes, 0),
+                    tile_t.c.updated_at,
+                )
+                .where(mine)
+                .order_by(tile_t.c.id)
+            ).all()
+            unresolved = and_(
+                mine, tile_t.c.status.in_(_UNRESOLVED), tile_t.c.last_error.is_not(None)
+            )
+            recent = conn.execute(
+                select(tile_t.c.id, tile_t.c.updated_at, tile_t.c.last_error)
+                .where(unresolved)
+                .order_by(tile_t.c.updated_at.desc(), tile_t.c.id.desc())
+                .limit(recent_errors)
+            ).all()
+            causes = conn.execute(
+                select(
+                    tile_t.c.last_error,
+                    tile_t.c.status,
+                    func.count(),
+                    func.sum(tile_t.c.attempts),
+                    func.sum(tile_t.c.rate_limited),
+                )
+                .where(mine, tile_t.c.last_error.is_not(None))
+                .group_by(tile_t.c.last_error, tile_t.c.status)
+            ).all()
+            return JobView(
+                job,
+                counts,
+                list(map(tuple, tiles)),  # plain tuples, converted in C: no Python step per tile
+                [(int(t), float(w), str(e)) for t, w, e in recent],
+                [(str(e), str(st), int(n), int(a or 0), int(r or 0)) for e, st, n, a, r in causes],
+            )
+
+        return self._run(work, write=False)
 
     # ---- workers ---------------------------------------------------------------------------
 
@@ -1324,6 +1426,7 @@ class Store:
 __all__ = [
     "JobLockedError",
     "JobRecord",
+    "JobView",
     "MergeLease",
     "NewTile",
     "StateError",

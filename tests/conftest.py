@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +20,17 @@ def pytest_configure(config: pytest.Config) -> None:
     that cannot be interrupted, and it would finish instead. The children get the default."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Every download takes slots of its project's quota from a per-user file under
+    # $XDG_STATE_HOME (state/quota.py): the tests, and the eefetch processes they start, keep
+    # theirs in a folder of this session, never in the user's own.
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="eefetch-test-state-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's quota folder goes with the session."""
+    folder = os.environ.get("XDG_STATE_HOME", "")
+    if Path(folder).name.startswith("eefetch-test-state-"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _real_connect = socket.socket.connect
@@ -124,6 +138,18 @@ def pg_cluster():  # type: ignore[no-untyped-def]
 def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
     """The URL of a new, empty database on the session's PostgreSQL server."""
     return pg_cluster.create_database()
+
+
+@pytest.fixture
+def own_cluster():  # type: ignore[no-untyped-def]
+    """A PostgreSQL server of the test's own, free to restart or stop."""
+    from tests.pg import PostgresCluster, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with PostgresCluster() as cluster:
+        yield cluster
 
 
 class StateTargets:

@@ -244,3 +244,16 @@ def test_collection_from_a_script(tmp_path: Path, emulator: EmulatorThread) -> N
         main, ["collection", "--script", str(empty), "-o", str(tmp_path), "--ee-url", emulator.url]
     )
     assert refused.exit_code == 1 and "named `collection`" in refused.output
+
+
+def test_a_collection_state_that_is_not_a_server_is_refused_before_any_work(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    """Each image keeps its state in a file beside it unless the state is a server: one file
+    for every image would serialise them on its lock, so it is refused in one line."""
+    with pytest.raises(InvalidJob, match="PostgreSQL URL"):
+        download_ee_image_collection(
+            scenes(emulator), tmp_path / "scenes", region=REGION, scale=60,
+            state=str(tmp_path / "all.eefetch.db"), quiet=True,
+        )  # fmt: skip
+    assert not (tmp_path / "scenes").exists() and not (tmp_path / "all.eefetch.db").exists()

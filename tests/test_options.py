@@ -51,6 +51,19 @@ def test_every_download_option_is_in_python(function: object) -> None:
     assert wanted - set(parameters) == set()
 
 
+@pytest.mark.parametrize("command", [cli.download, cli.composite, cli.collection, cli.worker])
+def test_every_download_can_share_its_state_with_other_workers(command: click.Command) -> None:
+    params = cli_params(command)
+    assert "state" in params and ({"job_name", "job_prefix"} & set(params))
+    assert {"project_quota", "lease_seconds", "tile_folder"} <= set(params)
+
+
+@pytest.mark.parametrize("function", [api.download_ee_image, api.download_ee_image_collection])
+def test_python_downloads_can_share_their_state_too(function: object) -> None:
+    parameters = inspect.signature(function).parameters  # type: ignore[arg-type]
+    assert {"state", "job", "project_quota", "lease_seconds", "tile_folder"} <= set(parameters)
+
+
 def test_the_command_line_and_python_have_the_same_defaults() -> None:
     python = inspect.signature(api.download_ee_image).parameters
     command = cli_params(cli.download)

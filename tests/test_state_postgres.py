@@ -4,7 +4,6 @@ lost, a server that stays down, refusals of URLs and foreign databases, concurre
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -13,7 +12,7 @@ from sqlalchemy.engine import RootTransaction
 from sqlalchemy.exc import OperationalError
 
 from state import NewTile, Quota, StateError, Store, TileDone
-from tests.pg import PostgresCluster, missing_reason
+from tests.pg import PostgresCluster
 
 SHA = "ab" * 32
 SPEC = {"bands": ["B1"]}
@@ -21,16 +20,6 @@ SPEC = {"bands": ["B1"]}
 
 def grid(rows: int, cols: int) -> list[NewTile]:
     return [NewTile(r * 8, c * 8, 8, 8, 0, 1) for r in range(rows) for c in range(cols)]
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[PostgresCluster]:
-    """A server of the test's own, free to restart or stop."""
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with PostgresCluster() as cluster:
-        yield cluster
 
 
 @pytest.mark.slow

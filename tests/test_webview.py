@@ -454,14 +454,14 @@ def test_files_that_are_not_readable_jobs_are_refused_in_one_line(tmp_path: Path
     con.execute("CREATE TABLE t (x)")
     con.commit()
     con.close()
-    with pytest.raises(StateError, match="is not an eefetch state file"):
+    with pytest.raises(StateError, match="eefetch did not create"):
         read_snapshot(other)
     newer = make_state(tmp_path / "newer.eefetch.db", 1, 1)
     con = sqlite3.connect(newer)
     with con:
         con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     con.close()
-    with pytest.raises(StateError, match="schema '99'"):
+    with pytest.raises(StateError, match="state schema 99"):
         read_snapshot(newer)
     blank = tmp_path / "blank.eefetch.db"
     blank.touch()
