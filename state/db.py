@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +67,6 @@ from state.schema import APPLICATION, SCHEMA_VERSION
 
 T = TypeVar("T")
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
 _WRITE = "eefetch_write"  # execution option: this connection's transaction must BEGIN IMMEDIATE
 _BUSY_TIMEOUT_S = 30.0
 _PRIVATE = 0o600  # state files hold download URLs: readable by their owner only
@@ -116,27 +116,46 @@ def _pg_url(target: str) -> URL:
 
 
 def _probe(path: Path) -> str:
-    """Classify `path` without writing to it: 'missing', 'empty' (0 bytes) or 'sqlite'."""
+    """Classify `path` without writing to it: 'missing', 'empty' (0 bytes) or 'sqlite'.
+
+    The header is read through SQLite, never with open()/close(): closing any descriptor of a
+    file drops every POSIX lock this process holds on it, so probing a database that one of
+    this process's connections has open (a collection's images each open the shared quota
+    file) would drop that connection's locks, and another process could then checkpoint and
+    delete the WAL under it ("database disk image is malformed"; SQLite's "How To Corrupt",
+    2.2). SQLite's own descriptors are kept open while another connection holds locks.
+    """
     try:
-        with path.open("rb") as f:
-            head = f.read(len(_SQLITE_HEADER))
+        info = path.stat()
     except FileNotFoundError:
         return "missing"
-    except IsADirectoryError:
-        raise StateError(
-            f"{path} is a folder, not an eefetch state file; give the path of a state file"
-        ) from None
     except OSError as exc:
         raise StateError(
             f"cannot read state file {path} ({exc.strerror}); check the path and its permissions"
         ) from exc
-    if not head:
+    if stat.S_ISDIR(info.st_mode):
+        raise StateError(
+            f"{path} is a folder, not an eefetch state file; give the path of a state file"
+        )
+    if info.st_size == 0:
         return "empty"
-    if head != _SQLITE_HEADER:
+    if not os.access(path, os.R_OK):
+        raise StateError(
+            f"cannot read state file {path} (Permission denied); check the path and its permissions"
+        )
+    try:
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            probe.execute("PRAGMA schema_version").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") != "SQLITE_NOTADB":
+            return "sqlite"  # a database that is busy or needs its -shm: later steps tell
         raise StateError(
             f"{path} is not an eefetch state file (not an SQLite database); it was left "
             "unchanged: give the state file eefetch made, or a path that does not exist yet"
-        )
+        ) from None
     return "sqlite"
 
 
