@@ -144,7 +144,7 @@ def _probe(path: Path) -> str:
             f"cannot read state file {path} (Permission denied); check the path and its permissions"
         )
     try:
-        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        probe = _read_only(path)
         try:
             probe.execute("PRAGMA schema_version").fetchone()
         finally:
