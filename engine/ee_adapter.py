@@ -12,6 +12,7 @@ policy in ``engine.retry`` decides instead, with knowledge the client does not h
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import runpy
@@ -25,6 +26,8 @@ from typing import Any
 import ee
 import numpy as np
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from engine.errors import (
     EarthEngineError,
@@ -98,6 +101,8 @@ class ImageInfo:
     properties: dict[str, Any]
 
 
+LOG = logging.getLogger(__name__)
+
 MASK_BAND = "eefetch_mask"
 """The extra band a ``--mask-band`` job fetches: 1 where every data band is valid, else 0."""
 
@@ -110,6 +115,11 @@ class RoutedSession(requests.Session):
     SSL_CERT_FILE. Deciding both in ``engine.transport`` for every request keeps the EE API
     calls and the tile downloads on one route: an explicit proxy for every host, including
     127.0.0.1; otherwise the usual variables, NO_PROXY included.
+
+    A connection the server or a proxy closed while it sat idle in the pool is tried again
+    once on a new one, for requests that may be repeated (GET, not POST): the client's own
+    retries are off (``configure_client``), and a proxy that drops idle keep-alive
+    connections otherwise failed the next API call with "Remote end closed connection".
     """
 
     def __init__(self, proxy: str | None, ca_bundle: str | None) -> None:
@@ -117,6 +127,9 @@ class RoutedSession(requests.Session):
         self.trust_env = False
         self.explicit_proxy = proxy
         self.ca_bundle = ca_bundle
+        stale_connection = Retry(total=1, connect=1, read=1, status=0, other=0, redirect=0)
+        for scheme in ("http://", "https://"):
+            self.mount(scheme, HTTPAdapter(max_retries=stale_connection))
 
     def merge_environment_settings(  # type: ignore[override]
         self,
@@ -240,10 +253,13 @@ def client_settings(
     try:
         yield
     finally:
-        ee.data.setMaxRetries(saved[0])
-        ee.data.setDeadline(saved[1])
-        if workload_tag:
-            set_workload_tag(saved[2])
+        try:
+            ee.data.setMaxRetries(saved[0])
+            ee.data.setDeadline(saved[1])  # rebuilds the client's API objects: a network call
+            if workload_tag:
+                set_workload_tag(saved[2])
+        except Exception as exc:  # the job's outcome stands; the next EE call rebuilds them
+            LOG.warning("could not restore the Earth Engine client's settings: %s", exc)
 
 
 def is_initialized() -> bool:
