@@ -284,7 +284,8 @@ def validate_geotiff(path: Path, expect: TileExpectation, *, decode: bool) -> No
             # checked): only compressed data needs decoding to be trusted.
             if decode and dataset.compression is not None:
                 _decode_all(dataset)
-    except (RasterioError, CPLE_BaseError) as exc:
+    except (RasterioError, CPLE_BaseError, UnicodeDecodeError) as exc:
+        # UnicodeDecodeError: rasterio decodes the file's text (a CRS name) as UTF-8.
         raise TileValidationError(f"not a readable GeoTIFF: {exc}") from exc
 
 

@@ -202,6 +202,19 @@ def test_corrupted_real_tiles_pass_or_raise_only_the_documented_error(
     assert isinstance(TileStore(tmp_path).verify("flipped.tif", TILE, None), str | None)
 
 
+def test_a_tile_whose_crs_text_is_not_utf8_is_rejected_not_a_crash(
+    tmp_path: Path, real_tile: bytes
+) -> None:
+    """Found by the search above: a byte of the GeoTIFF's ASCII parameters (the CRS's name)
+    changed to 0x80 made rasterio raise UnicodeDecodeError instead of a GDAL error."""
+    body = bytearray(real_tile)
+    body[420], body[404] = 0x80, 0x01
+    path = tmp_path / "flipped.tif"
+    path.write_bytes(bytes(body))
+    with pytest.raises(TileValidationError):
+        validate_geotiff(path, TILE, decode=True)
+
+
 async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
     for part in parts:
         yield part
