@@ -238,6 +238,20 @@ async def _describe(state: EmulatorState, expression: str, grid: PixelGrid | Non
     return facts
 
 
+async def _bounded(
+    state: EmulatorState, expression: str, grid: PixelGrid | None
+) -> tuple[ImageFacts, PixelGrid]:
+    """The facts of an image that pixels can be asked of, with its grid; EE's 400 for an
+    expression it cannot evaluate or an image without bounds (pass a region)."""
+    try:
+        facts = await _describe(state, expression, grid)
+    except state.evaluator.error as exc:
+        raise ApiError(400, str(exc)) from None
+    if facts.grid is None:
+        raise ApiError(400, UNBOUNDED_MESSAGE)
+    return facts, facts.grid
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     """The request body as an object, or EE's 400 for a malformed payload."""
     try:
@@ -538,13 +552,7 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     await _api_fault(state, "thumbnails:create", digest(body))
     started = state.clock()
     text = expression_text(expression)
-    try:
-        facts = await _describe(state, text, None)
-    except state.evaluator.error as exc:
-        raise ApiError(400, str(exc)) from None
-    grid = facts.grid
-    if grid is None:
-        raise ApiError(400, UNBOUNDED_MESSAGE)
+    facts, grid = await _bounded(state, text, None)
     band_ids, dtypes = select_bands(facts, requested)
     if file_format in imaging.PICTURE_FORMATS:
         check_picture(band_ids, dtypes, visualization)
@@ -729,13 +737,7 @@ async def compute_pixels(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, f"Unsupported fileFormat for this emulator: {file_format}.")
     given = _grid_from_body(body["grid"]) if "grid" in body else None
     text = expression_text(expression)
-    try:
-        facts = await _describe(state, text, given)
-    except state.evaluator.error as exc:
-        raise ApiError(400, str(exc)) from None
-    grid = facts.grid
-    if grid is None:
-        raise ApiError(400, UNBOUNDED_MESSAGE)
+    facts, grid = await _bounded(state, text, given)
     band_ids, dtypes = select_bands(facts, body.get("bandIds") or None)
     check_size(state.config, grid.width, grid.height, dtypes, state.config.max_compute_side)
     identity = digest([expression, file_format, band_ids, grid])
