@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,21 @@ def drive_emulator(args: argparse.Namespace) -> None:
     serve_forever(EmulatorConfig.from_profile(args.profile, seed=args.seed, **overrides))
 
 
+@contextlib.contextmanager
+def _outcome(result: str | None, seen: dict[str, Any], t0: float) -> Iterator[None]:
+    """Record how a driven download ended in its result file, whatever the ending: an error
+    as one line, Ctrl-C as ``interrupted`` (then exit 130, as a shell expects)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        seen.update(complete=False, interrupted=True)
+        _dump(result, seen, t0)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        seen.update(complete=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+    _dump(result, seen, t0)
+
+
 def drive_eefetch(args: argparse.Namespace) -> None:
     """eefetch as a geemap user calls it: download_ee_image with geemap's arguments."""
     t0 = time.monotonic()
@@ -338,26 +354,20 @@ def drive_eefetch(args: argparse.Namespace) -> None:
     _connect(args.url)
     image = _image(args.region)
     extra = json.loads(args.extra or "{}")
-    try:
-        result = download_ee_image(
-            image,
-            args.output,
-            region=_region(args.region),
-            crs=CRS,
-            scale=SCALE,
-            progress=Timing(),
-            **extra,
-        )
-        seen.update(complete=True, counts=result.counts, summary=vars(result.summary))
-    except DownloadIncomplete as exc:
-        seen.update(complete=False, error=str(exc), counts=exc.result.counts)
-    except KeyboardInterrupt:
-        seen.update(complete=False, interrupted=True)
-        _dump(args.result, seen, t0)
-        raise SystemExit(130) from None
-    except Exception as exc:
-        seen.update(complete=False, error=f"{type(exc).__name__}: {exc}")
-    _dump(args.result, seen, t0)
+    with _outcome(args.result, seen, t0):
+        try:
+            result = download_ee_image(
+                image,
+                args.output,
+                region=_region(args.region),
+                crs=CRS,
+                scale=SCALE,
+                progress=Timing(),
+                **extra,
+            )
+            seen.update(complete=True, counts=result.counts, summary=vars(result.summary))
+        except DownloadIncomplete as exc:
+            seen.update(complete=False, error=str(exc), counts=exc.result.counts)
 
 
 def drive_geedim(args: argparse.Namespace) -> None:
@@ -379,19 +389,12 @@ def drive_geedim(args: argparse.Namespace) -> None:
 
     ee.data.setMaxRetries(5)
     image = _image(args.region)
-    try:
+    with _outcome(args.result, seen, t0):
         prepared = image.gd.prepareForExport(region=_region(args.region), crs=CRS, scale=SCALE)
         seen["shape"] = list(prepared.gd.shape)
         seen["dtype"] = prepared.gd.dtype
         prepared.gd.toGeoTIFF(args.output, overwrite=True)
         seen["complete"] = True
-    except KeyboardInterrupt:
-        seen.update(complete=False, interrupted=True)
-        _dump(args.result, seen, t0)
-        raise SystemExit(130) from None
-    except Exception as exc:
-        seen.update(complete=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
-    _dump(args.result, seen, t0)
 
 
 def even_splits(total: int, parts: int) -> list[int]:

@@ -252,6 +252,15 @@ async def _bounded(
     return facts, facts.grid
 
 
+async def _expression_body(request: web.Request) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The body of a call that computes an image, and its expression (EE's 400 without)."""
+    body = await _json_body(request)
+    expression = body.get("expression")
+    if not isinstance(expression, dict):
+        raise ApiError(400, "Invalid argument: 'expression' is required.")
+    return body, expression
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     """The request body as an object, or EE's 400 for a malformed payload."""
     try:
@@ -511,10 +520,7 @@ async def algorithms(request: web.Request) -> web.Response:
 async def value_compute(request: web.Request) -> web.Response:
     """`getInfo`: evaluate and describe."""
     state = _state(request)
-    body = await _json_body(request)
-    expression = body.get("expression")
-    if not isinstance(expression, dict):
-        raise ApiError(400, "Invalid argument: 'expression' is required.")
+    body, expression = await _expression_body(request)
     state.stats.record_workload_tag("value:compute", body.get("workloadTag"))
     await _api_fault(state, "value:compute", digest(expression))
     started = state.clock()
@@ -535,10 +541,7 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     """Create a download id; the grid and limits are fixed now, the pixels at `getPixels`."""
     state = _state(request)
     project = request.match_info["project"]
-    body = await _json_body(request)
-    expression = body.get("expression")
-    if not isinstance(expression, dict):
-        raise ApiError(400, "Invalid argument: 'expression' is required.")
+    body, expression = await _expression_body(request)
     file_format = str(body.get("fileFormat") or "ZIPPED_GEO_TIFF_PER_BAND")
     if file_format == "AUTO_JPEG_PNG":
         file_format = "PNG"
@@ -727,10 +730,7 @@ def _grid_from_body(grid: Any) -> PixelGrid:
 async def compute_pixels(request: web.Request) -> web.StreamResponse:
     """`image:computePixels`: an expression on an explicit grid, answered as raw bytes."""
     state = _state(request)
-    body = await _json_body(request)
-    expression = body.get("expression")
-    if not isinstance(expression, dict):
-        raise ApiError(400, "Invalid argument: 'expression' is required.")
+    body, expression = await _expression_body(request)
     file_format = str(body.get("fileFormat") or "GEO_TIFF")
     state.stats.record_workload_tag("computePixels", body.get("workloadTag"))
     if file_format not in encode.FORMATS_COMPUTE:
