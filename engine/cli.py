@@ -135,12 +135,9 @@ def return_large_buffers_to_the_system() -> None:
 @main.command(epilog=EPILOG_DOWNLOAD)
 @opt.source_options
 @opt.request_options
-@opt.output
-@opt.state
-@opt.job_name
-@opt.overwrite
-@opt.dry_run
-@opt.preview("Write a quick-look PNG of the image (B4,B3,B2 when present) instead of downloading.")
+@opt.target_options(
+    "Write a quick-look PNG of the image (B4,B3,B2 when present) instead of downloading."
+)
 @opt.run_options
 @opt.connection_options
 @opt.quiet
@@ -148,12 +145,7 @@ def return_large_buffers_to_the_system() -> None:
 def download(
     source: opt.Source,
     job: opt.RequestArgs,
-    output: str | None,
-    state: str | None,
-    job_name: str | None,
-    overwrite: bool,
-    dry_run: bool,
-    preview_png: str | None,
+    target: opt.TargetArgs,
     run: opt.RunArgs,
     network: opt.ConnectionArgs,
     quiet: bool,
@@ -165,12 +157,11 @@ def download(
     job.check()
     connection = network.connect()
     image = source.image()
-    if preview_png:
-        _preview_of(image, job, preview_png, connection, quiet, bands=job.band_list())
+    if target.preview_png:
+        _preview_of(image, job, target.preview_png, connection, quiet, bands=job.band_list())
         return
-    request = job.request(_required_output(output))
-    settings = run.settings(overwrite)
-    _download(image, request, state, job_name, settings, connection, dry_run, quiet)
+    request = job.request(_required_output(target.output))
+    _download(image, request, target, run.settings(target.overwrite), connection, quiet)
 
 
 @main.command(epilog=EPILOG_COMPOSITE)
@@ -189,12 +180,9 @@ def download(
     help="Clip to the region's bounding box (the tutorial's advice), its outline, or not.",
 )
 @opt.request_options
-@opt.output
-@opt.state
-@opt.job_name
-@opt.overwrite
-@opt.dry_run
-@opt.preview("Write a true-colour PNG of the composite (B4,B3,B2, 0-0.3) instead of downloading.")
+@opt.target_options(
+    "Write a true-colour PNG of the composite (B4,B3,B2, 0-0.3) instead of downloading."
+)
 @opt.run_options
 @opt.connection_options
 @opt.quiet
@@ -204,12 +192,7 @@ def composite(
     reducer: Reducer,
     clip: Clip,
     job: opt.RequestArgs,
-    output: str | None,
-    state: str | None,
-    job_name: str | None,
-    overwrite: bool,
-    dry_run: bool,
-    preview_png: str | None,
+    target: opt.TargetArgs,
     run: opt.RunArgs,
     network: opt.ConnectionArgs,
     quiet: bool,
@@ -227,16 +210,15 @@ def composite(
     region = load_region(job.region)
     connection = network.connect()
     image = build_composite(recipe.recipe(region, job.bands, reducer, clip))
-    if preview_png:
+    if target.preview_png:
         from engine.quicklook import Stretch
 
         # Reflectance (divided by 10000) looks right stretched 0 to 0.3, as in the tutorial.
         stretch = None if recipe.no_divide else Stretch(min=(0.0,), max=(0.3,))
-        _preview_of(image, job, preview_png, connection, quiet, stretch=stretch)
+        _preview_of(image, job, target.preview_png, connection, quiet, stretch=stretch)
         return
-    request = job.request(_required_output(output), select_bands=False)
-    settings = run.settings(overwrite)
-    _download(image, request, state, job_name, settings, connection, dry_run, quiet)
+    request = job.request(_required_output(target.output), select_bands=False)
+    _download(image, request, target, run.settings(target.overwrite), connection, quiet)
 
 
 @main.command()
@@ -816,11 +798,9 @@ def _preview_of(
 def _download(
     image: Any,
     request: Any,
-    state: str | None,
-    job_name: str | None,
+    target: opt.TargetArgs,
     settings: Any,
     connection: Any,
-    dry_run: bool,
     quiet: bool,
 ) -> None:
     """What download and composite share: plan (--dry-run), or fetch and merge."""
@@ -834,16 +814,16 @@ def _download(
     request.check(settings.concurrency)
     settings.run_options(connection)  # refuse impossible settings before Earth Engine's calls
     ee_adapter.set_workload_tag(request.workload_tag)
-    target = _state_target(state, request.output)
-    slot = None if dry_run else call_slot(target, settings.project_quota)
+    state = _state_target(target.state, request.output)
+    slot = None if target.dry_run else call_slot(state, settings.project_quota)
     spec = build_job(
         image, request, connection, concurrency=settings.concurrency, warn=_warn, slot=slot
     )
-    if dry_run:
+    if target.dry_run:
         click.echo(plan_spec(spec, measure(spec, connection)).text())
         return
-    _run_spec(spec, state or str(default_state_path(Path(spec.output))), job_name, settings,
-              connection, quiet)  # fmt: skip
+    state = target.state or str(default_state_path(Path(spec.output)))
+    _run_spec(spec, state, target.job_name, settings, connection, quiet)
 
 
 def _state_target(state: str | None, output: Path) -> str:

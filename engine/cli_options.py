@@ -107,6 +107,25 @@ def _grouped(cls: type, key: str, options: list[Callable[[Any], Any]]) -> Callab
     return decorator
 
 
+@dataclass(frozen=True, slots=True)
+class TargetArgs:
+    """Where one image's download goes (``download``, ``composite``) and what this run does
+    there: fetch, only plan (--dry-run), or only draw a quick look (--preview)."""
+
+    output: str | None
+    state: str | None
+    job_name: str | None
+    overwrite: bool
+    dry_run: bool
+    preview_png: str | None
+
+
+def target_options(preview_help: str) -> Callable[[F], F]:
+    return _grouped(
+        TargetArgs, "target", [output, state, job_name, overwrite, dry_run, preview(preview_help)]
+    )
+
+
 def _split(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 

@@ -527,42 +527,37 @@ def download_url(image: ee.Image, grid: Grid) -> str:
 
 def collection_features(collection: ee.ImageCollection) -> list[dict[str, Any]]:
     """The images of a collection as EE describes them (one getInfo call)."""
-    try:
+    with _user_call(EarthEngineError, "could not list the collection", "to list the collection"):
         info = collection.getInfo()
-    except ee.EEException as exc:
-        raise EarthEngineError(f"Earth Engine could not list the collection: {exc}") from exc
-    except (ConnectionError, OSError) as exc:
-        raise EarthEngineUnreachable(
-            f"could not reach Earth Engine to list the collection: {exc}. Check the network "
-            "and the proxy (--proxy or HTTPS_PROXY)"
-        ) from exc
     return list((info or {}).get("features") or [])
 
 
 def sample_url(image: ee.Image, params: dict[str, Any]) -> str:
     """A download URL for a small sample of an image (a preview's stretch), blocking."""
-    try:
+    refused = "could not sample the image for the stretch"
+    with _user_call(PreviewError, refused, "for the preview", advice="; pass --min and --max"):
         return str(image.getDownloadURL(params))
-    except ee.EEException as exc:
-        raise PreviewError(
-            f"Earth Engine could not sample the image for the stretch: {exc}; pass --min and --max"
-        ) from exc
-    except (ConnectionError, OSError) as exc:
-        raise EarthEngineUnreachable(
-            f"could not reach Earth Engine for the preview: {exc}. Check the network and "
-            "the proxy (--proxy or HTTPS_PROXY)"
-        ) from exc
 
 
 def thumbnail_url(image: ee.Image, params: dict[str, Any]) -> str:
     """A PNG/JPEG thumbnail URL (``getThumbURL``: thumbnails create, blocking)."""
+    with _user_call(PreviewError, "could not make the preview", "for the preview"):
+        return str(image.getThumbURL(params))
+
+
+@contextmanager
+def _user_call(
+    refusal: Callable[[str], UserError], refused: str, purpose: str, *, advice: str = ""
+) -> Iterator[None]:
+    """One line for an EE call a user waits on: EE's refusal as ``refusal`` ("Earth Engine
+    <refused>: <why><advice>"), an unreachable EE with what to check."""
     try:
-        return image.getThumbURL(params)
+        yield
     except ee.EEException as exc:
-        raise PreviewError(f"Earth Engine could not make the preview: {exc}") from exc
+        raise refusal(f"Earth Engine {refused}: {exc}{advice}") from exc
     except (ConnectionError, OSError) as exc:
         raise EarthEngineUnreachable(
-            f"could not reach Earth Engine for the preview: {exc}. Check the network and "
+            f"could not reach Earth Engine {purpose}: {exc}. Check the network and "
             "the proxy (--proxy or HTTPS_PROXY)"
         ) from exc
 

@@ -34,8 +34,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
-from state.errors import EefetchError, IncompleteError, UserError
-from state.store import JobLockedError, StateError
+from state.errors import EefetchError, IncompleteError, JobLockedError, StateError, UserError
 
 if TYPE_CHECKING:
     from engine.collection import CollectionResult

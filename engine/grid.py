@@ -220,37 +220,36 @@ def _geometry_sequences(geom: object) -> Iterator[np.ndarray]:
     elif kind in ("MultiPoint", "LineString"):
         yield _positions(coords, kind)
     elif kind in ("MultiLineString", "Polygon"):
-        if not isinstance(coords, list | tuple) or not coords:
-            raise GridError(f"region {kind} has no coordinates: give a non-empty list")
-        parts = coords if kind == "MultiLineString" else coords[:1]
-        for part in parts:
+        lines = _members(coords, f"{kind} has no coordinates: give a non-empty list")
+        for part in lines if kind == "MultiLineString" else lines[:1]:
             arr = _positions(part, kind)
             if kind == "Polygon" and len(arr) < 3:
                 raise GridError("region Polygon ring has fewer than 3 positions: close a real area")
             yield arr
     elif kind == "MultiPolygon":
-        if not isinstance(coords, list | tuple) or not coords:
-            raise GridError("region MultiPolygon has no coordinates: give a non-empty list")
-        for polygon in coords:
+        for polygon in _members(coords, "MultiPolygon has no coordinates: give a non-empty list"):
             yield from _geometry_sequences({"type": "Polygon", "coordinates": polygon})
     elif kind == "GeometryCollection":
-        members = geom.get("geometries")
-        if not isinstance(members, list | tuple) or not members:
-            raise GridError("region GeometryCollection is empty: give at least one geometry")
-        for member in members:
+        empty = "GeometryCollection is empty: give at least one geometry"
+        for member in _members(geom.get("geometries"), empty):
             yield from _geometry_sequences(member)
     elif kind == "Feature":
         yield from _geometry_sequences(geom.get("geometry"))
     elif kind == "FeatureCollection":
-        features = geom.get("features")
-        if not isinstance(features, list | tuple) or not features:
-            raise GridError("region FeatureCollection is empty: give at least one feature")
-        for feature in features:
+        empty = "FeatureCollection is empty: give at least one feature"
+        for feature in _members(geom.get("features"), empty):
             yield from _geometry_sequences(feature)
     else:
         raise GridError(
             f"region has unknown GeoJSON type {kind!r}: use Polygon, MultiPolygon, Point, ..."
         )
+
+
+def _members(value: object, problem: str) -> Sequence[Any]:
+    """A GeoJSON list member that must hold at least one item; else "region <problem>"."""
+    if not isinstance(value, list | tuple) or not value:
+        raise GridError(f"region {problem}")
+    return value
 
 
 def _member_crs(region: Mapping[str, Any]) -> str | None:

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import itertools
 import os
-import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from rasterio.windows import Window as RioWindow
 from engine.durable import fsync_path
 from engine.errors import MergeError, OutputExistsError
 from engine.filemodes import create_private, public_mode
+from engine.output_writer import AtomicOutput, output_exists
 from engine.tilestore import TileValidationError, block_ends, block_position
 
 if TYPE_CHECKING:
@@ -379,20 +379,14 @@ def _publish(temp: Path, output: Path, overwrite: bool) -> None:
         try:
             os.link(temp, output)
         except FileExistsError:
-            raise _exists(output) from None
+            raise output_exists(output) from None
         except OSError:
             if output.exists():
-                raise _exists(output) from None
+                raise output_exists(output) from None
             os.replace(temp, output)
         else:
             temp.unlink()
     fsync_path(output.parent)
-
-
-def _exists(output: Path) -> OutputExistsError:
-    return OutputExistsError(
-        f"{output} already exists; pass overwrite=True / --overwrite to replace it"
-    )
 
 
 def merge_tiles(
@@ -449,7 +443,7 @@ def merge_tiles(
         return builder.finish()
 
 
-class OutputBuilder:
+class OutputBuilder(AtomicOutput):
     """One output GeoTIFF written tile by tile, in any order, and published only when complete.
 
     What lets the merge run while tiles are still arriving: ``add`` writes a tile's window as
@@ -459,6 +453,8 @@ class OutputBuilder:
     Adding a tile again (fetched anew) rewrites its window. Not thread-safe: one thread drives it.
     Use it as a context manager: leaving it without ``finish`` removes every temporary file.
     """
+
+    write_errors = (RasterioError, CPLE_BaseError, OSError)
 
     def __init__(
         self,
@@ -486,6 +482,7 @@ class OutputBuilder:
         ``tags`` are written as the file's metadata. With ``mask_band`` the last of
         ``band_names`` is not a band of the output: tiles carry EE's mask there (non-zero:
         valid), and it is written as the GeoTIFF's internal (per-dataset) mask."""
+        super().__init__()
         output = Path(output)
         self.count = len(band_names)  # bands of the tiles
         self.mask_band = mask_band
@@ -499,7 +496,7 @@ class OutputBuilder:
         if not output.parent.is_dir():
             raise MergeError(f"cannot write {output}: folder {output.parent} does not exist")
         if output.exists() and not overwrite:
-            raise _exists(output)
+            raise output_exists(output)
         self.grid = grid
         self.band_names = list(band_names)
         self.dtype = dtype
@@ -533,22 +530,8 @@ class OutputBuilder:
         self._writer: _Writer | None = None
         self._written: dict[tuple[int, int, int, int, int, int], _Piece] = {}
         self._waiting: dict[tuple[int, int, int, int], dict[tuple[int, int], _Piece]] = {}
-        self._published = False
-        self._suspended = False
         self.reopen = reopen
         self.before_publish = before_publish
-
-    def __enter__(self) -> OutputBuilder:
-        try:
-            self._open(reopen=self.reopen)
-        except BaseException as exc:
-            self._discard()
-            raise self._failure(exc) from exc
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._published and not self._suspended:
-            self._discard()
 
     @staticmethod
     def temp_for(output: Path) -> Path:
@@ -582,7 +565,7 @@ class OutputBuilder:
         """Uncompressed bytes written so far (a window written twice counts twice)."""
         return self._writer.done if self._writer is not None else 0
 
-    def _open(self, *, reopen: bool) -> None:
+    def _open(self) -> None:
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(
             rasterio.Env(
@@ -592,7 +575,7 @@ class OutputBuilder:
             )
         )
         grid = self.grid
-        if reopen:
+        if self.reopen:
             self._dst = self._stack.enter_context(
                 rasterio.open(self.plain, "r+", NUM_THREADS=self.options["NUM_THREADS"])
             )
@@ -710,14 +693,8 @@ class OutputBuilder:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
 
-    def _failure(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, MergeError | OutputExistsError) or not isinstance(
-            exc, RasterioError | CPLE_BaseError | OSError
-        ):
-            return exc
-        self._discard()  # so that the free space reported counts without our temp file
-        needed = uncompressed_bytes(self.grid.width, self.grid.height, self.count, self.dtype)
-        return write_failure(self.output, needed, exc)
+    def _needed_bytes(self) -> int:
+        return uncompressed_bytes(self.grid.width, self.grid.height, self.count, self.dtype)
 
 
 def _check_written(path: Path) -> None:
@@ -737,30 +714,6 @@ def _check_written(path: Path) -> None:
         with rasterio.open(path) as dataset:
             band, row, col = block_position(dataset, int(bad[0]))
         raise OSError(errno.EIO, f"block ({row}, {col}) of band {band} was not written completely")
-
-
-def write_failure(output: Path, needed: int, exc: BaseException) -> MergeError:
-    """One line for a merge that could not write its output: a full disk says so."""
-    try:
-        free = shutil.disk_usage(output.parent).free
-    except OSError:
-        free = None
-    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-    if full or (free is not None and free < needed):
-        room = (
-            ""
-            if free is None
-            else f" ({free / 1e6:.1f} MB free, the merge may need up to {needed / 1e6:.1f} MB)"
-        )
-        return MergeError(
-            f"cannot write {output}: the disk is full{room}; free "
-            "some space there and run the same command again (the fetched tiles are kept)"
-        )
-    detail = " ".join(str(exc).split()) or type(exc).__name__
-    return MergeError(
-        f"cannot write {output} ({detail}); check that folder and its disk, then run the same "
-        "command again (the fetched tiles are kept)"
-    )
 
 
 def _write_cog(

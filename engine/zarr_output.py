@@ -49,7 +49,8 @@ from engine.durable import fsync_path
 from engine.errors import MergeError, OutputExistsError
 from engine.filemodes import PRIVATE_DIR, current_umask
 from engine.grid import Grid, TilePlan
-from engine.merge import check_tiles_cover, write_failure
+from engine.merge import check_tiles_cover
+from engine.output_writer import AtomicOutput, output_exists
 
 VARIABLE = "band_data"  # what xarray's rasterio engine calls a GeoTIFF's bands
 JOURNAL = "eefetch-journal.jsonl"
@@ -156,7 +157,7 @@ def temp_for(output: Path) -> Path:
     return output.with_name(f".{output.name}.eefetch-merge.tmp")
 
 
-class ZarrBuilder:
+class ZarrBuilder(AtomicOutput):
     """A Zarr store written tile by tile, in any order, and published when complete.
 
     The contract of ``merge.OutputBuilder`` (a context manager; ``add`` in any order;
@@ -177,11 +178,12 @@ class ZarrBuilder:
         progress: Progress | None = None,
         before_publish: Callable[[Path], None] | None = None,
     ) -> None:
+        super().__init__()
         output = Path(output)
         if not output.parent.is_dir():
             raise MergeError(f"cannot write {output}: folder {output.parent} does not exist")
         if output.exists() and not overwrite:
-            raise _exists(output)
+            raise output_exists(output)
         compressors(layout.compress)  # an unknown codec fails before anything is written
         self.layout = layout
         self.output = output
@@ -198,22 +200,8 @@ class ZarrBuilder:
         self._journal: Any = None
         self._kept: dict[int, str] = {}
         self._written: dict[tuple[int, int, int, int, int, int], tuple[TilePlan, Path]] = {}
-        self._published = False
-        self._suspended = False
 
     # ------------------------------------------------------------------ the builder contract
-
-    def __enter__(self) -> ZarrBuilder:
-        try:
-            self._open()
-        except BaseException as exc:
-            self._discard()
-            raise self._failure(exc) from exc
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._published and not self._suspended:
-            self._discard()
 
     @property
     def written_bytes(self) -> int:
@@ -487,7 +475,7 @@ class ZarrBuilder:
         old = self.output.with_name(f".{self.output.name}.eefetch-old.tmp")
         if self.output.exists() or self.output.is_symlink():
             if not self.overwrite:
-                raise _exists(self.output)
+                raise output_exists(self.output)
             shutil.rmtree(old, ignore_errors=True)
             os.rename(self.output, old)
         os.rename(self.temp, self.output)
@@ -502,12 +490,8 @@ class ZarrBuilder:
         self._array = None
         shutil.rmtree(self.temp, ignore_errors=True)
 
-    def _failure(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, MergeError | OutputExistsError) or not isinstance(exc, OSError):
-            return exc
-        self._discard()
-        needed = int(np.prod(self.layout.shape)) * np.dtype(self.layout.dtype).itemsize
-        return write_failure(self.output, needed, exc)
+    def _needed_bytes(self) -> int:
+        return int(np.prod(self.layout.shape)) * np.dtype(self.layout.dtype).itemsize
 
 
 def _key(plan: TilePlan) -> tuple[int, int, int, int, int, int]:
@@ -538,9 +522,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _exists(output: Path) -> OutputExistsError:
-    return OutputExistsError(
-        f"{output} already exists; pass overwrite=True / --overwrite to replace it"
-    )

@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ FULL_BOX = (118.2, 31.0, 119.4, 32.8)
 # Quick mode: about 1110 x 1110 pixels (~40 MB).
 QUICK_BOX = (118.6, 31.8, 118.9, 32.1)
 SCALE_TILES = (250, 400)  # rows x columns of 512 x 512 tiles: 100,000 tiles
+ZERO_EXPRESSION = '{"scope": [], "result": "0"}'  # a spec's expression for jobs never fetched
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -316,6 +318,21 @@ def drive_emulator(args: argparse.Namespace) -> None:
     serve_forever(EmulatorConfig.from_profile(args.profile, seed=args.seed, **overrides))
 
 
+@contextlib.contextmanager
+def _outcome(result: str | None, seen: dict[str, Any], t0: float) -> Iterator[None]:
+    """Record how a driven download ended in its result file, whatever the ending: an error
+    as one line, Ctrl-C as ``interrupted`` (then exit 130, as a shell expects)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        seen.update(complete=False, interrupted=True)
+        _dump(result, seen, t0)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        seen.update(complete=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+    _dump(result, seen, t0)
+
+
 def drive_eefetch(args: argparse.Namespace) -> None:
     """eefetch as a geemap user calls it: download_ee_image with geemap's arguments."""
     t0 = time.monotonic()
@@ -337,26 +354,20 @@ def drive_eefetch(args: argparse.Namespace) -> None:
     _connect(args.url)
     image = _image(args.region)
     extra = json.loads(args.extra or "{}")
-    try:
-        result = download_ee_image(
-            image,
-            args.output,
-            region=_region(args.region),
-            crs=CRS,
-            scale=SCALE,
-            progress=Timing(),
-            **extra,
-        )
-        seen.update(complete=True, counts=result.counts, summary=vars(result.summary))
-    except DownloadIncomplete as exc:
-        seen.update(complete=False, error=str(exc), counts=exc.result.counts)
-    except KeyboardInterrupt:
-        seen.update(complete=False, interrupted=True)
-        _dump(args.result, seen, t0)
-        raise SystemExit(130) from None
-    except Exception as exc:
-        seen.update(complete=False, error=f"{type(exc).__name__}: {exc}")
-    _dump(args.result, seen, t0)
+    with _outcome(args.result, seen, t0):
+        try:
+            result = download_ee_image(
+                image,
+                args.output,
+                region=_region(args.region),
+                crs=CRS,
+                scale=SCALE,
+                progress=Timing(),
+                **extra,
+            )
+            seen.update(complete=True, counts=result.counts, summary=vars(result.summary))
+        except DownloadIncomplete as exc:
+            seen.update(complete=False, error=str(exc), counts=exc.result.counts)
 
 
 def drive_geedim(args: argparse.Namespace) -> None:
@@ -378,19 +389,12 @@ def drive_geedim(args: argparse.Namespace) -> None:
 
     ee.data.setMaxRetries(5)
     image = _image(args.region)
-    try:
+    with _outcome(args.result, seen, t0):
         prepared = image.gd.prepareForExport(region=_region(args.region), crs=CRS, scale=SCALE)
         seen["shape"] = list(prepared.gd.shape)
         seen["dtype"] = prepared.gd.dtype
         prepared.gd.toGeoTIFF(args.output, overwrite=True)
         seen["complete"] = True
-    except KeyboardInterrupt:
-        seen.update(complete=False, interrupted=True)
-        _dump(args.result, seen, t0)
-        raise SystemExit(130) from None
-    except Exception as exc:
-        seen.update(complete=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
-    _dump(args.result, seen, t0)
 
 
 def even_splits(total: int, parts: int) -> list[int]:
@@ -629,6 +633,21 @@ def _dump(path: str | None, data: dict[str, Any], t0: float) -> None:
         Path(path).write_text(json.dumps(data, default=str))
 
 
+def _pixel_transform(west: float, north: float) -> tuple[float, ...]:
+    """A north-up EPSG:4326 transform whose pixel is SCALE metres at the equator."""
+    pixel = SCALE / (2 * math.pi * 6378137 / 360)
+    return (pixel, 0, west, 0, -pixel, north)
+
+
+def _remove_leftovers(workdir: Path, output_name: str) -> None:
+    """Remove an earlier run's output, state and tiles (every name that starts as the output)."""
+    for leftover in workdir.glob(f"{output_name}*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+
+
 def drive_scale(args: argparse.Namespace) -> None:
     """Scenario 5: plan, create, resume-scan and status of a 100,000-tile job (no pixels)."""
     t0 = time.monotonic()
@@ -643,17 +662,12 @@ def drive_scale(args: argparse.Namespace) -> None:
     from state import JobLock, Store, TileDone
 
     rows, cols = (int(v) for v in args.tiles.split("x"))
-    pixel = SCALE / (2 * 3.141592653589793 * 6378137 / 360)
-    grid = grid_from_transform(CRS, (pixel, 0, 100.0, 0, -pixel, 40.0), rows * 512, cols * 512)
+    grid = grid_from_transform(CRS, _pixel_transform(100.0, 40.0), rows * 512, cols * 512)
     workdir = Path(args.workdir)
     state_path = workdir / "scale.tif.eefetch.db"
-    for leftover in workdir.glob("scale.tif*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        else:
-            leftover.unlink()
+    _remove_leftovers(workdir, "scale.tif")
     spec = JobSpec(
-        expression='{"scope": [], "result": "0"}',
+        expression=ZERO_EXPRESSION,
         grid=grid,
         band_ids=("b1",),
         dtype="uint8",
@@ -688,7 +702,7 @@ def drive_scale(args: argparse.Namespace) -> None:
     out["done_tiles"] = len(done)
     t = time.perf_counter()
     with JobLock(state_path), Store.open(state_path) as store:
-        created, _ = open_job(store, spec, state_path)
+        created, _, _ = open_job(store, spec, state_path)
         assert not created
         store.reset_failed()
         store.release_all_claims()
@@ -725,18 +739,13 @@ def drive_mkmerge(args: argparse.Namespace) -> None:
     from state import Store, TileDone
 
     side = int(args.side)
-    pixel = SCALE / (2 * 3.141592653589793 * 6378137 / 360)
-    grid = grid_from_transform(CRS, (pixel, 0, 118.0, 0, -pixel, 33.0), side, side)
+    grid = grid_from_transform(CRS, _pixel_transform(118.0, 33.0), side, side)
     workdir = Path(args.workdir)
     output = workdir / "bigmerge.tif"
     state_path = workdir / "bigmerge.tif.eefetch.db"
-    for leftover in workdir.glob("bigmerge.tif*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        else:
-            leftover.unlink()
+    _remove_leftovers(workdir, "bigmerge.tif")
     spec = JobSpec(
-        expression='{"scope": [], "result": "0"}',
+        expression=ZERO_EXPRESSION,
         grid=grid,
         band_ids=tuple(f"B{i}" for i in range(1, 9)),
         dtype="float32",

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     Connection,
+    Table,
     Update,
     and_,
     bindparam,
@@ -44,7 +45,7 @@ from sqlalchemy.exc import DBAPIError
 
 from state import schema
 from state.db import RECONNECT_SECONDS, Database
-from state.errors import JobExistsError, JobLockedError, StateError
+from state.errors import JobExistsError, StateError
 from state.schema import JOB_NAME, JOB_STATUSES, SCHEMA_VERSION, TILE_STATUSES, default_job_name
 
 if TYPE_CHECKING:
@@ -1288,29 +1289,31 @@ class Store:
         if bytes_done is not None:
             values["bytes_done"] = bytes_done
 
-        def work(conn: Connection) -> bool:
-            job_id = self._need_job(conn)
-            return bool(
-                conn.execute(
-                    update(worker_t)
-                    .where(worker_t.c.job_id == job_id, worker_t.c.owner == owner)
-                    .values(last_seen=self._time(conn, now), **values)
-                ).rowcount
-            )
-
-        return self._run(work, write=True)
+        return self._update_owned(worker_t, owner, now, lambda at: {"last_seen": at, **values})
 
     def stop_worker(self, owner: str, *, now: float | None = None) -> bool:
         """`owner` stopped on purpose (its row stays, for status); False if unknown."""
+        return self._update_owned(
+            worker_t, owner, now, lambda at: {"last_seen": at, "stopped_at": at}
+        )
+
+    def _update_owned(
+        self,
+        table: Table,
+        owner: str,
+        now: float | None,
+        values: Callable[[float], dict[str, Any]],
+    ) -> bool:
+        """Update the job's row of ``table`` that ``owner`` holds with ``values(now)``; False if
+        it holds none (a worker that never registered, a merge lease another took)."""
 
         def work(conn: Connection) -> bool:
             job_id = self._need_job(conn)
-            at = self._time(conn, now)
             return bool(
                 conn.execute(
-                    update(worker_t)
-                    .where(worker_t.c.job_id == job_id, worker_t.c.owner == owner)
-                    .values(last_seen=at, stopped_at=at)
+                    update(table)
+                    .where(table.c.job_id == job_id, table.c.owner == owner)
+                    .values(**values(self._time(conn, now)))
                 ).rowcount
             )
 
@@ -1376,19 +1379,7 @@ class Store:
         """Extend `owner`'s merge lease; False if it no longer holds it (another took it after
         the lease ran out: stop merging)."""
         _check_lease(lease_seconds)
-
-        def work(conn: Connection) -> bool:
-            job_id = self._need_job(conn)
-            at = self._time(conn, now)
-            return bool(
-                conn.execute(
-                    update(merge_t)
-                    .where(merge_t.c.job_id == job_id, merge_t.c.owner == owner)
-                    .values(expires=at + lease_seconds)
-                ).rowcount
-            )
-
-        return self._run(work, write=True)
+        return self._update_owned(merge_t, owner, now, lambda at: {"expires": at + lease_seconds})
 
     def release_merge(self, owner: str) -> bool:
         """Give the merge lease up (the merge is over or abandoned); False if `owner` did not
@@ -1421,24 +1412,3 @@ class Store:
             return MergeLease(*row, live=row.expires > self._time(conn, now))
 
         return self._run(work, write=False)
-
-
-__all__ = [
-    "JobLockedError",
-    "JobRecord",
-    "JobView",
-    "MergeLease",
-    "NewTile",
-    "StateError",
-    "Store",
-    "TileDone",
-    "TileFailed",
-    "TileRecord",
-    "TileReleased",
-    "TileReset",
-    "TileRetry",
-    "TileSplit",
-    "TileUpdate",
-    "TileUrl",
-    "WorkerRecord",
-]

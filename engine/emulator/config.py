@@ -38,20 +38,6 @@ EE_MAX_COMPUTE_SIDE = 32_768
 EE_MAX_BANDS = 1024
 EE_MAX_CONCURRENT = 40
 
-TILE_FAULT_KINDS = (
-    "rate_limit_retry_after",
-    "rate_limit",
-    "http_500",
-    "http_502",
-    "http_503",
-    "http_504",
-    "reset",
-    "short_body",
-    "stall",
-    "trickle",
-    "html",
-    "expired",
-)
 API_FAULT_KINDS = (
     "rate_limit_retry_after",
     "rate_limit",
@@ -59,6 +45,16 @@ API_FAULT_KINDS = (
     "http_502",
     "http_503",
     "http_504",
+)
+# A tile download can also break in the body, which an API call's short JSON answer cannot.
+TILE_FAULT_KINDS = (
+    *API_FAULT_KINDS,
+    "reset",
+    "short_body",
+    "stall",
+    "trickle",
+    "html",
+    "expired",
 )
 
 

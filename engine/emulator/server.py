@@ -238,6 +238,29 @@ async def _describe(state: EmulatorState, expression: str, grid: PixelGrid | Non
     return facts
 
 
+async def _bounded(
+    state: EmulatorState, expression: str, grid: PixelGrid | None
+) -> tuple[ImageFacts, PixelGrid]:
+    """The facts of an image that pixels can be asked of, with its grid; EE's 400 for an
+    expression it cannot evaluate or an image without bounds (pass a region)."""
+    try:
+        facts = await _describe(state, expression, grid)
+    except state.evaluator.error as exc:
+        raise ApiError(400, str(exc)) from None
+    if facts.grid is None:
+        raise ApiError(400, UNBOUNDED_MESSAGE)
+    return facts, facts.grid
+
+
+async def _expression_body(request: web.Request) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The body of a call that computes an image, and its expression (EE's 400 without)."""
+    body = await _json_body(request)
+    expression = body.get("expression")
+    if not isinstance(expression, dict):
+        raise ApiError(400, "Invalid argument: 'expression' is required.")
+    return body, expression
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     """The request body as an object, or EE's 400 for a malformed payload."""
     try:
@@ -497,10 +520,7 @@ async def algorithms(request: web.Request) -> web.Response:
 async def value_compute(request: web.Request) -> web.Response:
     """`getInfo`: evaluate and describe."""
     state = _state(request)
-    body = await _json_body(request)
-    expression = body.get("expression")
-    if not isinstance(expression, dict):
-        raise ApiError(400, "Invalid argument: 'expression' is required.")
+    body, expression = await _expression_body(request)
     state.stats.record_workload_tag("value:compute", body.get("workloadTag"))
     await _api_fault(state, "value:compute", digest(expression))
     started = state.clock()
@@ -521,10 +541,7 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     """Create a download id; the grid and limits are fixed now, the pixels at `getPixels`."""
     state = _state(request)
     project = request.match_info["project"]
-    body = await _json_body(request)
-    expression = body.get("expression")
-    if not isinstance(expression, dict):
-        raise ApiError(400, "Invalid argument: 'expression' is required.")
+    body, expression = await _expression_body(request)
     file_format = str(body.get("fileFormat") or "ZIPPED_GEO_TIFF_PER_BAND")
     if file_format == "AUTO_JPEG_PNG":
         file_format = "PNG"
@@ -538,13 +555,7 @@ async def thumbnails_create(request: web.Request) -> web.Response:
     await _api_fault(state, "thumbnails:create", digest(body))
     started = state.clock()
     text = expression_text(expression)
-    try:
-        facts = await _describe(state, text, None)
-    except state.evaluator.error as exc:
-        raise ApiError(400, str(exc)) from None
-    grid = facts.grid
-    if grid is None:
-        raise ApiError(400, UNBOUNDED_MESSAGE)
+    facts, grid = await _bounded(state, text, None)
     band_ids, dtypes = select_bands(facts, requested)
     if file_format in imaging.PICTURE_FORMATS:
         check_picture(band_ids, dtypes, visualization)
@@ -719,23 +730,14 @@ def _grid_from_body(grid: Any) -> PixelGrid:
 async def compute_pixels(request: web.Request) -> web.StreamResponse:
     """`image:computePixels`: an expression on an explicit grid, answered as raw bytes."""
     state = _state(request)
-    body = await _json_body(request)
-    expression = body.get("expression")
-    if not isinstance(expression, dict):
-        raise ApiError(400, "Invalid argument: 'expression' is required.")
+    body, expression = await _expression_body(request)
     file_format = str(body.get("fileFormat") or "GEO_TIFF")
     state.stats.record_workload_tag("computePixels", body.get("workloadTag"))
     if file_format not in encode.FORMATS_COMPUTE:
         raise ApiError(400, f"Unsupported fileFormat for this emulator: {file_format}.")
     given = _grid_from_body(body["grid"]) if "grid" in body else None
     text = expression_text(expression)
-    try:
-        facts = await _describe(state, text, given)
-    except state.evaluator.error as exc:
-        raise ApiError(400, str(exc)) from None
-    grid = facts.grid
-    if grid is None:
-        raise ApiError(400, UNBOUNDED_MESSAGE)
+    facts, grid = await _bounded(state, text, given)
     band_ids, dtypes = select_bands(facts, body.get("bandIds") or None)
     check_size(state.config, grid.width, grid.height, dtypes, state.config.max_compute_side)
     identity = digest([expression, file_format, band_ids, grid])

@@ -29,14 +29,7 @@ import numpy as np
 from shapely.geometry import Polygon
 
 from engine.emulator.world import land, mgrs, weather
-from engine.emulator.world.assets import (
-    ARCHIVE_END,
-    Asset,
-    BandSpec,
-    millis,
-    ring_geojson,
-    utc,
-)
+from engine.emulator.world.assets import ARCHIVE_END, Asset, BandSpec, millis, ring_geojson, utc
 from engine.emulator.world.orbit import KM_PER_DEGREE, Orbit, solar_zenith
 
 ORBIT = Orbit(inclination=98.2, period_s=16 * 86400 / 233, swath_km=185.0)

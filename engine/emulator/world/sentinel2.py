@@ -33,14 +33,7 @@ from typing import Any
 from shapely.geometry import Polygon
 
 from engine.emulator.world import land, mgrs, weather
-from engine.emulator.world.assets import (
-    ARCHIVE_END,
-    Asset,
-    BandSpec,
-    millis,
-    ring_geojson,
-    utc,
-)
+from engine.emulator.world.assets import ARCHIVE_END, Asset, BandSpec, millis, ring_geojson, utc
 from engine.emulator.world.orbit import KM_PER_DEGREE, Orbit, solar_zenith
 
 COLLECTION = "COPERNICUS/S2_SR_HARMONIZED"
