@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import rasterio
 from click.testing import CliRunner
+from tutorial import tutorial_recipe
 
 from engine.cli import main
 from engine.emulator import EmulatorConfig, EmulatorThread
 from engine.errors import InvalidJob
-from engine.recipes import Composite, composite
+from engine.recipes import composite
 from engine.region_input import load_region
 from engine.spec import JobSpec
 from engine.testing.cli import REPO
@@ -24,21 +25,6 @@ from state import Store
 
 NANJING = REPO / "engine" / "data" / "nanjing.geojson"
 SMALL = "118.70,32.00,118.78,32.05"
-
-
-def tutorial_recipe(region: dict, **changes: object) -> Composite:
-    values: dict = {
-        "collection": "COPERNICUS/S2_SR_HARMONIZED",
-        "start": "2022-01-01",
-        "end": "2022-12-31",
-        "region": region,
-        "max_cloud": 10,
-        "cloud_mask": "qa60",
-        "bands": ("B[1-8]",),
-        "reducer": "median",
-    }
-    values.update(changes)
-    return Composite(**values)
 
 
 def test_composite_is_the_tutorials_expression_byte_for_byte() -> None:
