@@ -119,17 +119,11 @@ def test_cli_under_the_flaky_profile_ends_in_a_correct_file(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
     # The flaky mix of faults at three times its usual rate, so a small job meets several.
-    config = EmulatorConfig.from_profile(
-        "flaky",
-        seed=7,
-        fault_rate=0.3,
-        latency_fixed_s=0.05,
-        latency_per_mpix_s=0.0,
-        api_latency_s=0.0,
-        retry_after_s=1,
+    flaky = paced_emulator(
+        seed=7, latency_s=0.05, profile="flaky", fault_rate=0.3, api_latency_s=0.0, retry_after_s=1
     )
     output = tmp_path / "flaky.tif"
-    with EmulatorThread(config) as emulator:
+    with flaky as emulator:
         command = dem_args(
             emulator.url,
             output,
