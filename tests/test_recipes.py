@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import runpy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import rasterio
 from click.testing import CliRunner
+from emulator_fixture import clean_emulator
 from tutorial import tutorial_recipe
 
 from engine.cli import main
-from engine.emulator import EmulatorConfig, EmulatorThread
+from engine.emulator import EmulatorThread
 from engine.errors import InvalidJob
 from engine.recipes import composite
 from engine.region_input import load_region
@@ -61,10 +61,7 @@ def test_bad_recipes_are_refused_with_what_to_do(changes: dict, message: str) ->
         composite(tutorial_recipe(load_region(SMALL), **changes))
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=4)) as running:
-        yield running
+emulator = clean_emulator(seed=4)
 
 
 def test_composite_command_downloads_the_recipe_and_resumes(
