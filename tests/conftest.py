@@ -120,6 +120,24 @@ def oracle():  # type: ignore[no-untyped-def]
         yield emulator
 
 
+@pytest.fixture
+def tinyproxy(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A tinyproxy process of the test's own (an HTTP proxy that logs what it carried)."""
+    from engine.testing.peers import TinyProxy
+
+    with TinyProxy(tmp_path / "proxy") as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def microsocks(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A microsocks process of the test's own (a SOCKS5 proxy that logs what it opened)."""
+    from engine.testing.peers import MicroSocks
+
+    with MicroSocks(tmp_path / "proxy") as proxy:
+        yield proxy
+
+
 @pytest.fixture(scope="session")
 def pg_cluster():  # type: ignore[no-untyped-def]
     """One throwaway PostgreSQL server for the session (tests/pg.py), or a skip saying why

@@ -8,17 +8,16 @@ subprocess.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import rasterio
 from click.testing import CliRunner
+from emulator_fixture import clean_emulator
 
 from engine.cli import main
 from engine.defaults import EE_MAX_SIDE_URLS
 from engine.ee_adapter import BandInfo
-from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.request import lossy_cast_message
 from engine.testing.cli import REPO, one_line_error, run_cli
@@ -29,10 +28,7 @@ from state import Store
 DEM = ("--asset", "USGS/SRTMGL1_003")
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=1)) as running:
-        yield running
+emulator = clean_emulator(seed=1)
 
 
 @pytest.fixture(scope="module")

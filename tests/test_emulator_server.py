@@ -25,6 +25,7 @@ import pytest
 from rasterio.io import MemoryFile
 
 from engine.emulator.config import EmulatorConfig
+from engine.emulator.render import PixelGrid
 from engine.emulator.server import EmulatorThread, Evaluator
 
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
@@ -51,14 +52,6 @@ class FakeBand:
     dimensions: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True)
-class FakeGrid:
-    crs: str
-    transform: tuple[float, ...]
-    width: int
-    height: int
-
-
 @dataclass
 class FakeRendered:
     band_ids: list[str]
@@ -73,7 +66,7 @@ class FakeImage:
         self,
         bands: list[tuple[str, str]],
         proj: tuple[str, tuple[float, ...]] | None = None,
-        grid: FakeGrid | None = None,
+        grid: PixelGrid | None = None,
     ) -> None:
         self.band_defs = bands
         self.proj = proj
@@ -83,7 +76,7 @@ class FakeImage:
     def bands(self) -> list[FakeBand]:
         return [FakeBand(name, dtype) for name, dtype in self.band_defs]
 
-    def bounded_grid(self) -> FakeGrid | None:
+    def bounded_grid(self) -> PixelGrid | None:
         return self.grid
 
     def work(self, width: int, height: int) -> int:
@@ -138,7 +131,7 @@ def _call(name: str, args: dict[str, Any]) -> Any:
         _, (x0, y0, x1, y1), proj = args["geometry"]
         a, b, c, d, e, f = proj[1]
         transform = (a, b, c + x0 * a, d, e, f + y0 * e)
-        grid = FakeGrid(proj[0], transform, int(x1 - x0), int(y1 - y0))
+        grid = PixelGrid(proj[0], transform, int(x1 - x0), int(y1 - y0))
         return FakeImage(image.band_defs, image.proj, grid)
     raise FakeError(f"fake model: unsupported function {name}")
 

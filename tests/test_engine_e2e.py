@@ -15,12 +15,14 @@ from pathlib import Path
 import ee
 import pytest
 import rasterio
+from tutorial import tutorial_recipe
 
 from engine import DownloadIncomplete, download_ee_image, ee_adapter
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 from engine.live_merge import checkpoint_path
 from engine.merge import OutputBuilder
+from engine.recipes import composite
 from engine.testing.cli import run_cli, start_cli
 from engine.testing.emulators import paced_emulator
 from engine.testing.jobs import dem_args, dem_job, job_spec, state_of, wait_for_done_tiles
@@ -38,24 +40,6 @@ def use(emulator: EmulatorThread) -> None:
     ee_adapter.initialize(ee_adapter.Connection(url=emulator.url))
 
 
-def tutorial_composite(region: ee.Geometry) -> ee.Image:
-    def mask_clouds(img: ee.Image) -> ee.Image:
-        qa = img.select("QA60")
-        clear = qa.bitwiseAnd(1 << 10).eq(0).And(qa.bitwiseAnd(1 << 11).eq(0))
-        return img.updateMask(clear).divide(10000)
-
-    return (
-        ee.ImageCollection("COPERNICUS/S2_SR_HARMONIZED")
-        .filterDate("2022-01-01", "2022-12-31")
-        .filter(ee.Filter.lt("CLOUDY_PIXEL_PERCENTAGE", 10))
-        .filterBounds(region)
-        .map(mask_clouds)
-        .select("B[1-8]")
-        .median()
-        .clip(region)
-    )
-
-
 TRIANGLE = {
     "type": "Polygon",
     "coordinates": [[[118.70, 32.00], [118.80, 32.00], [118.75, 32.06], [118.70, 32.00]]],
@@ -68,7 +52,7 @@ def test_tutorial_composite_in_epsg4326_equals_the_oracle(
     tmp_path: Path, clean: EmulatorThread, oracle: EmulatorThread, endpoint: str
 ) -> None:
     use(clean)
-    image = tutorial_composite(ee.Geometry(TRIANGLE))
+    image = composite(tutorial_recipe(TRIANGLE, clip="outline"))
     output = tmp_path / "composite.tif"
     result = download_ee_image(
         image,
@@ -135,17 +119,11 @@ def test_cli_under_the_flaky_profile_ends_in_a_correct_file(
     tmp_path: Path, oracle: EmulatorThread
 ) -> None:
     # The flaky mix of faults at three times its usual rate, so a small job meets several.
-    config = EmulatorConfig.from_profile(
-        "flaky",
-        seed=7,
-        fault_rate=0.3,
-        latency_fixed_s=0.05,
-        latency_per_mpix_s=0.0,
-        api_latency_s=0.0,
-        retry_after_s=1,
+    flaky = paced_emulator(
+        seed=7, latency_s=0.05, profile="flaky", fault_rate=0.3, api_latency_s=0.0, retry_after_s=1
     )
     output = tmp_path / "flaky.tif"
-    with EmulatorThread(config) as emulator:
+    with flaky as emulator:
         command = dem_args(
             emulator.url,
             output,

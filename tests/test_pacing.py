@@ -1,6 +1,7 @@
 """The adaptive concurrency limit and the outage monitor, driven by a fake clock."""
 
 import asyncio
+from dataclasses import dataclass
 
 import pytest
 
@@ -161,26 +162,18 @@ def test_probe_interval_doubles_up_to_a_cap_and_resets_on_recovery() -> None:
 # ---- the probe against server models, in simulated time ------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
 class Model:
     """A server and link as a fluid model: each tile waits ``latency`` seconds, then streams at
     the smallest of the per-connection rate and its share of the link; beyond ``quota``
     concurrent requests, or before ``busy_until`` (its quota taken by another client), the
     server answers 429 at once."""
 
-    def __init__(
-        self,
-        *,
-        per_connection: float,
-        link: float = float("inf"),
-        latency: float = 1.0,
-        quota: int = 10_000,
-        busy_until: float = 0.0,
-    ) -> None:
-        self.busy_until = busy_until
-        self.per_connection = per_connection
-        self.link = link
-        self.latency = latency
-        self.quota = quota
+    per_connection: float
+    link: float = float("inf")
+    latency: float = 1.0
+    quota: int = 10_000
+    busy_until: float = 0.0
 
 
 def simulate(

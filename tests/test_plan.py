@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import ee
 import numpy as np
-import pytest
 from click.testing import CliRunner
+from emulator_fixture import clean_emulator
 
 from engine import ee_adapter, plan
 from engine.cli import main
-from engine.emulator import EmulatorConfig, EmulatorThread
+from engine.emulator import EmulatorThread
 from engine.estimate import UNREASONABLE_BYTES, plan_spec
 from engine.grid import grid_from_region
 from engine.job import plan as plan_tiles
@@ -75,10 +74,7 @@ def test_compute_endpoint_needs_one_request_per_tile(tmp_path: Path) -> None:
     assert report.raw_bytes == spec.grid.width * spec.grid.height * 3 * np.dtype("uint16").itemsize
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=5)) as running:
-        yield running
+emulator = clean_emulator(seed=5)
 
 
 def test_plan_command_and_dry_run_fetch_only_a_sample_tile(

@@ -30,18 +30,6 @@ def emulator() -> Iterator[EmulatorThread]:
         yield running
 
 
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[TinyProxy]:
-    with TinyProxy(tmp_path / "proxy") as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def microsocks(tmp_path: Path) -> Iterator[MicroSocks]:
-    with MicroSocks(tmp_path / "proxy") as proxy:
-        yield proxy
-
-
 def routes(requests: list[tuple[str, str]], base: str) -> Counter[str]:
     """How many requests of each kind the proxy forwarded to the emulator at ``base``."""
     counted: Counter[str] = Counter()
@@ -63,6 +51,20 @@ def routes(requests: list[tuple[str, str]], base: str) -> Counter[str]:
     return counted
 
 
+def download_through(
+    emulator: EmulatorThread, output: Path, proxy: str, given: str, environment: dict[str, str]
+) -> None:
+    """A download that must take ``proxy``, named by ``--proxy`` if ``given`` says so, else by
+    ``environment``; it fails if it ended in error."""
+    if given == "--proxy":
+        # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
+        env, extra = cli_env(NO_PROXY="127.0.0.1,localhost"), ("--proxy", proxy)
+    else:
+        env, extra = cli_env(**environment), ()
+    done = guarded_download(emulator.url, output, env, *extra)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.peers
 @pytest.mark.parametrize("given", ["--proxy", "HTTP_PROXY"])
@@ -70,13 +72,8 @@ def test_an_http_proxy_carries_every_api_call_and_tile(
     tmp_path: Path, emulator: EmulatorThread, tinyproxy: TinyProxy, given: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    if given == "--proxy":
-        # NO_PROXY naming the target must not matter: a proxy given explicitly is always used.
-        env, extra = cli_env(NO_PROXY="127.0.0.1,localhost"), ("--proxy", tinyproxy.url)
-    else:
-        env, extra = cli_env(HTTP_PROXY=tinyproxy.url, NO_PROXY="example.org"), ()
-    done = guarded_download(emulator.url, output, env, *extra)
-    assert done.returncode == 0, done.stderr
+    environment = {"HTTP_PROXY": tinyproxy.url, "NO_PROXY": "example.org"}
+    download_through(emulator, output, tinyproxy.url, given, environment)
     carried = routes(tinyproxy.requests(), emulator.url)
     tiles = served(emulator, "getPixels")
     assert tiles >= 8
@@ -94,12 +91,7 @@ def test_a_socks5_proxy_carries_every_connection(
     tmp_path: Path, emulator: EmulatorThread, microsocks: MicroSocks, given: str
 ) -> None:
     output = tmp_path / "dem.tif"
-    if given == "--proxy":
-        env, extra = cli_env(NO_PROXY="127.0.0.1,localhost"), ("--proxy", microsocks.url)
-    else:
-        env, extra = cli_env(all_proxy=microsocks.url), ()
-    done = guarded_download(emulator.url, output, env, *extra)
-    assert done.returncode == 0, done.stderr
+    download_through(emulator, output, microsocks.url, given, {"all_proxy": microsocks.url})
     opened = microsocks.connections()
     assert opened, "microsocks opened no connection"
     assert set(opened) == {host_port(emulator.url)}

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import runpy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import rasterio
 from click.testing import CliRunner
+from emulator_fixture import clean_emulator
+from tutorial import tutorial_recipe
 
 from engine.cli import main
-from engine.emulator import EmulatorConfig, EmulatorThread
+from engine.emulator import EmulatorThread
 from engine.errors import InvalidJob
-from engine.recipes import Composite, composite
+from engine.recipes import composite
 from engine.region_input import load_region
 from engine.spec import JobSpec
 from engine.testing.cli import REPO
@@ -24,21 +25,6 @@ from state import Store
 
 NANJING = REPO / "engine" / "data" / "nanjing.geojson"
 SMALL = "118.70,32.00,118.78,32.05"
-
-
-def tutorial_recipe(region: dict, **changes: object) -> Composite:
-    values: dict = {
-        "collection": "COPERNICUS/S2_SR_HARMONIZED",
-        "start": "2022-01-01",
-        "end": "2022-12-31",
-        "region": region,
-        "max_cloud": 10,
-        "cloud_mask": "qa60",
-        "bands": ("B[1-8]",),
-        "reducer": "median",
-    }
-    values.update(changes)
-    return Composite(**values)
 
 
 def test_composite_is_the_tutorials_expression_byte_for_byte() -> None:
@@ -75,10 +61,7 @@ def test_bad_recipes_are_refused_with_what_to_do(changes: dict, message: str) ->
         composite(tutorial_recipe(load_region(SMALL), **changes))
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorThread]:
-    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=4)) as running:
-        yield running
+emulator = clean_emulator(seed=4)
 
 
 def test_composite_command_downloads_the_recipe_and_resumes(

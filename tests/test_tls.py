@@ -63,13 +63,12 @@ def test_an_untrusted_certificate_stops_with_one_clear_line(
 @pytest.mark.slow
 @pytest.mark.peers
 def test_https_through_tinyproxy_uses_connect_tunnels_only(
-    tmp_path: Path, emulator: EmulatorThread, authority: Authority
+    tmp_path: Path, emulator: EmulatorThread, authority: Authority, tinyproxy: TinyProxy
 ) -> None:
     output = tmp_path / "dem.tif"
-    with TinyProxy(tmp_path / "proxy") as proxy:
-        env = cli_env(HTTPS_PROXY=proxy.url, REQUESTS_CA_BUNDLE=str(authority.ca_file))
-        done = guarded_download(emulator.url, output, env)
-        requests = proxy.requests()
+    env = cli_env(HTTPS_PROXY=tinyproxy.url, REQUESTS_CA_BUNDLE=str(authority.ca_file))
+    done = guarded_download(emulator.url, output, env)
+    requests = tinyproxy.requests()
     assert done.returncode == 0, done.stderr
     assert requests, "tinyproxy saw no request"
     assert set(requests) == {("CONNECT", host_port(emulator.url))}
@@ -82,13 +81,12 @@ def test_https_through_tinyproxy_uses_connect_tunnels_only(
 @pytest.mark.slow
 @pytest.mark.peers
 def test_https_through_microsocks(
-    tmp_path: Path, emulator: EmulatorThread, authority: Authority
+    tmp_path: Path, emulator: EmulatorThread, authority: Authority, microsocks: MicroSocks
 ) -> None:
     output = tmp_path / "dem.tif"
-    with MicroSocks(tmp_path / "proxy") as proxy:
-        trust = ("--ca-bundle", str(authority.ca_file))
-        done = guarded_download(emulator.url, output, cli_env(), "--proxy", proxy.url, *trust)
-        opened = proxy.connections()
+    trust = ("--ca-bundle", str(authority.ca_file))
+    done = guarded_download(emulator.url, output, cli_env(), "--proxy", microsocks.url, *trust)
+    opened = microsocks.connections()
     assert done.returncode == 0, done.stderr
     assert opened and set(opened) == {host_port(emulator.url)}
     assert served(emulator, "getPixels") >= 8
