@@ -141,7 +141,6 @@ def return_large_buffers_to_the_system() -> None:
 @opt.run_options
 @opt.connection_options
 @opt.quiet
-@opt.debug
 def download(
     source: opt.Source,
     job: opt.RequestArgs,
@@ -149,7 +148,6 @@ def download(
     run: opt.RunArgs,
     network: opt.ConnectionArgs,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """Download an image to one GeoTIFF (re-run the same command to resume)."""
     if not source.given():
@@ -186,7 +184,6 @@ def download(
 @opt.run_options
 @opt.connection_options
 @opt.quiet
-@opt.debug
 def composite(
     recipe: opt.RecipeArgs,
     reducer: Reducer,
@@ -196,7 +193,6 @@ def composite(
     run: opt.RunArgs,
     network: opt.ConnectionArgs,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """A per-pixel composite of a filtered, cloud-masked collection, downloaded resumably.
 
@@ -235,7 +231,6 @@ def composite(
 @opt.concurrency
 @opt.as_json
 @opt.connection_options
-@opt.debug
 def plan(
     source: opt.Source,
     job: opt.RequestArgs,
@@ -243,7 +238,6 @@ def plan(
     concurrency: int | None,
     as_json: bool,
     network: opt.ConnectionArgs,
-    debug: bool,
 ) -> None:
     """Grid, tiles, requests and size on disk of a download, before fetching anything.
 
@@ -300,7 +294,6 @@ def plan(
 @opt.run_options
 @opt.connection_options
 @opt.quiet
-@opt.debug
 def collection(
     recipe: opt.RecipeArgs,
     script: str | None,
@@ -316,7 +309,6 @@ def collection(
     run: opt.RunArgs,
     network: opt.ConnectionArgs,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """Every image of a filtered collection, one GeoTIFF each, as one resumable run."""
     from engine import collection as images_of
@@ -405,7 +397,6 @@ def collection(
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Picture to write.")
 @opt.connection_options
 @opt.quiet
-@opt.debug
 def preview(
     geotiff: str | None,
     source: opt.Source,
@@ -415,7 +406,6 @@ def preview(
     output: str | None,
     network: opt.ConnectionArgs,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """A quick-look picture: of a downloaded GeoTIFF, or of an image in Earth Engine."""
     from engine.quicklook import preview_file, preview_image
@@ -454,7 +444,6 @@ def preview(
 @opt.run_options
 @opt.connection_options
 @opt.quiet
-@opt.debug
 def resume(
     state: str,
     job_name: str | None,
@@ -462,7 +451,6 @@ def resume(
     run: opt.RunArgs,
     network: opt.ConnectionArgs,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """Resume the job saved in STATE (a state file, or a database URL with --job), without
     the original script."""
@@ -489,7 +477,6 @@ When the last tile is done, one worker merges (the others say which and exit).
 @opt.run_options
 @opt.connection_options
 @opt.quiet
-@opt.debug
 def worker(
     state: str | None,
     job_name: str | None,
@@ -497,7 +484,6 @@ def worker(
     run: opt.RunArgs,
     network: opt.ConnectionArgs,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """Join a job whose state is on a PostgreSQL server, from this machine."""
     from state import is_database_url
@@ -562,10 +548,7 @@ their lock) and shows no download URL; it listens on 127.0.0.1 unless --host say
     type=click.Path(dir_okay=False),
     help="Also draw the job's tiles, coloured by state, into this PNG.",
 )
-@opt.debug
-def status(
-    path: str, job_name: str | None, as_json: bool, map_png: str | None, debug: bool
-) -> None:
+def status(path: str, job_name: str | None, as_json: bool, map_png: str | None) -> None:
     """Show a job (tiles done / pending / failed, bytes, workers, last errors), or every job in
     a folder or a state database."""
     from engine import inventory
@@ -602,8 +585,7 @@ def status(
 @main.command(name="list")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), default=".")
 @opt.as_json
-@opt.debug
-def list_jobs(folder: str, as_json: bool, debug: bool) -> None:
+def list_jobs(folder: str, as_json: bool) -> None:
     """The jobs under FOLDER (every *.eefetch.db, searched recursively)."""
     from engine import inventory
 
@@ -618,8 +600,7 @@ def list_jobs(folder: str, as_json: bool, debug: bool) -> None:
     is_flag=True,
     help="Also remove the state files of finished jobs (a re-run then needs --overwrite).",
 )
-@opt.debug
-def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
+def clean(folder: str, dry_run: bool, state_files: bool) -> None:
     """Remove the tile folders of finished (merged) jobs under FOLDER; others are kept.
 
     Also what jobs whose state file was deleted left behind: an unfinished output and its
@@ -647,8 +628,7 @@ def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
 @click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
 @click.option("--port", default=8765, type=int, show_default=True, help="0 picks a free port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@opt.debug
-def serve(path: str, port: int, host: str, debug: bool) -> None:
+def serve(path: str, port: int, host: str) -> None:
     """A live, read-only web page of a job or of the jobs in a folder (Ctrl-C stops it)."""
     from engine.runner import run_until_signalled
     from engine.webview import serve_forever
@@ -669,10 +649,7 @@ def serve(path: str, port: int, host: str, debug: bool) -> None:
 @opt.job_name
 @opt.tile_folder
 @opt.overwrite
-@opt.debug
-def merge(
-    state: str, job_name: str | None, tile_folder: str | None, overwrite: bool, debug: bool
-) -> None:
+def merge(state: str, job_name: str | None, tile_folder: str | None, overwrite: bool) -> None:
     """Merge a job whose tiles are all fetched (and kept): STATE is its state file, or a
     database URL with --job."""
     from engine.job import merge_only

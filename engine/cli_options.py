@@ -83,7 +83,6 @@ dry_run = click.option(
 )
 as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 quiet = click.option("--quiet", is_flag=True, help="No progress output.")
-debug = click.option("--debug", is_flag=True, help="Show tracebacks.")
 
 
 def preview(help_text: str) -> Callable[[F], F]:
