@@ -138,65 +138,46 @@ def return_large_buffers_to_the_system() -> None:
 @opt.target_options(
     "Write a quick-look PNG of the image (B4,B3,B2 when present) instead of downloading."
 )
-@opt.run_options
-@opt.connection_options
-@opt.quiet
-@opt.debug
+@opt.fetch_options
 def download(
     source: opt.Source,
     job: opt.RequestArgs,
     target: opt.TargetArgs,
-    run: opt.RunArgs,
-    network: opt.ConnectionArgs,
-    quiet: bool,
-    debug: bool,
+    fetch: opt.FetchArgs,
 ) -> None:
     """Download an image to one GeoTIFF (re-run the same command to resume)."""
     if not source.given():
         raise click.UsageError("give exactly one of --asset, --expression or --script")
     job.check()
-    connection = network.connect()
+    connection = fetch.network.connect()
     image = source.image()
     if target.preview_png:
-        _preview_of(image, job, target.preview_png, connection, quiet, bands=job.band_list())
+        _preview_of(image, job, target.preview_png, connection, fetch.quiet, bands=job.band_list())
         return
     request = job.request(_required_output(target.output))
-    _download(image, request, target, run.settings(target.overwrite), connection, quiet)
+    _download(image, request, target, fetch, connection)
 
 
 @main.command(epilog=EPILOG_COMPOSITE)
 @opt.recipe_options(required_dates=True)
-@click.option(
-    "--reducer",
-    type=click.Choice(REDUCERS),
-    default=REDUCERS[0],
-    show_default=True,
-)
-@click.option(
+@opt.choice("--reducer", REDUCERS)
+@opt.choice(
     "--clip",
-    type=click.Choice(CLIPS),
-    default=CLIPS[0],
-    show_default=True,
+    CLIPS,
     help="Clip to the region's bounding box (the tutorial's advice), its outline, or not.",
 )
 @opt.request_options
 @opt.target_options(
     "Write a true-colour PNG of the composite (B4,B3,B2, 0-0.3) instead of downloading."
 )
-@opt.run_options
-@opt.connection_options
-@opt.quiet
-@opt.debug
+@opt.fetch_options
 def composite(
     recipe: opt.RecipeArgs,
     reducer: Reducer,
     clip: Clip,
     job: opt.RequestArgs,
     target: opt.TargetArgs,
-    run: opt.RunArgs,
-    network: opt.ConnectionArgs,
-    quiet: bool,
-    debug: bool,
+    fetch: opt.FetchArgs,
 ) -> None:
     """A per-pixel composite of a filtered, cloud-masked collection, downloaded resumably.
 
@@ -208,26 +189,25 @@ def composite(
     if not job.region:
         raise click.UsageError("--region is required: a GeoJSON file or west,south,east,north")
     region = load_region(job.region)
-    connection = network.connect()
+    connection = fetch.network.connect()
     image = build_composite(recipe.recipe(region, job.bands, reducer, clip))
     if target.preview_png:
         from engine.quicklook import Stretch
 
         # Reflectance (divided by 10000) looks right stretched 0 to 0.3, as in the tutorial.
         stretch = None if recipe.no_divide else Stretch(min=(0.0,), max=(0.3,))
-        _preview_of(image, job, target.preview_png, connection, quiet, stretch=stretch)
+        _preview_of(image, job, target.preview_png, connection, fetch.quiet, stretch=stretch)
         return
     request = job.request(_required_output(target.output), select_bands=False)
-    _download(image, request, target, run.settings(target.overwrite), connection, quiet)
+    _download(image, request, target, fetch, connection)
 
 
 @main.command()
 @opt.source_options
 @opt.request_options
-@click.option(
+@opt.file_option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False),
     default="download.tif",
     show_default=True,
     help="Where the GeoTIFF would go (for the free-space check).",
@@ -235,7 +215,6 @@ def composite(
 @opt.concurrency
 @opt.as_json
 @opt.connection_options
-@opt.debug
 def plan(
     source: opt.Source,
     job: opt.RequestArgs,
@@ -243,7 +222,6 @@ def plan(
     concurrency: int | None,
     as_json: bool,
     network: opt.ConnectionArgs,
-    debug: bool,
 ) -> None:
     """Grid, tiles, requests and size on disk of a download, before fetching anything.
 
@@ -268,10 +246,8 @@ def plan(
 
 @main.command(epilog=EPILOG_COLLECTION)
 @opt.recipe_options(required_dates=False)
-@click.option(
-    "--script",
-    type=click.Path(dir_okay=False),
-    help="Python file that defines `collection` (instead of the filter options).",
+@opt.file_option(
+    "--script", help="Python file that defines `collection` (instead of the filter options)."
 )
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many images.")
 @click.option(
@@ -286,21 +262,17 @@ def plan(
     type=click.Path(file_okay=False),
     help="Folder for the GeoTIFFs (one per image) and their state files.",
 )
-@click.option(
+@opt.shown(
     "--parallel-images",
     type=click.IntRange(1, EE_MAX_CONCURRENCY),
     default=DEFAULT_PARALLEL_IMAGES,
-    show_default=True,
     help="Images in progress at once (tiles in flight stay within --concurrency).",
 )
 @opt.collection_state
 @opt.collection_prefix
 @opt.overwrite
 @opt.dry_run
-@opt.run_options
-@opt.connection_options
-@opt.quiet
-@opt.debug
+@opt.fetch_options
 def collection(
     recipe: opt.RecipeArgs,
     script: str | None,
@@ -313,10 +285,7 @@ def collection(
     job_prefix: str | None,
     overwrite: bool,
     dry_run: bool,
-    run: opt.RunArgs,
-    network: opt.ConnectionArgs,
-    quiet: bool,
-    debug: bool,
+    fetch: opt.FetchArgs,
 ) -> None:
     """Every image of a filtered collection, one GeoTIFF each, as one resumable run."""
     from engine import collection as images_of
@@ -344,9 +313,9 @@ def collection(
     folder = Path(out_dir).expanduser().resolve()
     where = images_of.Where(state, job_prefix or default_job_name(folder.name + ".tif"))
     request = job.request(folder / "image.tif", select_bands=False)
-    settings = run.settings(overwrite)
+    settings = fetch.run.settings(overwrite)
     request.check(settings.concurrency)
-    connection = network.connect()
+    connection = fetch.network.connect()
     ee_adapter.set_workload_tag(request.workload_tag)
     if script:
         chosen = ee_adapter.collection_from_script(Path(script))
@@ -362,7 +331,8 @@ def collection(
         chosen = chosen.limit(limit)
     members = images_of.list_images(chosen, None, name_property)
     if request.format == "zarr" or folder.suffix.lower() == ".zarr":
-        _stack(chosen, members, request, settings, connection, dry_run, quiet, state, job_prefix)
+        _stack(chosen, members, request, settings, connection, dry_run, fetch.quiet, state,
+               job_prefix)  # fmt: skip
         return
 
     def build(image: Any, output: Path) -> Any:
@@ -385,7 +355,7 @@ def collection(
             jobs,
             folder,
             settings.run_options(connection),
-            choose_progress(quiet),
+            choose_progress(fetch.quiet),
             parallel_images,
             where,
         )
@@ -402,10 +372,9 @@ def collection(
 @opt.region
 @click.option("--crs", help="CRS to draw the image in (default: the image's).")
 @opt.stretch_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Picture to write.")
+@opt.file_option("-o", "--output", help="Picture to write.")
 @opt.connection_options
 @opt.quiet
-@opt.debug
 def preview(
     geotiff: str | None,
     source: opt.Source,
@@ -415,7 +384,6 @@ def preview(
     output: str | None,
     network: opt.ConnectionArgs,
     quiet: bool,
-    debug: bool,
 ) -> None:
     """A quick-look picture: of a downloaded GeoTIFF, or of an image in Earth Engine."""
     from engine.quicklook import preview_file, preview_image
@@ -451,22 +419,16 @@ def preview(
 @click.argument("state")
 @opt.job_name
 @opt.overwrite
-@opt.run_options
-@opt.connection_options
-@opt.quiet
-@opt.debug
+@opt.fetch_options
 def resume(
     state: str,
     job_name: str | None,
     overwrite: bool,
-    run: opt.RunArgs,
-    network: opt.ConnectionArgs,
-    quiet: bool,
-    debug: bool,
+    fetch: opt.FetchArgs,
 ) -> None:
     """Resume the job saved in STATE (a state file, or a database URL with --job), without
     the original script."""
-    _resume(state, job_name, run.settings(overwrite), network, quiet)
+    _resume(state, job_name, overwrite, fetch)
 
 
 EPILOG_WORKER = """\b
@@ -486,18 +448,12 @@ When the last tile is done, one worker merges (the others say which and exit).
 @opt.state
 @opt.job_name
 @opt.overwrite
-@opt.run_options
-@opt.connection_options
-@opt.quiet
-@opt.debug
+@opt.fetch_options
 def worker(
     state: str | None,
     job_name: str | None,
     overwrite: bool,
-    run: opt.RunArgs,
-    network: opt.ConnectionArgs,
-    quiet: bool,
-    debug: bool,
+    fetch: opt.FetchArgs,
 ) -> None:
     """Join a job whose state is on a PostgreSQL server, from this machine."""
     from state import is_database_url
@@ -508,24 +464,23 @@ def worker(
             "postgresql://user@host:port/db and --job NAME (an SQLite state file is worked "
             "on by one process: eefetch resume FILE)"
         )
-    _resume(state, job_name, run.settings(overwrite), network, quiet)
+    _resume(state, job_name, overwrite, fetch)
 
 
-def _resume(
-    state: str, job_name: str | None, settings: Any, network: opt.ConnectionArgs, quiet: bool
-) -> None:
+def _resume(state: str, job_name: str | None, overwrite: bool, fetch: opt.FetchArgs) -> None:
     """What resume and worker share: the stored job, run on the service reached now."""
     from dataclasses import replace
 
     from engine import ee_adapter
     from engine.service import service_identity
 
+    settings = fetch.run.settings(overwrite)
     spec, name = _stored_spec(state, job_name)
-    connection = network.connect(spec.ee_url, spec.project)
+    connection = fetch.network.connect(spec.ee_url, spec.project)
     ee_adapter.set_workload_tag(spec.extra.get("workload_tag"))
     # The service reached now, which --ee-url may have changed: the job refuses another.
     spec = replace(spec, service=service_identity(ee_adapter.current_base_url()))
-    _run_spec(spec, state, name, settings, connection, quiet)
+    _run_spec(spec, state, name, settings, connection, fetch.quiet)
 
 
 EPILOG_STATUS = """\b
@@ -556,16 +511,10 @@ their lock) and shows no download URL; it listens on 127.0.0.1 unless --host say
 @click.argument("path", metavar="STATE_OR_FOLDER")
 @opt.job_name
 @opt.as_json
-@click.option(
-    "--map",
-    "map_png",
-    type=click.Path(dir_okay=False),
-    help="Also draw the job's tiles, coloured by state, into this PNG.",
+@opt.file_option(
+    "--map", "map_png", help="Also draw the job's tiles, coloured by state, into this PNG."
 )
-@opt.debug
-def status(
-    path: str, job_name: str | None, as_json: bool, map_png: str | None, debug: bool
-) -> None:
+def status(path: str, job_name: str | None, as_json: bool, map_png: str | None) -> None:
     """Show a job (tiles done / pending / failed, bytes, workers, last errors), or every job in
     a folder or a state database."""
     from engine import inventory
@@ -602,8 +551,7 @@ def status(
 @main.command(name="list")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), default=".")
 @opt.as_json
-@opt.debug
-def list_jobs(folder: str, as_json: bool, debug: bool) -> None:
+def list_jobs(folder: str, as_json: bool) -> None:
     """The jobs under FOLDER (every *.eefetch.db, searched recursively)."""
     from engine import inventory
 
@@ -618,8 +566,7 @@ def list_jobs(folder: str, as_json: bool, debug: bool) -> None:
     is_flag=True,
     help="Also remove the state files of finished jobs (a re-run then needs --overwrite).",
 )
-@opt.debug
-def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
+def clean(folder: str, dry_run: bool, state_files: bool) -> None:
     """Remove the tile folders of finished (merged) jobs under FOLDER; others are kept.
 
     Also what jobs whose state file was deleted left behind: an unfinished output and its
@@ -645,10 +592,9 @@ def clean(folder: str, dry_run: bool, state_files: bool, debug: bool) -> None:
 
 @main.command(epilog=EPILOG_SERVE)
 @click.argument("path", metavar="STATE_OR_FOLDER", type=click.Path(exists=True))
-@click.option("--port", default=8765, type=int, show_default=True, help="0 picks a free port.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@opt.debug
-def serve(path: str, port: int, host: str, debug: bool) -> None:
+@opt.shown("--port", default=8765, type=int, help="0 picks a free port.")
+@opt.shown("--host", default="127.0.0.1", help="Address to listen on.")
+def serve(path: str, port: int, host: str) -> None:
     """A live, read-only web page of a job or of the jobs in a folder (Ctrl-C stops it)."""
     from engine.runner import run_until_signalled
     from engine.webview import serve_forever
@@ -669,10 +615,7 @@ def serve(path: str, port: int, host: str, debug: bool) -> None:
 @opt.job_name
 @opt.tile_folder
 @opt.overwrite
-@opt.debug
-def merge(
-    state: str, job_name: str | None, tile_folder: str | None, overwrite: bool, debug: bool
-) -> None:
+def merge(state: str, job_name: str | None, tile_folder: str | None, overwrite: bool) -> None:
     """Merge a job whose tiles are all fetched (and kept): STATE is its state file, or a
     database URL with --job."""
     from engine.job import merge_only
@@ -683,26 +626,24 @@ def merge(
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=0, type=int, show_default=True, help="0 picks a free port.")
-@click.option(
+@opt.shown("--host", default="127.0.0.1")
+@opt.shown("--port", default=0, type=int, help="0 picks a free port.")
+@opt.shown(
     "--profile",
     default="realistic",
-    show_default=True,
     type=click.Choice(sorted(EMULATOR_PROFILES)),
     help="A server model (README, 'The emulator'); realistic is the default.",
 )
-@click.option("--seed", default=0, type=int, show_default=True, help="Seed of the fault model.")
+@opt.shown("--seed", default=0, type=int, help="Seed of the fault model.")
 @click.option("--no-limits", is_flag=True, help="No size limits, quota or faults: an oracle.")
 @click.option(
     "--no-shaping", is_flag=True, help="No latency or bandwidth shaping (limits are kept)."
 )
 @click.option("--tile-cache", type=click.Path(file_okay=False), help="Keep rendered tiles here.")
-@click.option(
+@opt.shown(
     "--render-processes",
     type=click.IntRange(min=0),
     default=0,
-    show_default=True,
     help="Render in N worker processes (0: threads).",
 )
 @click.option(
@@ -799,9 +740,8 @@ def _download(
     image: Any,
     request: Any,
     target: opt.TargetArgs,
-    settings: Any,
+    fetch: opt.FetchArgs,
     connection: Any,
-    quiet: bool,
 ) -> None:
     """What download and composite share: plan (--dry-run), or fetch and merge."""
     from engine import ee_adapter
@@ -811,6 +751,7 @@ def _download(
     from engine.request import build_job
     from engine.sample import measure
 
+    settings = fetch.run.settings(target.overwrite)
     request.check(settings.concurrency)
     settings.run_options(connection)  # refuse impossible settings before Earth Engine's calls
     ee_adapter.set_workload_tag(request.workload_tag)
@@ -823,7 +764,7 @@ def _download(
         click.echo(plan_spec(spec, measure(spec, connection)).text())
         return
     state = target.state or str(default_state_path(Path(spec.output)))
-    _run_spec(spec, state, target.job_name, settings, connection, quiet)
+    _run_spec(spec, state, target.job_name, settings, connection, fetch.quiet)
 
 
 def _state_target(state: str | None, output: Path) -> str:

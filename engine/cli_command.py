@@ -1,7 +1,8 @@
 """How every ``eefetch`` command runs: eefetch's errors as one line, Ctrl-C as exit 130.
 
 Commands are plain click functions; :class:`Command` wraps their invocation once, instead of
-each command guarding itself. ``--debug`` (where a command has it) shows the traceback instead.
+each command guarding itself. Every command has ``--debug``, which shows the traceback instead;
+the option belongs to the class, so no command declares or receives it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,27 @@ class InvalidInput(OneLineError):
     exit_code = 2
 
 
+DEBUG = "eefetch.debug"  # where the --debug flag is kept, in the context's meta
+
+
+def _keep_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    ctx.meta[DEBUG] = value
+
+
 class Command(click.Command):
     """A click command whose eefetch errors (and OS errors) end in one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            click.Option(
+                ["--debug"],
+                is_flag=True,
+                expose_value=False,
+                callback=_keep_debug,
+                help="Show tracebacks.",
+            )
+        )
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -42,7 +62,7 @@ class Command(click.Command):
             sys.stderr.flush()
             os._exit(130)
         except Exception as exc:
-            if ctx.params.get("debug") or not _is_users(exc):
+            if ctx.meta.get(DEBUG) or not _is_users(exc):
                 raise
             raise _one_line_error(exc) from exc
 

@@ -49,9 +49,29 @@ if TYPE_CHECKING:
     from engine.recipes import Clip, CloudMask, Reducer
     from engine.spec import Endpoint
 
+# ------------------------------------------------------------------- how options are made
+
+
+def shown(*names: str, **attrs: Any) -> Callable[[F], F]:
+    """An option whose default ``--help`` shows (every default here comes from the engine's
+    constants, so the help cannot disagree with what runs)."""
+    return click.option(*names, show_default=True, **attrs)
+
+
+def choice(*names_and_choices: Any, **attrs: Any) -> Callable[[F], F]:
+    """``choice("--x", VALUES, help=...)``: one of the engine's ``VALUES``, the first by default."""
+    *names, choices = names_and_choices
+    return shown(*names, type=click.Choice(choices), default=choices[0], **attrs)
+
+
+def file_option(*names: str, **attrs: Any) -> Callable[[F], F]:
+    """An option naming a file to read or write (a folder is refused by click)."""
+    return click.option(*names, type=click.Path(dir_okay=False), **attrs)
+
+
 # ------------------------------------------------------------------- single options
 
-output = click.option("-o", "--output", type=click.Path(dir_okay=False), help="GeoTIFF to write.")
+output = file_option("-o", "--output", help="GeoTIFF to write.")
 state = click.option(
     "--state",
     help="State database: an SQLite file (default: OUTPUT.eefetch.db beside the output), or "
@@ -83,11 +103,10 @@ dry_run = click.option(
 )
 as_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 quiet = click.option("--quiet", is_flag=True, help="No progress output.")
-debug = click.option("--debug", is_flag=True, help="Show tracebacks.")
 
 
 def preview(help_text: str) -> Callable[[F], F]:
-    return click.option("--preview", "preview_png", type=click.Path(dir_okay=False), help=help_text)
+    return file_option("--preview", "preview_png", help=help_text)
 
 
 def _grouped(cls: type, key: str, options: list[Callable[[Any], Any]]) -> Callable[[F], F]:
@@ -184,15 +203,12 @@ source_options = _grouped(
     "source",
     [
         click.option("--asset", help="Image asset id, e.g. USGS/SRTMGL1_003."),
-        click.option(
+        file_option(
             "--expression",
             "expression_file",
-            type=click.Path(dir_okay=False),
             help="File with a serialized image (ee.Image.serialize()).",
         ),
-        click.option(
-            "--script", type=click.Path(dir_okay=False), help="Python file that defines `image`."
-        ),
+        file_option("--script", help="Python file that defines `image`."),
     ],
 )
 
@@ -296,18 +312,11 @@ request_options = _grouped(
             type=click.Choice(RESAMPLINGS),
             help="How Earth Engine resamples onto the grid (default: nearest).",
         ),
-        click.option(
-            "--endpoint",
-            type=click.Choice(ENDPOINTS),
-            default=ENDPOINTS[0],
-            show_default=True,
-            help="getDownloadURL + GET, or computePixels.",
-        ),
-        click.option(
+        choice("--endpoint", ENDPOINTS, help="getDownloadURL + GET, or computePixels."),
+        shown(
             "--max-tile-bytes",
             type=int,
             default=EE_MAX_REQUEST_BYTES,
-            show_default=True,
             help="Cap on one request's size (Earth Engine's limit is the default).",
         ),
         click.option("--max-tile-dim", type=int, help="Cap on a tile's side in pixels."),
@@ -320,9 +329,8 @@ request_options = _grouped(
         ),
         click.option("--cog", is_flag=True, help="Write a Cloud Optimized GeoTIFF with overviews."),
         click.option("--keep-tiles", is_flag=True, help="Keep tile files after the merge."),
-        click.option(
+        file_option(
             "--like",
-            type=click.Path(dir_okay=False),
             help="Take CRS, transform and shape from this raster (any file GDAL opens), so "
             "the download lines up with it pixel for pixel.",
         ),
@@ -402,13 +410,7 @@ class RunArgs:
 
 
 def _seconds(name: str, default: float, help_text: str) -> Callable[[F], F]:
-    return click.option(
-        name,
-        type=click.FloatRange(min=0, min_open=True),
-        default=default,
-        show_default=True,
-        help=help_text,
-    )
+    return shown(name, type=click.FloatRange(min=0, min_open=True), default=default, help=help_text)
 
 
 run_options = _grouped(
@@ -426,11 +428,10 @@ run_options = _grouped(
             FIRST_BYTE_TIMEOUT_S,
             "Seconds to wait for Earth Engine to start answering a tile.",
         ),
-        click.option(
+        shown(
             "--max-attempts",
             type=click.IntRange(1, 1000),
             default=MAX_ATTEMPTS,
-            show_default=True,
             help="Attempts per tile in one run before it is marked failed (the next run "
             "tries failed tiles again).",
         ),
@@ -443,12 +444,11 @@ run_options = _grouped(
             f"process and job that uses it [default: {PROJECT_QUOTA} for a new project, else "
             "the last value given].",
         ),
-        click.option(
+        shown(
             "--lease",
             "lease_seconds",
             type=click.FloatRange(min=MIN_LEASE_S),
             default=WORKER_LEASE_S,
-            show_default=True,
             help="Seconds a worker's tiles and quota slots stay its own without a heartbeat; "
             "a dead worker's go to the others after this.",
         ),
@@ -510,15 +510,29 @@ connection_options = _grouped(
             "--proxy",
             help="Proxy URL (http://, https://, socks5://); default: HTTPS_PROXY / ALL_PROXY.",
         ),
-        click.option(
+        file_option(
             "--ca-bundle",
-            type=click.Path(dir_okay=False),
             help="CA certificates file (default: SSL_CERT_FILE / REQUESTS_CA_BUNDLE).",
         ),
     ],
 )
 
 # ------------------------------------------------------------------- the tutorial's recipe
+
+
+@dataclass(frozen=True, slots=True)
+class FetchArgs:
+    """How a run that fetches behaves: the engine's settings, the network, and the progress
+    shown (download, composite, collection, resume, worker)."""
+
+    run: RunArgs
+    network: ConnectionArgs
+    quiet: bool
+
+
+def fetch_options(function: F) -> F:
+    """--run options, connection options and --quiet, handed over as one ``fetch``."""
+    return run_options(connection_options(quiet(_grouped(FetchArgs, "fetch", [])(function))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,12 +573,7 @@ def recipe_options(required_dates: bool) -> Callable[[F], F]:
         RecipeArgs,
         "recipe",
         [
-            click.option(
-                "--collection",
-                default=DEFAULT_COLLECTION,
-                show_default=True,
-                help="Image collection id.",
-            ),
+            shown("--collection", default=DEFAULT_COLLECTION, help="Image collection id."),
             click.option(
                 "--start", required=required_dates, help="First day, YYYY-MM-DD (inclusive)."
             ),
@@ -576,24 +585,20 @@ def recipe_options(required_dates: bool) -> Callable[[F], F]:
                 type=float,
                 help="Keep images whose cloud percentage is below this, e.g. 10.",
             ),
-            click.option(
+            shown(
                 "--cloud-property",
                 default="CLOUDY_PIXEL_PERCENTAGE",
-                show_default=True,
                 help="Image property --max-cloud compares.",
             ),
-            click.option(
+            choice(
                 "--cloud-mask",
-                type=click.Choice(CLOUD_MASKS),
-                default=CLOUD_MASKS[0],
-                show_default=True,
+                CLOUD_MASKS,
                 help="qa60: mask Sentinel-2 opaque and cirrus clouds (QA60 bits 10 and 11).",
             ),
-            click.option(
+            shown(
                 "--divide",
                 type=float,
                 default=SENTINEL2_SCALE,
-                show_default=True,
                 help="Divide pixel values by this (Sentinel-2 reflectance scale).",
             ),
             click.option("--no-divide", is_flag=True, help="Keep the raw pixel values."),
@@ -665,19 +670,12 @@ stretch_options = _grouped(
         click.option(
             "--palette", help="Colours for one band, e.g. 000000,ffffff or 0000ff,ffff00."
         ),
-        click.option(
+        shown(
             "--dimensions",
             type=click.IntRange(min=1, max=10000),
             default=800,
-            show_default=True,
             help="Longer side of the picture in pixels.",
         ),
-        click.option(
-            "--format",
-            "file_format",
-            type=click.Choice(["png", "jpg"]),
-            default="png",
-            show_default=True,
-        ),
+        shown("--format", "file_format", type=click.Choice(["png", "jpg"]), default="png"),
     ],
 )

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Required, TypedDict, Unpack
 
 import numpy as np
 import rasterio
@@ -389,26 +389,35 @@ def _publish(temp: Path, output: Path, overwrite: bool) -> None:
     fsync_path(output.parent)
 
 
+BLOCK_SIDE = 512  # the output's internal tiles, pixels a side
+
+
+class OutputLayout(TypedDict, total=False):
+    """What ``merge_tiles`` passes on to :class:`OutputBuilder` (same meanings)."""
+
+    nodata: Required[float | int | None]
+    compress: str
+    cog: bool
+    overwrite: bool
+    blocksize: int
+    progress: Progress | None
+    overview_resampling: str | None
+    before_publish: Callable[[Path], None] | None
+    tags: Mapping[str, str] | None
+    mask_band: bool
+
+
 def merge_tiles(
     grid: Grid,
     band_names: Sequence[str],
     dtype: str,
     tiles: Iterable[tuple[TilePlan, Path]],
     output: Path,
-    *,
-    nodata: float | int | None,
-    compress: str = "deflate",
-    cog: bool = False,
-    overwrite: bool = False,
-    blocksize: int = 512,
-    progress: Progress | None = None,
-    overview_resampling: str | None = None,
-    before_publish: Callable[[Path], None] | None = None,
-    tags: Mapping[str, str] | None = None,
-    mask_band: bool = False,
+    **layout: Unpack[OutputLayout],
 ) -> Path:
     """Merge tile files into one GeoTIFF (a COG with ``cog``) at ``output``; return its path.
 
+    The keywords are :class:`OutputBuilder`'s; the interleave is chosen from the tiles.
     ``progress(done, total)`` counts uncompressed bytes written. Overviews of a COG use
     ``overview_resampling`` (default: nearest for integers, which may be classes; average
     for floats). ``tags`` become the file's metadata; with ``mask_band`` the last band of
@@ -419,23 +428,9 @@ def merge_tiles(
     count = len(band_names)
     groups = _group_by_window(pieces)
     all_bands = all(sum(p.bands for p in g) == count for g in groups)
-    builder = OutputBuilder(
-        grid,
-        band_names,
-        dtype,
-        output,
-        nodata=nodata,
-        compress=compress,
-        cog=cog,
-        overwrite=overwrite,
-        blocksize=blocksize,
-        progress=progress,
-        overview_resampling=overview_resampling,
-        interleave=choose_interleave(count, dtype, blocksize, windows_have_all_bands=all_bands),
-        before_publish=before_publish,
-        tags=tags,
-        mask_band=mask_band,
-    )
+    blocksize = layout.get("blocksize", BLOCK_SIDE)
+    interleave = choose_interleave(count, dtype, blocksize, windows_have_all_bands=all_bands)
+    builder = OutputBuilder(grid, band_names, dtype, output, interleave=interleave, **layout)
     _check_coverage(grid.height, grid.width, band_names, pieces)
     with builder:
         for plan, path in tiles:
@@ -467,7 +462,7 @@ class OutputBuilder(AtomicOutput):
         compress: str = "deflate",
         cog: bool = False,
         overwrite: bool = False,
-        blocksize: int = 512,
+        blocksize: int = BLOCK_SIDE,
         progress: Progress | None = None,
         overview_resampling: str | None = None,
         interleave: str | None = None,

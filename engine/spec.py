@@ -20,7 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engine.defaults import DEFAULT_COMPRESSION, DEFAULT_CONCURRENCY, EE_MAX_SIDE_URLS
+from engine.defaults import (
+    DEFAULT_COMPRESSION,
+    DEFAULT_CONCURRENCY,
+    EE_MAX_REQUEST_BYTES,
+    EE_MAX_SIDE_URLS,
+)
 from engine.errors import SpecError
 from engine.grid import Grid
 from engine.service import GOOGLE, service_identity
@@ -47,7 +52,7 @@ class JobSpec:
     nodata: float | int  # normalised to a value of dtype (see nodata_value)
     output: str  # absolute path of the GeoTIFF to write
     endpoint: Endpoint = "urls"
-    max_tile_bytes: int = 50331648
+    max_tile_bytes: int = EE_MAX_REQUEST_BYTES
     plan_concurrency: int = DEFAULT_CONCURRENCY
     compress: str = DEFAULT_COMPRESSION
     cog: bool = False

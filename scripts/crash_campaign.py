@@ -501,18 +501,10 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
+    # Every option but --workdir and --json is a CampaignConfig field of the same name.
+    given = {k: v for k, v in vars(args).items() if k not in ("workdir", "json")}
     with tempfile.TemporaryDirectory(prefix="eefetch-crash-") as scratch:
-        config = CampaignConfig(
-            workdir=args.workdir or Path(scratch),
-            kills=args.kills,
-            kills_per_job=args.kills_per_job,
-            merge_kills=args.merge_kills,
-            keep_outputs=False,
-            size_mb=args.size_mb,
-            seed=args.seed,
-            max_tile_bytes=args.max_tile_bytes,
-            concurrency=args.concurrency,
-        )
+        config = CampaignConfig(workdir=args.workdir or Path(scratch), keep_outputs=False, **given)
         with (
             EmulatorThread(emulator_config(config)) as emulator,
             oracle_emulator() as oracle,

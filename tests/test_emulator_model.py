@@ -346,6 +346,40 @@ def test_masks_and_unmask(ee: Any) -> None:
     assert filled.data[0].dtype == np.float32
 
 
+def test_band_by_band_operations_keep_each_bands_values_and_masks(ee: Any) -> None:
+    """mask, selfMask, Not, clip and the casts each map every band on its own."""
+    grid = ("EPSG:32650", (60, 0, 640000, 0, -60, 3570000), 120, 100)
+    masked = _mask_clouds(ee)(ee.Image(SCENE)).select(["B4", "QA60"])
+
+    def render(image: Any) -> tuple[np.ndarray, np.ndarray]:
+        out = evaluate(wire(image)).render(*grid)
+        return np.stack(out.data), np.stack(out.valid)
+
+    data, valid = render(masked)
+    assert not valid[0].all()  # clouds masked: the masks below have something to keep
+
+    mask, mask_valid = render(masked.mask())
+    assert mask.dtype == np.uint8 and mask_valid.all()
+    assert np.array_equal(mask.astype(bool), valid)
+
+    _, selfmasked_valid = render(masked.selfMask())
+    assert np.array_equal(selfmasked_valid, valid & (data != 0))
+
+    negated, negated_valid = render(masked.Not())
+    assert np.array_equal(negated_valid, valid)
+    assert np.array_equal(negated[valid], (data[valid] == 0).astype(np.uint8))
+
+    cast, cast_valid = render(masked.toUint8())
+    assert np.array_equal(cast_valid, valid)
+    assert np.array_equal(cast[valid], np.clip(data[valid], 0, 255).astype(np.uint8))
+
+    west_half = ee.Geometry.Rectangle([640000, 3564000, 643600, 3570000], "EPSG:32650", False)
+    clipped, clipped_valid = render(masked.clip(west_half))
+    assert np.array_equal(clipped_valid[:, :, :60], valid[:, :, :60])
+    assert not clipped_valid[:, :, 60:].any()
+    assert np.array_equal(clipped[clipped_valid], data[clipped_valid])
+
+
 # --------------------------------------------------------------------------- pixels
 
 

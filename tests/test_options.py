@@ -16,7 +16,7 @@ import click
 import pytest
 
 import engine
-from engine import api, cli, cli_options, defaults, ee_adapter
+from engine import api, cli, cli_command, cli_options, defaults, ee_adapter
 from engine.ee_adapter import Connection
 from engine.request import DownloadRequest, RunSettings
 
@@ -117,8 +117,14 @@ def test_each_option_is_declared_once() -> None:
     for flag in ('"--bands"', '"--json"', '"--debug"', '"--quiet"', '"--overwrite"'):
         assert flag not in source, f"{flag} declared in cli.py; use engine.cli_options"
     options = inspect.getsource(cli_options)
-    for flag in ('"--json"', '"--debug"', '"--quiet"', '"--overwrite"', '"--concurrency"'):
+    for flag in ('"--json"', '"--quiet"', '"--overwrite"', '"--concurrency"'):
         assert options.count(flag) == 1, flag
+    # --debug belongs to the command class: every command has it, none declares it.
+    assert '"--debug"' not in options
+    assert inspect.getsource(cli_command).count('"--debug"') == 1
+    for name, command in cli.main.commands.items():
+        debug = [p for p in command.params if "--debug" in getattr(p, "opts", ())]
+        assert len(debug) == 1 and not debug[0].expose_value, name
 
 
 def test_the_package_exports_what_it_lists() -> None:

@@ -526,33 +526,45 @@ def _update_mask(fname: str, args: Args) -> Image:
     return image.derive(bands, sources=image.sources | mask.sources)
 
 
+def _each_band(
+    image: Image,
+    plane: Callable[[Band, RenderRequest], Plane],
+    *,
+    dtype: str | None = None,
+    ptype: PixelType | None = None,
+) -> Image:
+    """An image made band by band from ``image``'s: ``plane(band, req)`` renders each, with
+    the band's type unless ``dtype``/``ptype`` say otherwise."""
+    bands = []
+    for band in image.band_list:
+
+        def compute(req: RenderRequest, band: Band = band) -> Plane:
+            return plane(band, req)
+
+        info = band.info if dtype is None else replace(band.info, dtype=dtype)
+        bands.append(Band(info, ptype or band.ptype, compute, (band,)))
+    return image.derive(bands)
+
+
 def _mask_of(fname: str, args: Args) -> Image:
     image = _image_arg(fname, args, "image")
     if args.get("mask") is not None:
         return _update_mask(fname, args)
-    bands = []
-    ptype = PixelType("int", 0, 1)
-    for band in image.band_list:
 
-        def compute(req: RenderRequest, band: Band = band) -> Plane:
-            _, ok = band.plane(req)
-            return np.broadcast_to(ok, req.shape).astype(np.uint8), _ones(req)
+    def plane(band: Band, req: RenderRequest) -> Plane:
+        _, ok = band.plane(req)
+        return np.broadcast_to(ok, req.shape).astype(np.uint8), _ones(req)
 
-        bands.append(Band(replace(band.info, dtype="uint8"), ptype, compute, (band,)))
-    return image.derive(bands)
+    return _each_band(image, plane, dtype="uint8", ptype=PixelType("int", 0, 1))
 
 
 def _self_mask(fname: str, args: Args) -> Image:
-    image = _image_arg(fname, args, "image")
-    bands = []
-    for band in image.band_list:
 
-        def compute(req: RenderRequest, band: Band = band) -> Plane:
-            data, ok = band.plane(req)
-            return data, ok & (data != 0)
+    def plane(band: Band, req: RenderRequest) -> Plane:
+        data, ok = band.plane(req)
+        return data, ok & (data != 0)
 
-        bands.append(Band(band.info, band.ptype, compute, (band,)))
-    return image.derive(bands)
+    return _each_band(_image_arg(fname, args, "image"), plane)
 
 
 def _unmask(fname: str, args: Args) -> Image:
@@ -617,15 +629,12 @@ def _clip_mask(geometry: Geometry, req: RenderRequest) -> np.ndarray:
 def _clip(fname: str, args: Args) -> Image:
     image = _image_arg(fname, args, "input")
     geometry = _required_geometry(fname, args, "geometry")
-    bands = []
-    for band in image.band_list:
 
-        def compute(req: RenderRequest, band: Band = band) -> Plane:
-            data, ok = band.plane(req)
-            return data, _both(ok, _clip_mask(geometry, req))
+    def plane(band: Band, req: RenderRequest) -> Plane:
+        data, ok = band.plane(req)
+        return data, _both(ok, _clip_mask(geometry, req))
 
-        bands.append(Band(band.info, band.ptype, compute, (band,)))
-    return image.derive(bands)
+    return _each_band(image, plane)
 
 
 def _scanline(ring: np.ndarray, req: RenderRequest) -> np.ndarray:
@@ -834,41 +843,31 @@ def _binary(kind: str) -> Callable[[str, Args], Image]:
 
 
 def _not(fname: str, args: Args) -> Image:
-    image = _image_arg(fname, args, "value")
-    bands = []
-    for band in image.band_list:
 
-        def compute(req: RenderRequest, band: Band = band) -> Plane:
-            data, ok = band.plane(req)
-            return (data == 0).astype(np.uint8), ok
+    def plane(band: Band, req: RenderRequest) -> Plane:
+        data, ok = band.plane(req)
+        return (data == 0).astype(np.uint8), ok
 
-        bands.append(Band(replace(band.info, dtype="uint8"), _BOOL, compute, (band,)))
-    return image.derive(bands)
+    return _each_band(_image_arg(fname, args, "value"), plane, dtype="uint8", ptype=_BOOL)
 
 
 def _cast(dtype: str) -> Callable[[str, Args], Image]:
     """EE's casts: values are truncated toward zero and clamped to the target's range."""
     ptype = PixelType.of_dtype(dtype)
 
+    def plane(band: Band, req: RenderRequest) -> Plane:
+        data, ok = band.plane(req)
+        if ptype.precision != "int":
+            return data.astype(dtype), ok
+        values = data
+        if values.dtype.kind == "f":
+            values = np.nan_to_num(np.trunc(values), nan=0.0)
+        info = np.iinfo(dtype)
+        clipped = np.clip(values, max(info.min, -(2**63)), min(info.max, 2**63 - 1))
+        return clipped.astype(dtype), ok
+
     def impl(fname: str, args: Args) -> Image:
-        image = _image_arg(fname, args, "value")
-        bands = []
-        for band in image.band_list:
-
-            def compute(req: RenderRequest, band: Band = band) -> Plane:
-                data, ok = band.plane(req)
-                if ptype.precision != "int":
-                    return data.astype(dtype), ok
-                values = data
-                if values.dtype.kind == "f":
-                    values = np.nan_to_num(np.trunc(values), nan=0.0)
-                info = np.iinfo(dtype)
-                clipped = np.clip(values, max(info.min, -(2**63)), min(info.max, 2**63 - 1))
-                return clipped.astype(dtype), ok
-
-            info = replace(band.info, dtype=dtype)
-            bands.append(Band(info, ptype, compute, (band,)))
-        return image.derive(bands)
+        return _each_band(_image_arg(fname, args, "value"), plane, dtype=dtype, ptype=ptype)
 
     return impl
 
