@@ -131,7 +131,7 @@ class RoutedSession(requests.Session):
         for scheme in ("http://", "https://"):
             self.mount(scheme, HTTPAdapter(max_retries=stale_connection))
 
-    def merge_environment_settings(  # type: ignore[override]
+    def merge_environment_settings(  # type: ignore[override]  # stubs: a private TypedDict
         self,
         url: str,
         proxies: dict[str, str] | None,

@@ -692,7 +692,7 @@ def drive_scale(args: argparse.Namespace) -> None:
         records = store.tiles("pending")
         done = rng.sample(records, len(records) // 2)
         updates = []
-        uid = store.job().uid  # type: ignore[union-attr]
+        uid = store.job().uid
         for record in done:
             name = tile_name(uid, record.id)
             (folder.root / name).write_bytes(b"II*\x00" + b"\x00" * 12)
@@ -706,7 +706,7 @@ def drive_scale(args: argparse.Namespace) -> None:
         assert not created
         store.reset_failed()
         store.release_all_claims()
-        notes = reconcile(store, folder, spec, store.job().uid)  # type: ignore[union-attr]
+        notes = reconcile(store, folder, spec, store.job().uid)
     out["resume_scan_s"] = time.perf_counter() - t
     out["resume_notes"] = notes
     t = time.perf_counter()
@@ -758,7 +758,7 @@ def drive_mkmerge(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(1)
     with Store.open(state_path) as store:
         open_job(store, spec, state_path)
-        uid = store.job().uid  # type: ignore[union-attr]
+        uid = store.job().uid
         updates = []
         for record in store.tiles("pending"):
             h, w = record.height, record.width

@@ -132,7 +132,7 @@ def report(rows: list[dict[str, object]], pixels: np.ndarray, source: str, reps:
         lines.append(
             f"| {r['compress']} | {r['level']} | {'yes' if r['default'] else ''} "
             f"| {r['cpu_per_gb']:.2f} | {r['wall_per_gb']:.2f} | {r['ratio']:.3f} "
-            f"| {float(r['cpu_per_gb']) / float(base['cpu_per_gb']):.2f} |"  # type: ignore[arg-type]
+            f"| {float(r['cpu_per_gb']) / float(base['cpu_per_gb']):.2f} |"
         )
     lines.append(END)
     return "\n".join(lines)

@@ -63,21 +63,21 @@ def shared_args(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def run(workers: int, cluster: object, emulator: object, folder: Path, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def run(workers: int, cluster: object, emulator: object, folder: Path, args: argparse.Namespace):
     """One job fetched by ``workers`` processes; its figures."""
     from engine.testing.fleet import finish, job_exists, start_eefetch, wait_for, worker_args
     from state import Store
 
-    url = cluster.create_database()  # type: ignore[attr-defined]
+    url = cluster.create_database()
     output = folder / f"bench-{workers}-{time.monotonic_ns()}.tif"
-    emulator.reset_stats()  # type: ignore[attr-defined]
+    emulator.reset_stats()
     started = time.perf_counter()
-    first = start_eefetch(job_args(url, emulator.url, output, args))  # type: ignore[attr-defined]
+    first = start_eefetch(job_args(url, emulator.url, output, args))
     processes = [first]
     try:
         wait_for(lambda: job_exists(url, "bench"), "job in the database", processes=[first])
         for _ in range(workers - 1):
-            joining = worker_args(url, "bench", emulator.url, *shared_args(args))  # type: ignore[attr-defined]
+            joining = worker_args(url, "bench", emulator.url, *shared_args(args))
             processes.append(start_eefetch(joining))
         results = [finish(p, timeout=1800) for p in processes]
     finally:
@@ -96,7 +96,7 @@ def run(workers: int, cluster: object, emulator: object, folder: Path, args: arg
         raise SystemExit("the job did not end with every tile done and merged")
     fetched = sum(t.bytes or 0 for t in tiles)
     fetch_s = max(t.updated_at for t in tiles) - min(w.started_at for w in rows)
-    stats = emulator.stats()["projects"].get(PROJECT, {})  # type: ignore[attr-defined]
+    stats = emulator.stats()["projects"].get(PROJECT, {})
     output.unlink()
     return {
         "tiles": len(tiles),

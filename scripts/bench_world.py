@@ -56,7 +56,7 @@ def start_up() -> tuple[float, float]:
         ready = time.monotonic() - started
         time.sleep(2.0)
         status = Path(f"/proc/{process.pid}/status").read_text()
-        rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
         return ready, rss_kb / 1024
     finally:
         process.terminate()
@@ -95,14 +95,14 @@ def query_time(ee: Any) -> tuple[float, int, int]:
         seen.append(found.candidates)
         return found
 
-    catalog.search = counting  # type: ignore[assignment]
+    catalog.search = counting
     try:
         expression = wire(composite_collection(huainan_recipe()).size())
         started = time.perf_counter()
         size = evaluate(expression)
         return time.perf_counter() - started, int(size), sum(seen)
     finally:
-        catalog.search = search  # type: ignore[assignment]
+        catalog.search = search
 
 
 def render_window(ee: Any, side: int) -> tuple[float, int]:

@@ -224,7 +224,7 @@ def _wait_for(condition: object, process: subprocess.Popen[bytes], timeout: floa
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
-        if condition():  # type: ignore[operator]
+        if condition():
             return True
         time.sleep(POLL_S)
     return False
@@ -281,10 +281,10 @@ def served_counts(url: str) -> dict[str, int]:
 def _grid_key(data: dict[str, object]) -> str:
     return json.dumps(
         [
-            [float(v) for v in data["transform"]],  # type: ignore[attr-defined]
+            [float(v) for v in data["transform"]],
             data["width"],
             data["height"],
-            list(data["bands"]),  # type: ignore[call-overload]
+            list(data["bands"]),
         ]
     )
 

@@ -70,7 +70,7 @@ def _guarded_connect_ex(self: socket.socket, address: object) -> int:
     return _real_connect_ex(self, address)
 
 
-def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object):
     if isinstance(host, bytes):
         host = host.decode()
     if host is not None and not _is_loopback_host(host):
@@ -81,17 +81,17 @@ def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object):  # type
 @pytest.fixture(autouse=True, scope="session")
 def _no_internet() -> None:
     """Fail any test that tries to open a connection off this machine."""
-    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
-    socket.getaddrinfo = _guarded_getaddrinfo  # type: ignore[assignment]
+    socket.socket.connect = _guarded_connect
+    socket.socket.connect_ex = _guarded_connect_ex
+    socket.getaddrinfo = _guarded_getaddrinfo
     yield
-    socket.socket.connect = _real_connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+    socket.socket.connect = _real_connect
+    socket.socket.connect_ex = _real_connect_ex
     socket.getaddrinfo = _real_getaddrinfo
 
 
 @pytest.fixture
-def ee_emulator():  # type: ignore[no-untyped-def]
+def ee_emulator():
     """Factory for emulators on 127.0.0.1 with the bundled model, stopped after the test.
 
     `ee_emulator("flaky", seed=3, stall_s=1.0)` returns a started `EmulatorThread`; its `.url`
@@ -112,7 +112,7 @@ def ee_emulator():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def oracle():  # type: ignore[no-untyped-def]
+def oracle():
     """An emulator with no limits, whose one-request render is what a job must merge to."""
     from engine.testing.oracle import oracle_emulator
 
@@ -121,7 +121,7 @@ def oracle():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def tinyproxy(tmp_path: Path):  # type: ignore[no-untyped-def]
+def tinyproxy(tmp_path: Path):
     """A tinyproxy process of the test's own (an HTTP proxy that logs what it carried)."""
     from engine.testing.peers import TinyProxy
 
@@ -130,7 +130,7 @@ def tinyproxy(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def microsocks(tmp_path: Path):  # type: ignore[no-untyped-def]
+def microsocks(tmp_path: Path):
     """A microsocks process of the test's own (a SOCKS5 proxy that logs what it opened)."""
     from engine.testing.peers import MicroSocks
 
@@ -139,7 +139,7 @@ def microsocks(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def pg_cluster():  # type: ignore[no-untyped-def]
+def pg_cluster():
     """One throwaway PostgreSQL server for the session (tests/pg.py), or a skip saying why
     there can be none here."""
     from tests.pg import PostgresCluster, missing_reason
@@ -153,13 +153,13 @@ def pg_cluster():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def pg_url(pg_cluster) -> str:  # type: ignore[no-untyped-def]
+def pg_url(pg_cluster) -> str:
     """The URL of a new, empty database on the session's PostgreSQL server."""
     return pg_cluster.create_database()
 
 
 @pytest.fixture
-def own_cluster():  # type: ignore[no-untyped-def]
+def own_cluster():
     """A PostgreSQL server of the test's own, free to restart or stop."""
     from tests.pg import PostgresCluster, missing_reason
 

@@ -69,7 +69,7 @@ def install() -> None:
                 if frame is not None:
                     where["stack"] = "".join(traceback.format_stack(frame)[-8:])
 
-    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+    asyncio.events.Handle._run = timed
     threading.Thread(target=sample, name="loop-watch", daemon=True).start()
 
 

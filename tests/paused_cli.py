@@ -34,11 +34,11 @@ def install() -> None:
     if MOMENT == "finish":
         finish = live_merge.LiveMerge._finish
 
-        def paused_finish(self: live_merge.LiveMerge, done: list) -> Path:  # type: ignore[type-arg]
+        def paused_finish(self: live_merge.LiveMerge, done: list) -> Path:
             pause()
             return finish(self, done)
 
-        live_merge.LiveMerge._finish = paused_finish  # type: ignore[method-assign]
+        live_merge.LiveMerge._finish = paused_finish
         return
     publish = merge._publish
 

@@ -94,7 +94,7 @@ class PostgresCluster:
         kwargs: dict[str, object] = (
             {"user": "postgres", "group": "postgres"} if self._as_root else {}
         )
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        return subprocess.run(
             [str(self.bindir / args[0]), *args[1:]],
             check=check,
             capture_output=True,
@@ -145,7 +145,7 @@ class PostgresCluster:
             "-D",
             str(self.datadir),
             "-l",
-            str(self.root / "log"),  # type: ignore[operator]
+            str(self.root / "log"),
             "-o",
             self._options(),
             check=check,
@@ -157,7 +157,7 @@ class PostgresCluster:
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
-            return (self.root / "log").read_text(errors="replace")[-4000:]  # type: ignore[operator]
+            return (self.root / "log").read_text(errors="replace")[-4000:]
         return ""
 
     def stop_server(self, mode: str = "fast") -> None:

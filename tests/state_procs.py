@@ -126,7 +126,7 @@ def main(argv: list[str]) -> None:
     if argv and argv[0] == "--skew":
         skew = float(argv[1])
         real = time.time
-        time.time = lambda: real() + skew  # type: ignore[assignment]
+        time.time = lambda: real() + skew
         argv = argv[2:]
     command, *args = argv
     if command == "claim-all":

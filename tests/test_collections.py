@@ -143,7 +143,7 @@ def test_images_share_one_concurrency_budget(tmp_path: Path, emulator: EmulatorT
     folder = (tmp_path / "shared").resolve()
     members = list_images(collection)
 
-    def build(image: ee.Image, output: Path):  # type: ignore[no-untyped-def]
+    def build(image: ee.Image, output: Path):
         return build_job(
             image,
             DownloadRequest(

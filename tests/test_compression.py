@@ -69,7 +69,7 @@ class CompressingProxy:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = site._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
 
     async def _stop(self) -> None:
@@ -126,7 +126,7 @@ def test_tiles_from_a_compressing_server_land_correctly(
             crs="EPSG:32650",
             scale=30,
             max_tile_bytes=100_000,
-            endpoint=endpoint,  # type: ignore[arg-type]
+            endpoint=endpoint,
             quiet=True,
         )
     assert result.complete and result.summary.retries == 0

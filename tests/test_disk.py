@@ -170,7 +170,7 @@ def test_disk_full_during_the_merge_publishes_nothing_and_a_rerun_only_merges(
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no output, no temp
     with Store.open(state, create=False) as store:
         counts = store.counts()
-        assert store.job().status == "downloaded"  # type: ignore[union-attr]
+        assert store.job().status == "downloaded"
     assert counts["pending"] == counts["in_flight"] == counts["failed"] == 0
 
     filler.unlink()

@@ -52,7 +52,7 @@ def spec(**changes: object) -> JobSpec:
         "nodata": 0,
         "output": "/data/dem.tif",
     }
-    return JobSpec(**{**fields, **changes})  # type: ignore[arg-type]
+    return JobSpec(**{**fields, **changes})
 
 
 # ----------------------------------------------------------------------------- the rule

@@ -81,17 +81,17 @@ def test_scale_to_crs_units() -> None:
 @pytest.mark.parametrize("scale", [0, -10, math.nan, math.inf, "10", None, True])
 def test_bad_scale(scale: object) -> None:
     with pytest.raises(GridError, match="scale") as info:
-        grid_from_region(rect(0, 0, 1, 1), "EPSG:4326", scale)  # type: ignore[arg-type]
+        grid_from_region(rect(0, 0, 1, 1), "EPSG:4326", scale)
     assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("crs", ["EPSG:999999", "not a crs", "", None])
 def test_bad_crs(crs: object) -> None:
     with pytest.raises(GridError, match="crs") as info:
-        grid_from_region(rect(0, 0, 1, 1), crs, 10)  # type: ignore[arg-type]
+        grid_from_region(rect(0, 0, 1, 1), crs, 10)
     assert "\n" not in str(info.value)
     with pytest.raises(GridError):
-        scale_to_crs_units(crs, 10)  # type: ignore[arg-type]
+        scale_to_crs_units(crs, 10)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_bad_crs(crs: object) -> None:
 )
 def test_bad_regions(region: object, match: str) -> None:
     with pytest.raises(GridError, match=match) as info:
-        grid_from_region(region, "EPSG:4326", 10)  # type: ignore[arg-type]
+        grid_from_region(region, "EPSG:4326", 10)
     assert isinstance(info.value, ValueError)
     assert "\n" not in str(info.value)
 
@@ -334,7 +334,7 @@ def test_grid_from_transform_errors(
     transform: list, height: object, width: object, match: str
 ) -> None:
     with pytest.raises(GridError, match=match):
-        grid_from_transform("EPSG:32650", transform, height, width)  # type: ignore[arg-type]
+        grid_from_transform("EPSG:32650", transform, height, width)
 
 
 def test_window_grid() -> None:
@@ -350,7 +350,7 @@ def test_window_grid() -> None:
 
 
 def test_grid_normalises_and_validates() -> None:
-    grid = Grid("EPSG:4326", [1, 0, 0, 0, -1, 0], np.int64(3), 2)  # type: ignore[arg-type]
+    grid = Grid("EPSG:4326", [1, 0, 0, 0, -1, 0], np.int64(3), 2)
     assert grid.transform == (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
     assert type(grid.width) is int
     with pytest.raises(GridError):

@@ -37,7 +37,7 @@ def pixels(png: bytes) -> np.ndarray:
 
 def centre(
     window: tuple[int, int, int, int], box: tuple[int, int, int, int], grid: tuple[int, int]
-):  # type: ignore[no-untyped-def]
+):
     """The picture pixel (x, y) at the middle of a tile's window."""
     row, col, height, width = window
     left, top, map_width, map_height = box

@@ -133,7 +133,7 @@ def test_a_notebook_gets_the_widget_bar(monkeypatch: pytest.MonkeyPatch) -> None
         pass
 
     fake = types.ModuleType("IPython")
-    fake.get_ipython = ZMQInteractiveShell  # type: ignore[attr-defined]
+    fake.get_ipython = ZMQInteractiveShell
     monkeypatch.setitem(sys.modules, "IPython", fake)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     progress = choose_progress()

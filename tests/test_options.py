@@ -46,7 +46,7 @@ def test_every_download_option_is_on_the_command_line(command: click.Command) ->
 
 @pytest.mark.parametrize("function", [api.download_ee_image, api.download_ee_image_collection])
 def test_every_download_option_is_in_python(function: object) -> None:
-    parameters = inspect.signature(function).parameters  # type: ignore[arg-type]
+    parameters = inspect.signature(function).parameters
     wanted = {PYTHON.get(n, n) for n in fields_of(DownloadRequest, RunSettings, Connection)}
     assert wanted - set(parameters) == set()
 
@@ -60,7 +60,7 @@ def test_every_download_can_share_its_state_with_other_workers(command: click.Co
 
 @pytest.mark.parametrize("function", [api.download_ee_image, api.download_ee_image_collection])
 def test_python_downloads_can_share_their_state_too(function: object) -> None:
-    parameters = inspect.signature(function).parameters  # type: ignore[arg-type]
+    parameters = inspect.signature(function).parameters
     assert {"state", "job", "project_quota", "lease_seconds", "tile_folder"} <= set(parameters)
 
 
@@ -71,7 +71,7 @@ def test_the_command_line_and_python_have_the_same_defaults() -> None:
         assert command[name].default == python[name].default == getattr(RunSettings(), name)
     assert command["concurrency"].default is None  # found while running
     assert python["concurrency"].default is None and RunSettings().concurrency is None
-    request = DownloadRequest(output=None)  # type: ignore[arg-type]
+    request = DownloadRequest(output=None)
     for name in ("endpoint", "compress"):
         assert command[name].default == python[name].default == getattr(request, name), name
     for name in ("cog", "keep_tiles", "overwrite", "high_volume"):  # flags: off unless given

@@ -144,7 +144,7 @@ def test_the_url_a_fetch_makes_reaches_the_state_file(tmp_path: Path) -> None:
     state = StateThread()
     updates = UpdateBuffer(store, state)
 
-    async def fetch(tile: TileRecord):  # type: ignore[no-untyped-def]
+    async def fetch(tile: TileRecord):
         updates.record(TileUrl(tile.id, f"http://127.0.0.1:9/t{tile.id}:getPixels", 1.0))
         raise FetchError(ErrorKind.HTTP, "HTTP 503", status=503)
 

@@ -77,7 +77,7 @@ async def always_up() -> bool:
     return True
 
 
-def run(scheduler: Scheduler):  # type: ignore[no-untyped-def]
+def run(scheduler: Scheduler):
     return asyncio.run(asyncio.wait_for(scheduler.run(), 30))
 
 

@@ -156,7 +156,7 @@ def test_now_none_uses_the_database_clock(target: Path | str) -> None:
         again = s.tile(t.id)
         assert again is not None and again.not_before is not None
         assert before + 5 <= again.not_before <= s.now() + 5
-        assert s.claim("B", None, 30.0, 10) != [] and s.tile(t.id).status == "pending"  # type: ignore[union-attr]
+        assert s.claim("B", None, 30.0, 10) != [] and s.tile(t.id).status == "pending"
         assert abs(s.now() - time.time()) < 60  # SQLite: this machine's clock; PG: the same one
 
 
@@ -164,7 +164,7 @@ def test_an_owner_never_gets_its_own_tiles_back_on_the_database_clock(target: Pa
     with Store.open(target) as s:
         s.create_job("fp", SPEC, "0", "o.tif", grid(1, 3))
         mine = s.claim("A", None, 0.05, 2)
-        wait_for(lambda: s.now() > mine[0].claim_expires)  # type: ignore[operator]
+        wait_for(lambda: s.now() > mine[0].claim_expires)
         assert [t.id for t in s.claim("A", None, 30, 10)] == [3]
         assert sorted(t.id for t in s.claim("B", None, 30, 10)) == [mine[0].id, mine[1].id]
 

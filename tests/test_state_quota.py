@@ -37,7 +37,7 @@ def quota(target: Path | str) -> Iterator[Quota]:
 
 def step(state: Aimd, outcome: str, now: float, ceiling: int = 8) -> Aimd:
     return state.after(
-        outcome,  # type: ignore[arg-type]
+        outcome,
         ceiling=ceiling,
         now=now,
         successes_per_step=3,
@@ -101,20 +101,20 @@ def test_the_limit_follows_outcomes_and_the_ceiling(quota: Quota) -> None:
     slots = [quota.acquire_slot("p", f"o{k}", 30.0, now=0.0) for k in range(8)]
     assert None not in slots
     assert quota.release_slot("p", "o0", 0, outcome="rate_limited", now=1.0)
-    assert quota.status("p", now=1.0).limit == 4  # type: ignore[union-attr]
+    assert quota.status("p", now=1.0).limit == 4
     assert quota.release_slot("p", "o1", 1, outcome="rate_limited", now=2.0)
-    assert quota.status("p", now=2.0).limit == 4  # type: ignore[union-attr]  # in cooldown
+    assert quota.status("p", now=2.0).limit == 4  # in cooldown
     assert quota.acquire_slot("p", "x", 30.0, now=2.0) is None  # six in flight, limit four
     for k in range(2, 6):
         quota.release_slot("p", f"o{k}", k, outcome="success", now=3.0)
-    assert quota.status("p", now=3.0).limit == 6  # type: ignore[union-attr]  # +1 per 2
+    assert quota.status("p", now=3.0).limit == 6  # +1 per 2
     assert quota.configure("p", 5, now=4.0).limit == 5  # a lower ceiling lowers the limit
     assert quota.configure("p", None, now=4.0).ceiling == 5  # no ceiling given: kept
     assert quota.configure("p", 12, now=4.0).limit == 5  # a higher one is grown into
     with pytest.raises(ValueError, match="between 1 and 10000"):
         quota.configure("p", 0)
     with pytest.raises(ValueError, match="unknown outcome"):
-        quota.release_slot("p", "o6", 6, outcome="maybe")  # type: ignore[arg-type]
+        quota.release_slot("p", "o6", 6, outcome="maybe")
 
 
 def test_one_processes_429_slows_the_others(target: Path | str) -> None:
@@ -176,7 +176,7 @@ def test_many_processes_never_exceed_the_limit(target: Path | str, tmp_path: Pat
         out, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0
         result = json.loads(out.splitlines()[-1])
-        intervals += [tuple(i) for i in result["intervals"]]  # type: ignore[misc]
+        intervals += [tuple(i) for i in result["intervals"]]
         refused += result["refused"]
     assert len(intervals) == 5 + 3 * 4 * 8
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])

@@ -73,7 +73,7 @@ def done(tile_id: int) -> TileDone:
 
 
 def pragma(s: Store, name: str) -> Any:
-    with s._db.engine.connect() as conn:  # type: ignore[union-attr]
+    with s._db.engine.connect() as conn:
         return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
 
 
@@ -117,7 +117,7 @@ def test_file_settings(sqlite_store: Store) -> None:
     assert pragma(store, "journal_mode") == "wal"
     assert pragma(store, "foreign_keys") == 1
     assert pragma(store, "synchronous") == 1  # NORMAL
-    con = sqlite3.connect(store.path)  # type: ignore[arg-type]
+    con = sqlite3.connect(store.path)
     try:
         meta = dict(con.execute("SELECT key, value FROM meta"))
     finally:
@@ -321,7 +321,7 @@ def test_claims_leases_and_expiry(store: Store) -> None:
         (3, "B", 85.0),
     ]
     assert store.release_claims("A") == 1
-    assert store.tile(4).status == "pending"  # type: ignore[union-attr]
+    assert store.tile(4).status == "pending"
     assert store.release_claims("B", now=60.0) == 3
     assert store.release_all_claims() == 2
     assert store.counts()["pending"] == 6
@@ -555,7 +555,7 @@ def test_bad_batches_change_nothing(store: Store) -> None:
             store.apply(batch, now=5.0)
         assert store.tiles() == before
     with pytest.raises(TypeError):
-        store.apply(["done"], now=5.0)  # type: ignore[list-item]
+        store.apply(["done"], now=5.0)
 
 
 def test_queries(store: Store) -> None:
@@ -576,7 +576,7 @@ def test_queries(store: Store) -> None:
 
 
 def test_claim_and_counts_use_the_status_index(sqlite_store: Store) -> None:
-    con = sqlite3.connect(sqlite_store.path)  # type: ignore[arg-type]
+    con = sqlite3.connect(sqlite_store.path)
     try:
 
         def plan(sql: str) -> str:

@@ -65,7 +65,7 @@ def expectation(**changes: object) -> TileExpectation:
         "transform": TRANSFORM,
     }
     values.update(changes)
-    return TileExpectation(**values)  # type: ignore[arg-type]
+    return TileExpectation(**values)
 
 
 async def chunked(body: bytes, size: int = 1000) -> AsyncIterator[bytes]:

@@ -57,10 +57,10 @@ def oracle() -> Iterator[EmulatorThread]:
         yield emulator
 
 
-def paced(ee_emulator, seconds: float = 0.4, **knobs: object) -> EmulatorThread:  # type: ignore[no-untyped-def]
+def paced(ee_emulator, seconds: float = 0.4, **knobs: object) -> EmulatorThread:
     """An emulator that takes ``seconds`` per tile, so that a job of 46 tiles at a
     concurrency of 2 outlasts the start of the other workers' processes."""
-    return ee_emulator("clean", latency_fixed_s=seconds, latency_per_mpix_s=0.0, **knobs)  # type: ignore[no-any-return]
+    return ee_emulator("clean", latency_fixed_s=seconds, latency_per_mpix_s=0.0, **knobs)
 
 
 def spec_of(url: str, job: str) -> JobSpec:
@@ -371,7 +371,7 @@ def test_an_older_state_file_is_upgraded_and_resumed(
     assert shown.returncode == 0 and "workers: 1 (0 alive)" in shown.stdout, shown.stdout
 
 
-def _write_schema_2(path: Path, job, kept, dropped) -> None:  # type: ignore[no-untyped-def]
+def _write_schema_2(path: Path, job, kept, dropped) -> None:
     """An SQLite state file of schema 2 holding ``job``: ``kept`` tiles done, ``dropped``
     pending (as a run stopped half-way leaves them)."""
     import json

@@ -41,7 +41,7 @@ def builder(output: Path, lay: ZarrLayout | None = None, **kwargs: object) -> Za
         output,
         identity=IDENTITY,
         attributes={"system:time_start": 1640995200000, "CLOUDY_PIXEL_PERCENTAGE": 3.5},
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
