@@ -331,8 +331,7 @@ def collection(
         chosen = chosen.limit(limit)
     members = images_of.list_images(chosen, None, name_property)
     if request.format == "zarr" or folder.suffix.lower() == ".zarr":
-        _stack(chosen, members, request, settings, connection, dry_run, fetch.quiet, state,
-               job_prefix)  # fmt: skip
+        _stack(chosen, members, request, settings, connection, dry_run, fetch, state, job_prefix)
         return
 
     def build(image: Any, output: Path) -> Any:
@@ -810,7 +809,7 @@ def _stack(
     settings: Any,
     connection: Any,
     dry_run: bool,
-    quiet: bool,
+    fetch: opt.FetchArgs,
     state: str | None,
     job_name: str | None,
 ) -> None:
@@ -833,7 +832,7 @@ def _stack(
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     target = state or str(default_state_path(output))
-    _run_spec(spec, target, job_name, settings, connection, quiet)
+    _run_spec(spec, target, job_name, settings, connection, fetch.quiet)
 
 
 def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:

@@ -188,15 +188,19 @@ def test_a_collection_goes_to_one_store_with_a_time_dimension(
         np.testing.assert_array_equal(
             ds.band_data.values[t], read_tif(tmp_path / "tifs" / f"{name}.tif"), err_msg=name
         )
-    dry = CliRunner().invoke(
-        main,
-        ["collection", "--start", "2022-01-01", "--end", "2022-12-31", "--max-cloud", "10",
-         "--bands", "B4,B8", "--region", REGION, "--crs", "EPSG:32650", "--scale", "60",
-         "-o", str(tmp_path / "cli.zarr"), "--ee-url", emulator.url, "--dry-run"],
-    )  # fmt: skip
+    args = ["collection", "--start", "2022-01-01", "--end", "2022-12-31", "--max-cloud", "10",
+            "--bands", "B4,B8", "--region", REGION, "--crs", "EPSG:32650", "--scale", "60",
+            "-o", str(tmp_path / "cli.zarr"), "--ee-url", emulator.url]  # fmt: skip
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert f"4 images, stacked along time into {tmp_path / 'cli.zarr'}" in dry.output
     assert "8 x float32" in dry.output  # 4 times x 2 bands
+    # Fetched, as the API's images (raw values, no cloud mask): the same store.
+    ran = CliRunner().invoke(main, [*args, "--no-divide", "--cloud-mask", "none", "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    np.testing.assert_array_equal(
+        open_dataset(tmp_path / "cli.zarr").band_data.values, ds.band_data.values
+    )
 
 
 def test_the_geotiff_path_never_imports_zarr_or_xarray(
