@@ -158,7 +158,7 @@ def test_sigkill_then_rerun_fetches_no_finished_tile_again(
         process = start_cli(command)
         wait_for_done_tiles(state, 4, process)
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        process.communicate(timeout=30)  # reaps it and closes its pipes
         with Store.open(state) as store:
             done_before = store.tiles("done")
         spec = job_spec(state)

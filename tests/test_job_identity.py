@@ -75,7 +75,7 @@ def kill_when(process: subprocess.Popen[str], state: Path, done: int) -> int:
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    process.communicate(timeout=30)  # reaps it and closes its pipes
     return count
 
 

@@ -63,7 +63,7 @@ class Paused:
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
+        self.process.communicate(timeout=30)  # reaps it and closes its pipes
 
 
 @contextmanager
