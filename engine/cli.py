@@ -754,8 +754,8 @@ def _download(
     request.check(settings.concurrency)
     settings.run_options(connection)  # refuse impossible settings before Earth Engine's calls
     ee_adapter.set_workload_tag(request.workload_tag)
-    state = _state_target(target.state, request.output)
-    slot = None if target.dry_run else call_slot(state, settings.project_quota)
+    quota_for = _state_target(target.state, request.output)  # whose project quota is used
+    slot = None if target.dry_run else call_slot(quota_for, settings.project_quota)
     spec = build_job(
         image, request, connection, concurrency=settings.concurrency, warn=_warn, slot=slot
     )

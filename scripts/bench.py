@@ -319,9 +319,11 @@ def drive_emulator(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def _outcome(result: str | None, seen: dict[str, Any], t0: float) -> Iterator[None]:
+def _outcome(
+    result: str | None, seen: dict[str, Any], t0: float, error_chars: int | None = None
+) -> Iterator[None]:
     """Record how a driven download ended in its result file, whatever the ending: an error
-    as one line, Ctrl-C as ``interrupted`` (then exit 130, as a shell expects)."""
+    (its first ``error_chars``), Ctrl-C as ``interrupted`` (then exit 130, as a shell expects)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -329,7 +331,7 @@ def _outcome(result: str | None, seen: dict[str, Any], t0: float) -> Iterator[No
         _dump(result, seen, t0)
         raise SystemExit(130) from None
     except Exception as exc:
-        seen.update(complete=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+        seen.update(complete=False, error=f"{type(exc).__name__}: {str(exc)[:error_chars]}")
     _dump(result, seen, t0)
 
 
@@ -389,7 +391,7 @@ def drive_geedim(args: argparse.Namespace) -> None:
 
     ee.data.setMaxRetries(5)
     image = _image(args.region)
-    with _outcome(args.result, seen, t0):
+    with _outcome(args.result, seen, t0, error_chars=300):  # geedim errors can be pages
         prepared = image.gd.prepareForExport(region=_region(args.region), crs=CRS, scale=SCALE)
         seen["shape"] = list(prepared.gd.shape)
         seen["dtype"] = prepared.gd.dtype

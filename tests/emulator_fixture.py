@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -10,7 +10,7 @@ from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
 
 
-def clean_emulator(seed: int) -> object:
+def clean_emulator(seed: int) -> Callable[[], Iterator[EmulatorThread]]:
     """A module-scoped fixture: one emulator of the clean profile with ``seed`` for the module's
     tests. Assign it to the fixture's name: ``emulator = clean_emulator(seed=5)``."""
 

@@ -347,34 +347,44 @@ def test_masks_and_unmask(ee: Any) -> None:
 
 
 def test_band_by_band_operations_keep_each_bands_values_and_masks(ee: Any) -> None:
-    """mask, selfMask, Not, clip and the casts each map every band on its own."""
+    """mask, selfMask, Not, clip and the casts each map every band on its own, with its type."""
     grid = ("EPSG:32650", (60, 0, 640000, 0, -60, 3570000), 120, 100)
-    masked = _mask_clouds(ee)(ee.Image(SCENE)).select(["B4", "QA60"])
+    qa = ee.Image(SCENE).select("QA60")
+    clear = qa.bitwiseAnd(1 << 10).eq(0).And(qa.bitwiseAnd(1 << 11).eq(0))
+    # Raw values: B4 spans the uint8 range's edge (clamped by toUint8), QA60 has 0s and not.
+    masked = ee.Image(SCENE).select(["B4", "QA60"]).updateMask(clear).subtract(1000)
 
-    def render(image: Any) -> tuple[np.ndarray, np.ndarray]:
-        out = evaluate(wire(image)).render(*grid)
-        return np.stack(out.data), np.stack(out.valid)
+    def render(image: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        result = evaluate(wire(image))
+        out = result.render(*grid)
+        return np.stack(out.data), np.stack(out.valid), [b.dtype for b in result.bands]
 
-    data, valid = render(masked)
+    data, valid, dtypes = render(masked)
     assert not valid[0].all()  # clouds masked: the masks below have something to keep
+    values = data[valid]
+    assert (values < 0).any() and (values > 255).any() and (values == 0).any()
 
-    mask, mask_valid = render(masked.mask())
-    assert mask.dtype == np.uint8 and mask_valid.all()
+    mask, mask_valid, mask_types = render(masked.mask())
+    assert mask_types == ["uint8", "uint8"] and mask_valid.all()
     assert np.array_equal(mask.astype(bool), valid)
 
-    _, selfmasked_valid = render(masked.selfMask())
+    _, selfmasked_valid, selfmasked_types = render(masked.selfMask())
+    assert selfmasked_types == dtypes
     assert np.array_equal(selfmasked_valid, valid & (data != 0))
 
-    negated, negated_valid = render(masked.Not())
+    negated, negated_valid, negated_types = render(masked.Not())
+    assert negated_types == ["uint8", "uint8"]
     assert np.array_equal(negated_valid, valid)
     assert np.array_equal(negated[valid], (data[valid] == 0).astype(np.uint8))
 
-    cast, cast_valid = render(masked.toUint8())
+    cast, cast_valid, cast_types = render(masked.toUint8())
+    assert cast_types == ["uint8", "uint8"]
     assert np.array_equal(cast_valid, valid)
     assert np.array_equal(cast[valid], np.clip(data[valid], 0, 255).astype(np.uint8))
 
     west_half = ee.Geometry.Rectangle([640000, 3564000, 643600, 3570000], "EPSG:32650", False)
-    clipped, clipped_valid = render(masked.clip(west_half))
+    clipped, clipped_valid, clipped_types = render(masked.clip(west_half))
+    assert clipped_types == dtypes
     assert np.array_equal(clipped_valid[:, :, :60], valid[:, :, :60])
     assert not clipped_valid[:, :, 60:].any()
     assert np.array_equal(clipped[clipped_valid], data[clipped_valid])
