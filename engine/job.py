@@ -366,10 +366,9 @@ async def _run_locked(
                     _start_live_merge, spec, job.uid, store, tiles, options, overwrite
                 )
                 try:
-                    summary = await _fetch_all(
-                        spec, job.uid, store, state, tiles, options, session.counting(progress),
-                        live, worker,
-                    )  # fmt: skip
+                    counting = session.counting(progress)
+                    run = JobRun(spec, job.uid, store, state, tiles, options, counting, worker)
+                    summary = await _fetch_all(run, live)
                     counts = await state(store.counts)
                     if counts["pending"] or counts["in_flight"] or counts["failed"]:
                         status = "failed" if counts["failed"] else "running"
@@ -488,21 +487,28 @@ def _offering(fetch: Fetch, live: LiveMerge) -> Fetch:
 Round = Callable[[], Awaitable[RunSummary]]
 
 
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """What one process's fetch of a job works with: the job, its state (and the thread that
+    writes it), its tile folder, the run's options and progress, and who fetches."""
+
+    spec: JobSpec
+    job_uid: str
+    store: Store
+    state: StateThread
+    tiles: TileStore
+    options: RunOptions
+    progress: Progress
+    worker: Worker
+
+
 @contextlib.asynccontextmanager
-async def fetching(
-    spec: JobSpec,
-    job_uid: str,
-    store: Store,
-    state: StateThread,
-    tiles: TileStore,
-    options: RunOptions,
-    progress: Progress,
-    worker: Worker,
-    live: LiveMerge | None = None,
-) -> AsyncIterator[Round]:
+async def fetching(run: JobRun, live: LiveMerge | None = None) -> AsyncIterator[Round]:
     """The fetch set up (the image, a transport, threads for the API calls); yields a
     coroutine function that runs one scheduler round: claim and fetch until nothing is left to
     claim. The URLs of tiles not in flight are forgotten at the end."""
+    spec, store, state, tiles, options = run.spec, run.store, run.state, run.tiles, run.options
+    worker = run.worker
     # Reading a large expression back takes the client a while: not on the event loop.
     image = await asyncio.to_thread(ee_adapter.prepared_image, spec)
     slots = options.concurrency or EE_MAX_CONCURRENCY
@@ -515,7 +521,7 @@ async def fetching(
             updates = UpdateBuffer(store, state, worker.clock, database_clock=worker.shared)
             fetcher: Fetch = TileFetcher(
                 spec,
-                job_uid,
+                run.job_uid,
                 image,
                 transport,
                 tiles,
@@ -537,7 +543,7 @@ async def fetching(
                     itemsizes=itemsizes(spec),
                     updates=updates,
                     options=scheduler_options,
-                    progress=progress,
+                    progress=run.progress,
                     rng=rng,
                     clock=worker.clock,
                     limiter=worker.limiter,
@@ -553,30 +559,19 @@ async def fetching(
         await uninterrupted(_forget_urls, store, executor=state.executor)
 
 
-async def _fetch_all(
-    spec: JobSpec,
-    job_uid: str,
-    store: Store,
-    state: StateThread,
-    tiles: TileStore,
-    options: RunOptions,
-    progress: Progress,
-    live: LiveMerge | None,
-    worker: Worker,
-) -> RunSummary:
+async def _fetch_all(run: JobRun, live: LiveMerge | None) -> RunSummary:
     """Fetch until every tile is done (or failed), re-checking finished tiles each round.
 
     With a live merge, the tiles of earlier runs are re-hashed by it as it writes them, and
     those fetched now are not re-hashed at all (they are read back right after their check).
     """
+    spec, store, state, tiles, progress = run.spec, run.store, run.state, run.tiles, run.progress
     total = RunSummary()
     counts = await state(store.counts)
     leaves = counts["pending"] + counts["in_flight"] + counts["done"] + counts["failed"]
     progress.start(leaves, counts["done"], await state(store.bytes_done))
     try:
-        async with fetching(
-            spec, job_uid, store, state, tiles, options, progress, worker, live
-        ) as fetch_round:
+        async with fetching(run, live) as fetch_round:
             for _ in range(MAX_VERIFY_ROUNDS):
                 add_summary(total, await fetch_round())
                 if (await state(store.counts))["pending"]:
@@ -588,7 +583,7 @@ async def _fetch_all(
                     changed = [
                         f"tile {r.tile_id} will be fetched again: {r.reason}" for r in resets
                     ]
-                elif options.verify_checksums:
+                elif run.options.verify_checksums:
                     changed = await asyncio.to_thread(verify_done_tiles, store, tiles, spec)
                 else:
                     break

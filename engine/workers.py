@@ -33,6 +33,7 @@ from engine.heartbeat import WorkerSession
 from engine.job import (
     MAX_VERIFY_ROUNDS,
     JobResult,
+    JobRun,
     RunOptions,
     add_summary,
     check_output_folder,
@@ -104,9 +105,8 @@ async def _work(
             counting.start(leaves, counts["done"], await state(store.bytes_done))
             total = RunSummary()
             try:
-                async with fetching(
-                    spec, job.uid, store, state, tiles, options, counting, worker
-                ) as fetch_round:
+                run = JobRun(spec, job.uid, store, state, tiles, options, counting, worker)
+                async with fetching(run) as fetch_round:
                     verified = 0
                     while True:
                         add_summary(total, await fetch_round())
