@@ -47,31 +47,32 @@ def load_region(region: Any) -> dict[str, Any]:
 
 
 def geometry_from_file(path: Path) -> dict[str, Any]:
+    name = _file_name(path)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise GridError(
-            f"region file {path} does not exist; give a GeoJSON file or "
+            f"region file {name} does not exist; give a GeoJSON file or "
             "west,south,east,north in degrees"
         ) from None
     except OSError as exc:
-        raise GridError(f"cannot read region file {path}: {exc.strerror}") from None
+        raise GridError(f"cannot read region file {name}: {exc.strerror}") from None
     except ValueError:  # a name with a NUL byte: no file can have it
         raise GridError(
             f"region {str(path)!r} is not a file name, a GeoJSON dict or west,south,east,north"
         ) from None
     if size > MAX_REGION_FILE_BYTES:
-        raise GridError(f"region file {path} is {size} bytes; simplify the outline first")
+        raise GridError(f"region file {name} is {size} bytes; simplify the outline first")
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise GridError(
-            f"region file {path} is not GeoJSON ({_short(exc)}); give a GeoJSON "
+            f"region file {name} is not GeoJSON ({_short(exc)}); give a GeoJSON "
             "Polygon, Feature or FeatureCollection"
         ) from None
     except RecursionError:
-        raise GridError(f"region file {path} is nested too deeply to be GeoJSON") from None
-    return geometry_from_geojson(data, f"region file {path}")
+        raise GridError(f"region file {name} is nested too deeply to be GeoJSON") from None
+    return geometry_from_geojson(data, f"region file {name}")
 
 
 def geometry_from_geojson(
@@ -154,6 +155,13 @@ def _looks_like_bbox(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _file_name(path: Path) -> str:
+    """A path as a message shows it: quoted when it holds a newline or another character that
+    would break the one-line message (a region string that was meant as coordinates)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 def _short(exc: BaseException) -> str:

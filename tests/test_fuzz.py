@@ -253,6 +253,7 @@ def test_a_streamed_body_is_published_whole_or_not_at_all(
 
 @FUZZ
 @given(region=geojson_like | json_values)
+@example(region="0\n0")  # a path with a newline: the message quotes it, on one line
 def test_any_region_object_gives_a_grid_or_a_grid_error(region: Any) -> None:
     try:
         geometry = load_region(region)
