@@ -29,7 +29,7 @@ from engine.errors import (
     InvalidJob,
 )
 from engine.job import JobResult, run_job
-from engine.paths import default_state_path
+from engine.paths import default_state_path, state_target
 from engine.progress import Progress, choose_progress
 from engine.quota_gate import call_slot
 from engine.request import (
@@ -119,7 +119,7 @@ def download_ee_image(
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
     with ee_adapter.client_settings(workload_tag=request.workload_tag):
-        target = _state_target(state, request.output)
+        target = state_target(state, request.output)
         slot = call_slot(target, settings.project_quota)
         spec = build_job(image, request, connection, concurrency=settings.concurrency, slot=slot)
         running = run_job(spec, target, options, progress or choose_progress(quiet), job=job)
@@ -331,13 +331,6 @@ def plan(
     ee_adapter.connect(connection)
     spec = build_job(image, request, connection, concurrency=concurrency)
     return plan_spec(spec, measure(spec, connection))
-
-
-def _state_target(state: str | os.PathLike[str] | None, output: Path) -> Path | str:
-    """The state given (a file or a database URL), else the file beside the output."""
-    if state is None:
-        return default_state_path(output.expanduser().resolve())
-    return state if isinstance(state, str) and is_database_url(state) else Path(state)
 
 
 def _from_arguments(

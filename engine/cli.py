@@ -20,6 +20,7 @@ from engine import cli_options as opt
 from engine.cli_command import Group, OneLineError
 from engine.cli_output import report_preview, show_job, show_jobs, show_rows, status_json
 from engine.emulator.config import PROFILES as EMULATOR_PROFILES
+from engine.paths import state_target
 
 if TYPE_CHECKING:
     from engine.recipes import Clip, Reducer
@@ -479,7 +480,7 @@ def _resume(state: str, job_name: str | None, overwrite: bool, fetch: opt.FetchA
     ee_adapter.set_workload_tag(spec.extra.get("workload_tag"))
     # The service reached now, which --ee-url may have changed: the job refuses another.
     spec = replace(spec, service=service_identity(ee_adapter.current_base_url()))
-    _run_spec(spec, state, name, settings, connection, fetch.quiet)
+    _run_spec(spec, state_target(state, Path(spec.output)), name, settings, connection, fetch.quiet)
 
 
 EPILOG_STATUS = """\b
@@ -745,7 +746,6 @@ def _download(
     """What download and composite share: plan (--dry-run), or fetch and merge."""
     from engine import ee_adapter
     from engine.estimate import plan_spec
-    from engine.paths import default_state_path
     from engine.quota_gate import call_slot
     from engine.request import build_job
     from engine.sample import measure
@@ -754,38 +754,28 @@ def _download(
     request.check(settings.concurrency)
     settings.run_options(connection)  # refuse impossible settings before Earth Engine's calls
     ee_adapter.set_workload_tag(request.workload_tag)
-    quota_for = _state_target(target.state, request.output)  # whose project quota is used
-    slot = None if target.dry_run else call_slot(quota_for, settings.project_quota)
+    state = state_target(target.state, request.output)
+    slot = None if target.dry_run else call_slot(state, settings.project_quota)
     spec = build_job(
         image, request, connection, concurrency=settings.concurrency, warn=_warn, slot=slot
     )
     if target.dry_run:
         click.echo(plan_spec(spec, measure(spec, connection)).text())
         return
-    state = target.state or str(default_state_path(Path(spec.output)))
     _run_spec(spec, state, target.job_name, settings, connection, fetch.quiet)
 
 
-def _state_target(state: str | None, output: Path) -> str:
-    """The state the command names, else the state file beside the output."""
-    from engine.paths import default_state_path
-
-    return state or str(default_state_path(Path(output).expanduser().resolve()))
-
-
 def _run_spec(
-    spec: Any, state: str, job_name: str | None, settings: Any, connection: Any, quiet: bool
+    spec: Any, state: Path | str, job_name: str | None, settings: Any, connection: Any, quiet: bool
 ) -> None:
     from engine.errors import DownloadIncomplete
     from engine.job import run_job
     from engine.progress import choose_progress, format_bytes
     from engine.runner import run_until_signalled
-    from state import is_database_url
 
-    target: str | Path = state if is_database_url(state) else Path(state)
     options = settings.run_options(connection)
     result = run_until_signalled(
-        run_job(spec, target, options, choose_progress(quiet), job=job_name)
+        run_job(spec, state, options, choose_progress(quiet), job=job_name)
     )
     summary = result.summary
     line = (
@@ -818,7 +808,6 @@ def _stack(
     from dataclasses import replace
 
     from engine.estimate import plan_spec
-    from engine.paths import default_state_path
     from engine.stack import stack_job, stack_output
 
     output = stack_output(request.output.parent)
@@ -831,8 +820,7 @@ def _stack(
         click.echo(plan_spec(spec).text())
         return
     output.parent.mkdir(parents=True, exist_ok=True)
-    target = state or str(default_state_path(output))
-    _run_spec(spec, target, job_name, settings, connection, fetch.quiet)
+    _run_spec(spec, state_target(state, output), job_name, settings, connection, fetch.quiet)
 
 
 def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:

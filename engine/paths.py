@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
 def default_state_path(output: Path) -> Path:
     """The state database of the job that writes ``output``."""
     return output.with_name(output.name + ".eefetch.db")
+
+
+def state_target(state: str | os.PathLike[str] | None, output: Path) -> Path | str:
+    """Where a job's state is: the state given (a file, or a database URL kept as text), else
+    the file beside the output."""
+    if state is None:
+        return default_state_path(output.expanduser().resolve())
+    from state import is_database_url  # here, not at the top: `status` imports this module
+
+    return state if isinstance(state, str) and is_database_url(state) else Path(state)
 
 
 def tiles_folder(state_path: Path) -> Path:
