@@ -26,10 +26,9 @@ from engine.errors import (
     CollectionIncomplete,
     DownloadIncomplete,
     EefetchError,
-    InvalidJob,
 )
 from engine.job import JobResult, run_job
-from engine.paths import default_state_path, state_target
+from engine.paths import state_target
 from engine.progress import Progress, choose_progress
 from engine.quota_gate import call_slot
 from engine.request import (
@@ -42,12 +41,11 @@ from engine.request import (
 )
 from engine.runner import run_sync
 from engine.spec import Endpoint
-from state import default_job_name, is_database_url
 
 if TYPE_CHECKING:
     import ee
 
-    from engine.collection import CollectionResult
+    from engine.collection import CollectionResult, Where
     from engine.estimate import PlanReport
 
 _DEFAULTS = RunSettings()
@@ -197,17 +195,12 @@ def download_ee_image_collection(
 
     del kwargs
     folder = Path(out_dir or os.getcwd()).expanduser().resolve()
-    if state is not None and not is_database_url(state):
-        raise InvalidJob(
-            f"state for a collection is a PostgreSQL URL (postgresql://user@host:port/db), got "
-            f"{state!r}; without it every image keeps its state in a file beside it"
-        )
-    where = images_of.Where(state, job or default_job_name(folder.name + ".tif"))
+    where = images_of.Where.given(state, job, folder, "state")
     # Each image's own file name replaces the output's.
     request, settings, connection = _from_arguments(locals(), folder / "image.tif")
     if zarr or request.format == "zarr" or folder.suffix.lower() == ".zarr":
         return _stack(
-            collection, request, settings, connection, progress, quiet, filenames, state, job
+            collection, request, settings, connection, progress, quiet, filenames, where, job
         )
     options = settings.run_options(connection)
     ee_adapter.connect(connection)
@@ -223,7 +216,7 @@ def download_ee_image_collection(
                 request.for_output(output),
                 connection,
                 concurrency=settings.concurrency,
-                slot=call_slot(state or default_state_path(output), settings.project_quota),
+                slot=call_slot(where.state_for(output), settings.project_quota),
             ),
         )
         result = run_sync(
@@ -249,7 +242,7 @@ def _stack(
     progress: Progress | None,
     quiet: bool,
     filenames: Sequence[str] | str | None,
-    state: str | None,
+    where: Where,
     job: str | None,
 ) -> CollectionResult:
     """``download_ee_image_collection`` to one Zarr store: one job for all the images."""
@@ -265,8 +258,9 @@ def _stack(
     with ee_adapter.client_settings(workload_tag=request.workload_tag):
         members = images_of.list_images(collection, filenames)
         spec = stack_job(collection, members, request, connection, concurrency=settings.concurrency)
-        target = state or default_state_path(output)
-        running = run_job(spec, target, options, progress or choose_progress(quiet), job=job)
+        running = run_job(
+            spec, where.state_for(output), options, progress or choose_progress(quiet), job=job
+        )
         result = run_sync(running)
     outcome = CollectionResult(output.parent, {output.name: result})
     if not outcome.complete:

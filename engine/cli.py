@@ -292,7 +292,6 @@ def collection(
     from engine import collection as images_of
     from engine import ee_adapter
     from engine.errors import CollectionIncomplete
-    from engine.paths import default_state_path
     from engine.progress import choose_progress
     from engine.quota_gate import call_slot
     from engine.request import build_job
@@ -302,17 +301,10 @@ def collection(
         raise click.UsageError("give --start and --end (and other filters), or --script")
     if not script and not job.region:
         raise click.UsageError("--region is required: a GeoJSON file or west,south,east,north")
-    from state import default_job_name, is_database_url
-
-    if state is not None and not is_database_url(state):
-        raise click.UsageError(
-            "--state for a collection is a PostgreSQL URL (postgresql://user@host:port/db); "
-            "without it every image keeps its state in a file beside it"
-        )
     if job_prefix is not None and state is None:
         raise click.UsageError("--job names the images' jobs in a --state database; give both")
     folder = Path(out_dir).expanduser().resolve()
-    where = images_of.Where(state, job_prefix or default_job_name(folder.name + ".tif"))
+    where = images_of.Where.given(state, job_prefix, folder, "--state")
     request = job.request(folder / "image.tif", select_bands=False)
     settings = fetch.run.settings(overwrite)
     request.check(settings.concurrency)
@@ -332,7 +324,7 @@ def collection(
         chosen = chosen.limit(limit)
     members = images_of.list_images(chosen, None, name_property)
     if request.format == "zarr" or folder.suffix.lower() == ".zarr":
-        _stack(chosen, members, request, settings, connection, dry_run, fetch, state, job_prefix)
+        _stack(chosen, members, request, settings, connection, dry_run, fetch, where, job_prefix)
         return
 
     def build(image: Any, output: Path) -> Any:
@@ -342,7 +334,7 @@ def collection(
             connection,
             concurrency=settings.concurrency,
             warn=_warn,
-            slot=call_slot(state or default_state_path(output), settings.project_quota),
+            slot=call_slot(where.state_for(output), settings.project_quota),
         )
 
     jobs = images_of.collection_specs(chosen, folder, members, build)
@@ -800,11 +792,11 @@ def _stack(
     connection: Any,
     dry_run: bool,
     fetch: opt.FetchArgs,
-    state: str | None,
+    where: Any,
     job_name: str | None,
 ) -> None:
     """A collection to one Zarr store with a time dimension: one job (``engine.stack``),
-    whose state is a file beside the store, or job ``job_name`` in the ``state`` database."""
+    whose state is a file beside the store, or job ``job_name`` in ``where``'s database."""
     from dataclasses import replace
 
     from engine.estimate import plan_spec
@@ -820,7 +812,7 @@ def _stack(
         click.echo(plan_spec(spec).text())
         return
     output.parent.mkdir(parents=True, exist_ok=True)
-    _run_spec(spec, state_target(state, output), job_name, settings, connection, fetch.quiet)
+    _run_spec(spec, where.state_for(output), job_name, settings, connection, fetch.quiet)
 
 
 def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:

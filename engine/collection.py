@@ -35,7 +35,7 @@ from engine.paths import default_state_path
 from engine.progress import Progress, SilentProgress
 from engine.quota_gate import new_owner
 from engine.spec import JobSpec
-from state import default_job_name
+from state import default_job_name, is_database_url
 
 MAX_NAME_CHARS = 120
 MAX_JOB_NAME = 128  # state.schema.JOB_NAME
@@ -178,10 +178,27 @@ class Where:
     state: str | None = None
     prefix: str = "collection"
 
+    @classmethod
+    def given(cls, state: str | None, job: str | None, folder: Path, option: str) -> Where:
+        """Where the user's ``state`` and ``job`` keep the collection that goes to ``folder``
+        (``option`` names the state argument in the error). A state file is refused: one
+        file for every image would serialise them on its lock."""
+        if state is not None and not is_database_url(state):
+            raise InvalidJob(
+                f"{option} for a collection is a PostgreSQL URL "
+                f"(postgresql://user@host:port/db), got {state!r}; without it every image keeps "
+                f"its state in a file beside it"
+            )
+        return cls(state, job or default_job_name(folder.name + ".tif"))
+
+    def state_for(self, output: Path) -> Path | str:
+        """The state of the job that writes ``output``: the server's, else the file beside it."""
+        return self.state or default_state_path(output)
+
     def target(self, image: CollectionImage, spec: JobSpec) -> tuple[Path | str, str | None]:
         """The state and the job name of one image."""
         if self.state is None:
-            return default_state_path(Path(spec.output)), None
+            return self.state_for(Path(spec.output)), None
         return self.state, image_job_name(self.prefix, image.name)
 
 
@@ -199,7 +216,7 @@ async def run_collection(
     where = where or Where()
     quota = options.quota
     if quota is None:
-        quota_at = where.state or default_state_path(out_dir / "images.tif")
+        quota_at = where.state_for(out_dir / "images.tif")
         quota = await open_gate(quota_at, options, new_owner())
     try:
         limiter = options.limiter or new_limiter(

@@ -257,3 +257,12 @@ def test_a_collection_state_that_is_not_a_server_is_refused_before_any_work(
             state=str(tmp_path / "all.eefetch.db"), quiet=True,
         )  # fmt: skip
     assert not (tmp_path / "scenes").exists() and not (tmp_path / "all.eefetch.db").exists()
+    command = ["collection", "--start", START, "--end", END, "--region", REGION, "--scale", "60"]
+    where = ["-o", str(tmp_path / "cli"), "--ee-url", emulator.url, "--state", "all.eefetch.db"]
+    refused = CliRunner().invoke(main, [*command, *where])
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == (
+        "Error: --state for a collection is a PostgreSQL URL (postgresql://user@host:port/db), "
+        "got 'all.eefetch.db'; without it every image keeps its state in a file beside it"
+    )
+    assert not (tmp_path / "cli").exists() and not Path("all.eefetch.db").exists()
