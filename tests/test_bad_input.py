@@ -58,90 +58,98 @@ def cli(emulator: EmulatorThread, tmp_path: Path, *args: str) -> tuple[int, str]
     return result.exit_code, one_line_error(result.stderr)
 
 
+def download(
+    *image: str, region: str = SMALL_REGION, crs: str | None = None, scale: str = "30"
+) -> list[str]:
+    """The arguments of a download of ``image`` (--asset, --script or --expression and its
+    value) on a grid, so that each case below shows only what is wrong with it."""
+    return [*image, "--region", region, *(["--crs", crs] if crs else []), "--scale", scale]
+
+
 CASES = [
     (
         "region file is not JSON",
-        [*DEM, "--region", "{inputs}/not-json.geojson", "--scale", "30"],
+        download(*DEM, region="{inputs}/not-json.geojson"),
         ["not-json.geojson is not GeoJSON", "give a GeoJSON Polygon, Feature or"],
     ),
     (
         "region file is empty",
-        [*DEM, "--region", "{inputs}/empty.geojson", "--scale", "30"],
+        download(*DEM, region="{inputs}/empty.geojson"),
         ["empty.geojson is not GeoJSON", "give a GeoJSON"],
     ),
     (
         "region has no features",
-        [*DEM, "--region", "{inputs}/no-features.geojson", "--scale", "30"],
+        download(*DEM, region="{inputs}/no-features.geojson"),
         ["is a FeatureCollection with no features"],
     ),
     (
         "region has no coordinates",
-        [*DEM, "--region", "{inputs}/no-coords.geojson", "--scale", "30"],
+        download(*DEM, region="{inputs}/no-coords.geojson"),
         ["Polygon with no coordinates"],
     ),
     (
         "region file missing",
-        [*DEM, "--region", "{inputs}/nowhere.geojson", "--scale", "30"],
+        download(*DEM, region="{inputs}/nowhere.geojson"),
         ["nowhere.geojson does not exist", "west,south,east,north"],
     ),
     (
         "bbox with three numbers",
-        [*DEM, "--region", "118.7,32.0,118.8", "--scale", "30"],
+        download(*DEM, region="118.7,32.0,118.8"),
         ["does not exist", "give a GeoJSON file or west,south,east,north"],
     ),
     (
         "bbox upside down",
-        [*DEM, "--region", "118.7,32.1,118.8,32.0", "--scale", "30"],
+        download(*DEM, region="118.7,32.1,118.8,32.0"),
         ["south must be below north"],
     ),
     (
         "crs unknown",
-        [*DEM, "--region", SMALL_REGION, "--crs", "NOT:A-CRS", "--scale", "30"],
+        download(*DEM, crs="NOT:A-CRS"),
         ["unknown crs 'NOT:A-CRS'", "give an EPSG code"],
     ),
     (
         "scale zero",
-        [*DEM, "--region", SMALL_REGION, "--crs", "EPSG:4326", "--scale", "0"],
+        download(*DEM, crs="EPSG:4326", scale="0"),
         ["scale must be a positive, finite number of metres, got 0.0"],
     ),
     (
         "scale negative",
-        [*DEM, "--region", SMALL_REGION, "--crs", "EPSG:4326", "--scale", "-30"],
+        download(*DEM, crs="EPSG:4326", scale="-30"),
         ["scale must be a positive, finite number of metres, got -30.0"],
     ),
     (
         "band that does not exist",
-        [*DEM, "--region", SMALL_REGION, "--scale", "30", "--bands", "B4"],
+        [*download(*DEM), "--bands", "B4"],
         ["band 'B4' is not in the image; it has elevation"],
     ),
     (
         "asset that does not exist",
-        ["--asset", "NO/SUCH/ASSET", "--region", SMALL_REGION, "--scale", "30"],
+        download("--asset", "NO/SUCH/ASSET"),
         ["'NO/SUCH/ASSET' not found"],
     ),
     (
         "script raises",
-        ["--script", "{inputs}/raises.py", "--region", SMALL_REGION, "--scale", "30"],
+        download("--script", "{inputs}/raises.py"),
         ["raises.py raised ValueError: the collection is empty", "fix the script"],
     ),
     (
         "script defines no image",
-        ["--script", "{inputs}/no-image.py", "--region", SMALL_REGION, "--scale", "30"],
+        download("--script", "{inputs}/no-image.py"),
         ["defines no variable named `image`", "assign the ee.Image"],
     ),
     (
         "script image is not an image",
-        ["--script", "{inputs}/not-image.py", "--region", SMALL_REGION, "--scale", "30"],
+        download("--script", "{inputs}/not-image.py"),
         ["`image` in", "is a int, not an ee.Image"],
     ),
     (
         "expression is not JSON",
-        ["--expression", "{inputs}/expression.txt", "--region", SMALL_REGION, "--scale", "30"],
+        download("--expression", "{inputs}/expression.txt"),
         ["the expression is not JSON", "give the output of image.serialize()"],
     ),
     (
         "expression is binary",
-        ["--expression", "{inputs}/expression.bin", "--region", SMALL_REGION, "--scale", "30"],
+        download("--expression", "{inputs}/expression.bin"),
         ["is not a text file", "serialized expression"],
     ),
 ]
