@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import subprocess
+import sys
 
 import click
 import pytest
+from click.testing import CliRunner
 
 import engine
 from engine import api, cli, cli_command, cli_options, defaults, ee_adapter
@@ -136,3 +139,19 @@ def test_the_package_exports_what_it_lists() -> None:
     )
     with pytest.raises(AttributeError):
         engine.nothing_of_that_name  # noqa: B018
+
+
+def test_the_emulators_module_command_is_eefetch_emulator() -> None:
+    """`python -m engine.emulator` and `eefetch emulator` take the same options (they once had
+    two parsers, and only one reached the server models and HTTPS)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = CliRunner().invoke(cli.main, ["emulator", "--help"], prog_name="eefetch")
+    module_help = done.stdout.replace("python -m engine.emulator", "eefetch emulator")
+    assert module_help.split() == expected.output.split()  # the same words, wrapped anyhow
