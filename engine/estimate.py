@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 UNREASONABLE_BYTES = 100 * 10**9
 LARGE_BYTES = 20 * 10**9
-# A GeoTIFF tile from EE is uncompressed; the merged file is compressed. While merging, both
-# are on disk, so a job needs up to about twice the raw size (less with compression).
+# A GeoTIFF tile from EE is uncompressed; the output (GeoTIFF or Zarr) is compressed. The tiles
+# are kept until the output is complete, so a job needs up to about twice the raw size.
 PEAK_FACTOR = 2.0
 
 
@@ -102,7 +102,7 @@ class PlanReport:
             "plus retries",
             f"nodata:   {self._nodata_text()}",
             f"size:     {format_bytes(self.raw_bytes)} uncompressed; {self._compressed_text()}",
-            f"disk:     up to {format_bytes(self.peak_disk_bytes)} while merging"
+            f"disk:     up to {format_bytes(self.peak_disk_bytes)}, tiles and output together"
             + (
                 f" ({format_bytes(self.free_disk_bytes)} free)"
                 if self.free_disk_bytes is not None
