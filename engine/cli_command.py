@@ -8,6 +8,8 @@ the option belongs to the class, so no command declares or receives it.
 from __future__ import annotations
 
 import os
+import select
+import signal
 import sys
 from typing import Any
 
@@ -62,6 +64,12 @@ class Command(click.Command):
             sys.stderr.flush()
             os._exit(130)
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                # `eefetch status | head`: the reader has all it wanted. Say nothing, as any
+                # Unix tool that SIGPIPE ends, and point stdout elsewhere so that Python's
+                # own flush at exit does not complain either.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise click.exceptions.Exit(128 + signal.SIGPIPE) from exc
             if ctx.meta.get(DEBUG) or not _is_users(exc):
                 raise
             raise _one_line_error(exc) from exc
@@ -71,6 +79,17 @@ class Group(click.Group):
     """The ``eefetch`` group: its commands are :class:`Command`."""
 
     command_class = Command
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe nobody reads any more (and not a network peer that
+    hung up, which is a BrokenPipeError too)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no file under stdout
+        return False
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def one_line(exc: BaseException) -> str:

@@ -153,3 +153,22 @@ def test_errors_are_one_line_with_what_to_do(args: list[str], expected: str) -> 
     assert result.exit_code != 0
     assert expected in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(finished: Path) -> None:
+    """`eefetch status | head -1`: the pipe's reader goes away (here before anything is
+    written, so the outcome does not depend on timing); no error line, SIGPIPE's exit status."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "status", str(finished)],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert (done.returncode, done.stderr) == (141, "")
