@@ -41,6 +41,7 @@ from engine.live_merge import (
     publish_recorder,
     published_by,
 )
+from engine.metadata import recorded_fingerprint
 from engine.offload import StateThread, started_pool, uninterrupted
 from engine.outputs import merge_job
 from engine.pacing import AdaptiveLimiter, ProbeSettings
@@ -341,6 +342,8 @@ async def _run_locked(
         job = await state(store.job)
         assert job is not None
     if job.status == "merged" and output.exists() and not options.overwrite:
+        if not still_written_by(output, spec):
+            raise replaced_output_error(output)
         counts = await state(store.counts)
         return JobResult(
             output, state_path, counts, RunSummary(), True, [f"already complete: {output}"]
@@ -683,6 +686,20 @@ def output_exists_error(output: Path) -> JobError:
     )
 
 
+def still_written_by(output: Path, spec: JobSpec) -> bool:
+    """Whether the output of a finished job is still what it wrote: another download given
+    the same -o (with --overwrite and a state of its own) may have replaced it since."""
+    return recorded_fingerprint(output) == spec.fingerprint()
+
+
+def replaced_output_error(output: Path) -> JobError:
+    return JobError(
+        f"{output} is no longer the file this job wrote (another download has replaced it); "
+        "pass --overwrite to write this job's again (its tiles are fetched again), or choose "
+        "another output with -o"
+    )
+
+
 def check_output_folder(output: Path) -> None:
     """Refuse before fetching anything if the merge could not write the output at all."""
     folder = output.parent
@@ -731,9 +748,9 @@ def merge_only(
         spec = JobSpec.from_dict(record.spec)
         tiles = TileStore(job_tiles_folder(state_path, Path(spec.output), record.name, tile_folder))
         with OutputLock(spec.output):
-            return _merge_only(
-                store, spec, state_path, tiles, overwrite or record.status == "merged"
-            )
+            # A finished job merges again over its own output, not over another download's.
+            mine = record.status == "merged" and still_written_by(Path(spec.output), spec)
+            return _merge_only(store, spec, state_path, tiles, overwrite or mine)
 
 
 def _merge_only(

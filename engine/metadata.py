@@ -5,7 +5,8 @@ Zarr store as attributes (``xarray``'s ``Dataset.attrs``): the image's propertie
 them (``system:time_start``, ``CLOUDY_PIXEL_PERCENTAGE``, ...), the collection the image
 belongs to (``EE_COLLECTION``), the job's fingerprint and a hash of the expression, so a file
 can be traced back to what made it. GDAL reads ``:`` in a metadata name as the end of the
-name, so a GeoTIFF's tag names have ``_`` for it (``system_time_start``). Pure.
+name, so a GeoTIFF's tag names have ``_`` for it (``system_time_start``). Pure, but for
+``recorded_fingerprint``, which reads the job's identity back from a file.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.spec import JobSpec
 
+FINGERPRINT_KEY = "EEFETCH_FINGERPRINT"
 MAX_VALUE_CHARS = 2048
 """Longer values (a footprint's coordinates, say) are left out: a tag is for reading."""
 SKIPPED = frozenset({"system:footprint"})
@@ -68,7 +71,7 @@ def output_attributes(spec: JobSpec) -> dict[str, Any]:
     factors = spec.extra.get("scale_offset")
     if factors:
         attributes["EEFETCH_SCALE_OFFSET"] = factors
-    attributes["EEFETCH_FINGERPRINT"] = spec.fingerprint()
+    attributes[FINGERPRINT_KEY] = spec.fingerprint()
     attributes["EEFETCH_EXPRESSION_SHA256"] = expression_hash(spec.expression)
     return attributes
 
@@ -81,3 +84,20 @@ def output_tags(spec: JobSpec) -> dict[str, str]:
         else json.dumps(value, sort_keys=True)
         for key, value in output_attributes(spec).items()
     }
+
+
+def recorded_fingerprint(output: Path) -> str | None:
+    """The fingerprint an output records of the job that wrote it: a GeoTIFF's tag, a Zarr
+    store's attribute; None when it records none or cannot be read."""
+    try:
+        if output.is_dir():
+            root = json.loads((output / "zarr.json").read_text())
+            value = root.get("attributes", {}).get(FINGERPRINT_KEY)
+        else:
+            import rasterio
+
+            with rasterio.open(output) as dataset:
+                value = dataset.tags().get(FINGERPRINT_KEY)
+    except (OSError, ValueError, AttributeError):  # rasterio's errors are OSErrors
+        return None
+    return value if isinstance(value, str) else None

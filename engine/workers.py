@@ -41,6 +41,7 @@ from engine.job import (
     merge_to_the_end,
     open_job,
     output_exists_error,
+    still_written_by,
     verify_done_tiles,
     worker_budget,
 )
@@ -242,7 +243,8 @@ async def _merge_shared(
                         f"{store.target} --job {job.name}` to fetch them again and merge"
                     )
                 await state(store.set_job_status, "downloaded")
-                return await _merge(spec, store, state, tiles, overwrite or job.status == "merged")
+                mine = job.status == "merged" and still_written_by(Path(spec.output), spec)
+                return await _merge(spec, store, state, tiles, overwrite or mine)
         finally:
             await uninterrupted(store.close, executor=state.executor)
     finally:

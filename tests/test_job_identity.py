@@ -129,6 +129,47 @@ def test_an_unfinished_output_of_another_job_is_not_continued(
 
 
 @pytest.mark.slow
+def test_a_finished_job_whose_output_another_download_replaced_does_not_call_it_complete(
+    tmp_path: Path, oracle: EmulatorThread
+) -> None:
+    """Job A finishes; job B, another region on the same -o, is refused, then given its own
+    --state and --overwrite as our messages say, and replaces the file. A's command again must
+    not answer "already complete" over B's file, nor may A's merge write over it unasked;
+    with --overwrite A writes its own file again."""
+    output = tmp_path / "out.tif"
+    state_a = state_of(output)
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=5)) as emulator:
+        job_a = dem_args(emulator.url, output, "--keep-tiles", "--quiet")
+        job_b = dem_args(emulator.url, output, "--quiet", region="118.73,32.00,118.75,32.02")
+        assert run_cli(*job_a).returncode == 0
+        refused = run_cli(*job_b)
+        assert refused.returncode != 0 and "give this download its own --state" in refused.stderr
+        state_b = tmp_path / "b.db"
+        replaced = run_cli(*job_b, "--state", str(state_b), "--overwrite")
+        assert replaced.returncode == 0, replaced.stderr
+        assert_matches_oracle(output, state_b, oracle)
+
+        again = run_cli(*job_a)
+        assert again.returncode == 1
+        assert one_line_error(again.stderr) == (
+            f"Error: {output} is no longer the file this job wrote (another download has "
+            "replaced it); pass --overwrite to write this job's again (its tiles are fetched "
+            "again), or choose another output with -o"
+        )
+        merged = run_cli("merge", str(state_a))
+        assert merged.returncode == 1
+        assert f"{output} already exists; pass overwrite=True / --overwrite" in merged.stderr
+        assert_matches_oracle(output, state_b, oracle)  # B's file, untouched
+
+        rewritten = run_cli(*job_a, "--overwrite")
+        assert rewritten.returncode == 0, rewritten.stderr
+        assert_matches_oracle(output, state_a, oracle)
+        fetched = sum(served_counts(emulator).values())
+        assert run_cli(*job_a).returncode == 0  # its own file again: complete, nothing fetched
+        assert sum(served_counts(emulator).values()) == fetched
+
+
+@pytest.mark.slow
 def test_two_jobs_never_write_one_output_at_once(tmp_path: Path, oracle: EmulatorThread) -> None:
     """While one job holds the output (here: this test, as a stand-in for a running job with
     another state file), a second job on the same output stops before fetching anything."""
