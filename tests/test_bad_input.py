@@ -103,6 +103,11 @@ CASES = [
         ["south must be below north"],
     ),
     (
+        "output is a folder",
+        [*download(*DEM), "-o", "{inputs}"],
+        ["is a folder; give a file name (or a name ending .zarr for a Zarr store)"],
+    ),
+    (
         "crs unknown",
         download(*DEM, crs="NOT:A-CRS"),
         ["unknown crs 'NOT:A-CRS'", "give an EPSG code"],

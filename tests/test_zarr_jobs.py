@@ -147,6 +147,9 @@ def test_sigkills_keep_the_journaled_chunks_and_end_in_the_geotiff(tmp_path: Pat
         finished = run_cli(*args)
         assert finished.returncode == 0, finished.stderr
         served = served_counts(emulator)
+        again = run_cli(*args)  # the same command over the finished store (now a folder)
+        assert again.returncode == 0, again.stderr
+        assert served_counts(emulator) == served
     published = {key: (store / key).stat().st_mtime_ns for key in kept}
     assert published == kept  # journaled chunks kept as written, not written again
     keys_served = [tile_key(spec, tiles[i]) for i in kept_tiles]
