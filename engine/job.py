@@ -163,6 +163,8 @@ def open_job(
     Returns the spec to run: ``spec``, with the stored plan's settings when resuming.
     """
     job = store.job()
+    if job is None and not store.is_server:
+        _refuse_a_second_job(store, state_path)
     if job is None:
         tiles = [new_tile(t) for t in plan(spec)]
         try:
@@ -197,6 +199,18 @@ def open_job(
     leaves = sum(n for status, n in store.counts().items() if status != "split")
     spec, notes = resumed_spec(stored, spec, leaves, partial(_largest_side, store))
     return False, notes, spec
+
+
+def _refuse_a_second_job(store: Store, state_path: Path | str) -> None:
+    """A state file keeps one job: its tile folder and its lock are the file's, so a second
+    job there (another --job name) would clear the first one's tiles as leftovers."""
+    others = store.jobs()
+    if others:
+        raise JobError(
+            f"state file {state_path} holds job {others[0].name!r} (for "
+            f"{others[0].output_path}); a state file keeps one job: give this download its own "
+            "--state (a PostgreSQL --state keeps several jobs, each under its --job name)"
+        )
 
 
 def _largest_side(store: Store) -> int:

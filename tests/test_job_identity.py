@@ -169,6 +169,33 @@ def test_a_finished_job_whose_output_another_download_replaced_does_not_call_it_
         assert sum(served_counts(emulator).values()) == fetched
 
 
+def test_a_state_file_keeps_one_job_and_a_second_one_touches_none_of_its_tiles(
+    tmp_path: Path,
+) -> None:
+    """Another --job name in a state file that holds a job is refused before anything is
+    planned: the file's tile folder is the first job's, which a new job would clear."""
+    output = tmp_path / "c.tif"
+    state = state_of(output)
+    tiles = tmp_path / "c.tif.eefetch-tiles"
+    with EmulatorThread(EmulatorConfig.from_profile("clean", seed=6)) as emulator:
+        first = run_cli(*dem_args(emulator.url, output, "--keep-tiles", "--quiet"))
+        assert first.returncode == 0, first.stderr
+        kept = sorted(tiles.glob("*.tif"))
+        elsewhere = "118.73,32.00,118.75,32.02"
+        other = dem_args(emulator.url, tmp_path / "d.tif", "--job", "d", region=elsewhere)
+        refused = run_cli(*other, "--state", str(state))
+    assert refused.returncode == 1
+    assert one_line_error(refused.stderr) == (
+        f"Error: state file {state} holds job 'c' (for {output}); a state file keeps one job: "
+        "give this download its own --state (a PostgreSQL --state keeps several jobs, each "
+        "under its --job name)"
+    )
+    assert kept and sorted(tiles.glob("*.tif")) == kept
+    assert not (tmp_path / "d.tif").exists()
+    status = run_cli("status", str(tmp_path))
+    assert status.returncode == 0 and "c.tif" in status.stdout
+
+
 @pytest.mark.slow
 def test_two_jobs_never_write_one_output_at_once(tmp_path: Path, oracle: EmulatorThread) -> None:
     """While one job holds the output (here: this test, as a stand-in for a running job with
