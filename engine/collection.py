@@ -29,7 +29,7 @@ import ee
 
 from engine import ee_adapter
 from engine.defaults import DEFAULT_PARALLEL_IMAGES, PROJECT_QUOTA
-from engine.errors import EarthEngineError, EefetchError, InvalidJob
+from engine.errors import EarthEngineError, EefetchError, InvalidJob, OtherJobError
 from engine.job import JobResult, RunOptions, new_limiter, open_gate, run_job
 from engine.paths import default_state_path
 from engine.progress import Progress, SilentProgress
@@ -58,6 +58,9 @@ class CollectionResult:
     out_dir: Path
     results: dict[str, JobResult] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    # Images whose state holds another download (the arguments changed): running again
+    # cannot help them, unlike the others in ``errors``.
+    other_jobs: set[str] = field(default_factory=set)
 
     @property
     def complete(self) -> bool:
@@ -195,6 +198,20 @@ class Where:
         """The state of the job that writes ``output``: the server's, else the file beside it."""
         return self.state or default_state_path(output)
 
+    def other_job_advice(self, target: Path | str, name: str | None) -> str:
+        """What to do when an image's state holds another download: the collection's
+        arguments changed since it was written, so running it again cannot help."""
+        if self.state is None:
+            return (
+                f"{target} holds another download of this image (the arguments changed); "
+                "write the collection to another folder with -o, or delete the images' state "
+                "files (*.eefetch.db) to start over"
+            )
+        return (
+            f"job {name} in the --state database is another download of this image (the "
+            "arguments changed); give the collection another --job name"
+        )
+
     def target(self, image: CollectionImage, spec: JobSpec) -> tuple[Path | str, str | None]:
         """The state and the job name of one image."""
         if self.state is None:
@@ -247,6 +264,10 @@ async def _run_images(
             target, name = where.target(image, spec)
             try:
                 job = await run_job(spec, target, shared, overall.child(image.name), job=name)
+            except OtherJobError:
+                result.other_jobs.add(image.name)
+                result.errors[image.name] = where.other_job_advice(target, name)
+                progress.note(f"{image.name}: {result.errors[image.name]}")
             except (EefetchError, OSError) as exc:
                 result.errors[image.name] = " ".join(str(exc).split())
                 progress.note(f"{image.name}: {result.errors[image.name]}")

@@ -12,7 +12,8 @@
     │   ├── EarthEngineError          Earth Engine refused: credentials, project, the image
     │   ├── EarthEngineUnreachable    no answer from Earth Engine: network, proxy, timeout
     │   ├── JobError                  this job cannot go on here: another job's state, an
-    │   │                             output in the way, a folder that cannot be written
+    │   │   │                         output in the way, a folder that cannot be written
+    │   │   └── OtherJobError         the state given holds another download
     │   ├── MergeError                the output could not be written (a full disk, ...)
     │   │   └── OutputExistsError
     │   ├── PreviewError              no picture could be made
@@ -72,6 +73,11 @@ class JobError(UserError):
     """The job cannot go on here as things stand: the message says what is in the way."""
 
 
+class OtherJobError(JobError):
+    """The state given holds another download (other arguments, or another output): the
+    advice differs for one image and for a collection's, so callers can tell it apart."""
+
+
 class MergeError(UserError):
     """The output could not be written; the fetched tiles are kept."""
 
@@ -109,11 +115,17 @@ class CollectionIncomplete(IncompleteError):
     def __init__(self, result: CollectionResult) -> None:
         unfinished = [n for n, r in result.results.items() if not r.complete]
         failed = {**{n: "tiles failed" for n in unfinished}, **result.errors}
-        first = next(iter(failed.items()))
+        resumable = {n: e for n, e in failed.items() if n not in result.other_jobs}
+        first = next(iter((resumable or failed).items()))
+        # An image whose state holds another download says itself what to do.
+        advice = (
+            f"; run the same command again to resume, or see `eefetch status {result.out_dir}`"
+            if resumable
+            else ""
+        )
         super().__init__(
             f"{len(failed)} of {len(result.results) + len(result.errors)} image(s) did not "
-            f"finish (first: {first[0]}: {first[1]}); run the same command again to resume, "
-            f"or see `eefetch status {result.out_dir}`"
+            f"finish (first: {first[0]}: {first[1]}){advice}"
         )
         self.result = result
 
@@ -173,6 +185,7 @@ __all__ = [
     "JobLockedError",
     "JobStopped",
     "MergeError",
+    "OtherJobError",
     "OutputExistsError",
     "PreviewError",
     "SourceError",

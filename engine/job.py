@@ -29,7 +29,7 @@ from engine.defaults import (
     EE_MAX_SIDE_URLS,
     PROJECT_QUOTA,
 )
-from engine.errors import JobError, SpecError
+from engine.errors import JobError, OtherJobError, SpecError
 from engine.fetch import TileFetcher
 from engine.grid import TilePlan, plan_tiles
 from engine.heartbeat import WorkerSession
@@ -186,12 +186,12 @@ def open_job(
         raise JobError(f"state file {state_path}: {exc}") from exc
     differs = identity_differences(stored, spec)
     if differs and store.is_server:
-        raise JobError(
+        raise OtherJobError(
             f"job {job.name} in {state_path} is another download (for {job.output_path}; it "
             f"differs in {', '.join(differs)}); give this download another --job name"
         )
     if differs:
-        raise JobError(
+        raise OtherJobError(
             f"state file {state_path} holds another job (for {job.output_path}; it differs in "
             f"{', '.join(differs)}); give this download its own --state, or delete that file "
             "to start over"
@@ -206,7 +206,7 @@ def _refuse_a_second_job(store: Store, state_path: Path | str) -> None:
     job there (another --job name) would clear the first one's tiles as leftovers."""
     others = store.jobs()
     if others:
-        raise JobError(
+        raise OtherJobError(
             f"state file {state_path} holds job {others[0].name!r} (for "
             f"{others[0].output_path}); a state file keeps one job: give this download its own "
             "--state (a PostgreSQL --state keeps several jobs, each under its --job name)"

@@ -266,3 +266,22 @@ def test_a_collection_state_that_is_not_a_server_is_refused_before_any_work(
         "got 'all.eefetch.db'; without it every image keeps its state in a file beside it"
     )
     assert not (tmp_path / "cli").exists() and not Path("all.eefetch.db").exists()
+
+
+def test_a_collection_whose_arguments_changed_says_what_will_help(
+    tmp_path: Path, emulator: EmulatorThread
+) -> None:
+    """Other bands into the same folder: each image's state holds another download, which
+    running the command again cannot change; the advice is another folder, or starting over."""
+    base = ["collection", "--start", START, "--end", END, "--max-cloud", "10", "--limit", "1"]
+    grid = ["--region", REGION, "--scale", "60", "--crs", "EPSG:4326", "--quiet"]
+    where = ["-o", str(tmp_path / "scenes"), "--ee-url", emulator.url]
+    first = CliRunner().invoke(main, [*base, *grid, *where, "--bands", "B4"])
+    assert first.exit_code == 0, first.output
+    changed = CliRunner().invoke(main, [*base, *grid, *where, "--bands", "B4,B3"])
+    assert changed.exit_code == 1
+    line = changed.stderr.strip().splitlines()[-1]
+    assert "holds another download of this image (the arguments changed); write the " in line
+    assert "collection to another folder with -o, or delete the images' state files" in line
+    assert "run the same command again" not in changed.stderr
+    assert "--state" not in changed.stderr  # a collection's file states cannot be chosen
