@@ -131,8 +131,8 @@ class TileFetcher:
                 raise FetchError(
                     ErrorKind.DISK,
                     f"cannot write tile files in {self.tiles.root}: "
-                    f"{exc.strerror}; free some space or choose another folder "
-                    "with --state, then run the same command again",
+                    f"{exc.strerror}; free some space (or make the folder writable), then "
+                    "run the same command again",
                 ) from exc
             raise FetchError(ErrorKind.BODY, f"writing the tile failed: {exc}") from exc
 
