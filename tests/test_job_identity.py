@@ -169,6 +169,7 @@ def test_a_finished_job_whose_output_another_download_replaced_does_not_call_it_
         assert sum(served_counts(emulator).values()) == fetched
 
 
+@pytest.mark.slow
 def test_a_state_file_keeps_one_job_and_a_second_one_touches_none_of_its_tiles(
     tmp_path: Path,
 ) -> None:
