@@ -206,9 +206,7 @@ def composite(
 @main.command()
 @opt.source_options
 @opt.request_options
-@opt.file_option(
-    "-o",
-    "--output",
+@opt.output_option(
     default="download.tif",
     show_default=True,
     help="Where the GeoTIFF would go (for the free-space check).",

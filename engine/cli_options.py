@@ -90,13 +90,12 @@ def _is_zarr_store(path: str) -> bool:
     )
 
 
-output = click.option(
-    "-o",
-    "--output",
-    type=click.Path(),
-    callback=_output_path,
-    help="GeoTIFF to write (a name ending .zarr: a Zarr store).",
-)
+def output_option(**attrs: Any) -> Callable[[F], F]:
+    """``-o``: the GeoTIFF or Zarr store a download writes."""
+    return click.option("-o", "--output", type=click.Path(), callback=_output_path, **attrs)
+
+
+output = output_option(help="GeoTIFF to write (a name ending .zarr: a Zarr store).")
 state = click.option(
     "--state",
     help="State database: an SQLite file (default: OUTPUT.eefetch.db beside the output), or "
