@@ -12,7 +12,6 @@ checks that download, composite, collection and the Python API offer the same se
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from engine.cli_command import InvalidInput
 from engine.defaults import (
     CLOUD_MASKS,
     COMPRESSIONS,
@@ -74,25 +72,10 @@ def file_option(*names: str, **attrs: Any) -> Callable[[F], F]:
 # ------------------------------------------------------------------- single options
 
 
-def _output_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A download's output: a file, or a Zarr store, which is a folder once written (so that
-    the same command runs again over it, as every message says)."""
-    if value is not None and os.path.isdir(value) and not _is_zarr_store(value):
-        raise InvalidInput(
-            f"-o {value} is a folder; give a file name (or a name ending .zarr for a Zarr store)"
-        )
-    return value
-
-
-def _is_zarr_store(path: str) -> bool:
-    return path.lower().rstrip("/").endswith(".zarr") or os.path.exists(
-        os.path.join(path, "zarr.json")
-    )
-
-
 def output_option(**attrs: Any) -> Callable[[F], F]:
-    """``-o``: the GeoTIFF or Zarr store a download writes."""
-    return click.option("-o", "--output", type=click.Path(), callback=_output_path, **attrs)
+    """``-o``: the GeoTIFF or Zarr store a download writes (a store is a folder once written;
+    ``request.check`` refuses any other folder)."""
+    return click.option("-o", "--output", type=click.Path(), **attrs)
 
 
 output = output_option(help="GeoTIFF to write (a name ending .zarr: a Zarr store).")

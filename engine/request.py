@@ -430,8 +430,14 @@ def _check_file_options(request: DownloadRequest) -> None:
         )
     output = request.output.expanduser()
     if output.is_dir() and not (zarr and _looks_like_zarr(output)):
-        what = "Zarr store (-o NAME.zarr)" if zarr else "GeoTIFF file to write (-o FILE.tif)"
-        raise InvalidJob(f"{request.output} is a folder; give the {what}")
+        if zarr:
+            raise InvalidJob(
+                f"{request.output} is a folder but not a Zarr store; give another name for the "
+                "store (-o NAME.zarr)"
+            )
+        raise InvalidJob(
+            f"{request.output} is a folder; give the GeoTIFF file to write (-o FILE.tif)"
+        )
 
 
 def _looks_like_zarr(folder: Path) -> bool:

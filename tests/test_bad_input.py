@@ -105,7 +105,7 @@ CASES = [
     (
         "output is a folder",
         [*download(*DEM), "-o", "{inputs}"],
-        ["is a folder; give a file name (or a name ending .zarr for a Zarr store)"],
+        ["is a folder; give the GeoTIFF file to write (-o FILE.tif)"],
     ),
     (
         "crs unknown",
