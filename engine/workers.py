@@ -88,6 +88,12 @@ async def _work(
     if created and output.exists() and not options.overwrite:
         raise output_exists_error(output)
     if job.status == "merged":
+        if output.exists() and not still_written_by(output, spec):  # seen from this machine
+            raise JobError(
+                f"{output} is no longer the output job {job.name} wrote (another download has "
+                "replaced it); choose another output with -o, or run the job again under "
+                "another --job name"
+            )
         counts = await state(store.counts)
         done = f"already complete: {job.output_path}"
         return JobResult(output, label, counts, RunSummary(), True, [done], job=job.name)

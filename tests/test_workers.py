@@ -139,6 +139,19 @@ def test_three_workers_share_a_job_fetch_each_tile_once_and_one_merges(
     assert again.exit_code == 0, again.output
     assert_oracle(output, pg_url, "dem", oracle)
 
+    # Another download replaces the file: the finished job does not call it its own.
+    elsewhere = dem_args(emulator.url, output, "--quiet", region="118.73,32.00,118.75,32.02")
+    other = [*elsewhere, "--state", str(tmp_path / "b.db"), "--overwrite"]
+    assert CliRunner().invoke(main, other).exit_code == 0
+    refused = CliRunner().invoke(main, download(pg_url, emulator.url, output, "dem"))
+    assert refused.exit_code == 1
+    assert "is no longer the output job dem wrote (another download has replaced it)" in (
+        refused.stderr
+    )
+    merge = CliRunner().invoke(main, ["merge", pg_url, "--job", "dem"])
+    assert merge.exit_code == 1 and "already exists" in merge.stderr
+    assert_matches_oracle(output, tmp_path / "b.db", oracle)
+
 
 @pytest.mark.slow
 def test_a_killed_workers_tiles_go_to_the_others_after_its_lease(
