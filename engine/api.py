@@ -26,6 +26,7 @@ from engine.errors import (
     CollectionIncomplete,
     DownloadIncomplete,
     EefetchError,
+    OtherJobError,
 )
 from engine.job import JobResult, run_job
 from engine.paths import state_target
@@ -258,10 +259,12 @@ def _stack(
     with ee_adapter.client_settings(workload_tag=request.workload_tag):
         members = images_of.list_images(collection, filenames)
         spec = stack_job(collection, members, request, connection, concurrency=settings.concurrency)
-        running = run_job(
-            spec, where.state_for(output), options, progress or choose_progress(quiet), job=job
-        )
-        result = run_sync(running)
+        target = where.state_for(output)
+        running = run_job(spec, target, options, progress or choose_progress(quiet), job=job)
+        try:
+            result = run_sync(running)
+        except OtherJobError as exc:
+            raise where.reworded(exc, target, job) from exc
     outcome = CollectionResult(output.parent, {output.name: result})
     if not outcome.complete:
         raise CollectionIncomplete(outcome)

@@ -797,6 +797,7 @@ def _stack(
     whose state is a file beside the store, or job ``job_name`` in ``where``'s database."""
     from dataclasses import replace
 
+    from engine.errors import OtherJobError
     from engine.estimate import plan_spec
     from engine.stack import stack_job, stack_output
 
@@ -810,7 +811,11 @@ def _stack(
         click.echo(plan_spec(spec).text())
         return
     output.parent.mkdir(parents=True, exist_ok=True)
-    _run_spec(spec, where.state_for(output), job_name, settings, connection, fetch.quiet)
+    target = where.state_for(output)
+    try:
+        _run_spec(spec, target, job_name, settings, connection, fetch.quiet)
+    except OtherJobError as exc:
+        raise where.reworded(exc, target, job_name) from exc
 
 
 def _plan_collection(jobs: list[tuple[Any, Any]]) -> None:

@@ -29,7 +29,7 @@ import ee
 
 from engine import ee_adapter
 from engine.defaults import DEFAULT_PARALLEL_IMAGES, PROJECT_QUOTA
-from engine.errors import EarthEngineError, EefetchError, InvalidJob, OtherJobError
+from engine.errors import EarthEngineError, EefetchError, InvalidJob, JobError, OtherJobError
 from engine.job import JobResult, RunOptions, new_limiter, open_gate, run_job
 from engine.paths import default_state_path
 from engine.progress import Progress, SilentProgress
@@ -58,9 +58,9 @@ class CollectionResult:
     out_dir: Path
     results: dict[str, JobResult] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
-    # Images whose state holds another download (the arguments changed): running again
-    # cannot help them, unlike the others in ``errors``.
-    other_jobs: set[str] = field(default_factory=set)
+    # Images a JobError stopped (their state holds another download, an output is in the
+    # way, ...): running the same command again cannot help them, unlike the rest of ``errors``.
+    blocked: set[str] = field(default_factory=set)
 
     @property
     def complete(self) -> bool:
@@ -198,19 +198,26 @@ class Where:
         """The state of the job that writes ``output``: the server's, else the file beside it."""
         return self.state or default_state_path(output)
 
-    def other_job_advice(self, target: Path | str, name: str | None) -> str:
+    def other_job_advice(
+        self, target: Path | str, name: str | None, differs: Sequence[str] = ()
+    ) -> str:
         """What to do when an image's state holds another download: the collection's
         arguments changed since it was written, so running it again cannot help."""
+        how = f"it differs in {', '.join(differs)}" if differs else "the arguments changed"
         if self.state is None:
             return (
-                f"{target} holds another download of this image (the arguments changed); "
-                "write the collection to another folder with -o, or delete the images' state "
-                "files (*.eefetch.db) to start over"
+                f"{target} holds another download ({how}); write the collection to another "
+                "folder with -o, or delete the state files (*.eefetch.db) there and run it "
+                "again with --overwrite"
             )
         return (
-            f"job {name} in the --state database is another download of this image (the "
-            "arguments changed); give the collection another --job name"
+            f"job {name} in the --state database is another download ({how}); give the "
+            "collection another --job name"
         )
+
+    def reworded(self, exc: OtherJobError, target: Path | str, name: str | None) -> OtherJobError:
+        """``exc`` with the advice for a collection (a stacked store's job included)."""
+        return OtherJobError(self.other_job_advice(target, name, exc.differs), exc.differs)
 
     def target(self, image: CollectionImage, spec: JobSpec) -> tuple[Path | str, str | None]:
         """The state and the job name of one image."""
@@ -264,10 +271,15 @@ async def _run_images(
             target, name = where.target(image, spec)
             try:
                 job = await run_job(spec, target, shared, overall.child(image.name), job=name)
-            except OtherJobError:
-                result.other_jobs.add(image.name)
-                result.errors[image.name] = where.other_job_advice(target, name)
-                progress.note(f"{image.name}: {result.errors[image.name]}")
+            except JobError as exc:
+                result.blocked.add(image.name)
+                text = (
+                    where.other_job_advice(target, name, exc.differs)
+                    if isinstance(exc, OtherJobError)
+                    else " ".join(str(exc).split())
+                )
+                result.errors[image.name] = text
+                progress.note(f"{image.name}: {text}")
             except (EefetchError, OSError) as exc:
                 result.errors[image.name] = " ".join(str(exc).split())
                 progress.note(f"{image.name}: {result.errors[image.name]}")

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 from state.errors import EefetchError, IncompleteError, JobLockedError, StateError, UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from engine.collection import CollectionResult
     from engine.job import JobResult
 
@@ -75,7 +77,12 @@ class JobError(UserError):
 
 class OtherJobError(JobError):
     """The state given holds another download (other arguments, or another output): the
-    advice differs for one image and for a collection's, so callers can tell it apart."""
+    advice differs for one image and for a collection's, so callers can tell it apart.
+    ``differs`` says how the two downloads differ."""
+
+    def __init__(self, message: str, differs: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.differs = tuple(differs)
 
 
 class MergeError(UserError):
@@ -115,9 +122,9 @@ class CollectionIncomplete(IncompleteError):
     def __init__(self, result: CollectionResult) -> None:
         unfinished = [n for n, r in result.results.items() if not r.complete]
         failed = {**{n: "tiles failed" for n in unfinished}, **result.errors}
-        resumable = {n: e for n, e in failed.items() if n not in result.other_jobs}
+        resumable = {n: e for n, e in failed.items() if n not in result.blocked}
         first = next(iter((resumable or failed).items()))
-        # An image whose state holds another download says itself what to do.
+        # An image a JobError stopped says itself what to do; running again cannot help it.
         advice = (
             f"; run the same command again to resume, or see `eefetch status {result.out_dir}`"
             if resumable

@@ -188,13 +188,15 @@ def open_job(
     if differs and store.is_server:
         raise OtherJobError(
             f"job {job.name} in {state_path} is another download (for {job.output_path}; it "
-            f"differs in {', '.join(differs)}); give this download another --job name"
+            f"differs in {', '.join(differs)}); give this download another --job name",
+            differs,
         )
     if differs:
         raise OtherJobError(
             f"state file {state_path} holds another job (for {job.output_path}; it differs in "
             f"{', '.join(differs)}); give this download its own --state, or delete that file "
-            "to start over"
+            "to start over",
+            differs,
         )
     leaves = sum(n for status, n in store.counts().items() if status != "split")
     spec, notes = resumed_spec(stored, spec, leaves, partial(_largest_side, store))
@@ -708,9 +710,9 @@ def still_written_by(output: Path, spec: JobSpec) -> bool:
 
 def replaced_output_error(output: Path) -> JobError:
     return JobError(
-        f"{output} is no longer the file this job wrote (another download has replaced it); "
-        "pass --overwrite to write this job's again (its tiles are fetched again), or choose "
-        "another output with -o"
+        f"{output} is no longer the output this job wrote (another download has replaced "
+        "it); pass --overwrite to write this job's again (its tiles are fetched again unless "
+        "kept), or choose another output with -o"
     )
 
 

@@ -258,14 +258,15 @@ def test_a_collection_state_that_is_not_a_server_is_refused_before_any_work(
         )  # fmt: skip
     assert not (tmp_path / "scenes").exists() and not (tmp_path / "all.eefetch.db").exists()
     command = ["collection", "--start", START, "--end", END, "--region", REGION, "--scale", "60"]
-    where = ["-o", str(tmp_path / "cli"), "--ee-url", emulator.url, "--state", "all.eefetch.db"]
+    state = tmp_path / "cli.eefetch.db"
+    where = ["-o", str(tmp_path / "cli"), "--ee-url", emulator.url, "--state", str(state)]
     refused = CliRunner().invoke(main, [*command, *where])
     assert refused.exit_code == 2
     assert refused.stderr.strip() == (
         "Error: --state for a collection is a PostgreSQL URL (postgresql://user@host:port/db), "
-        "got 'all.eefetch.db'; without it every image keeps its state in a file beside it"
+        f"got '{state}'; without it every image keeps its state in a file beside it"
     )
-    assert not (tmp_path / "cli").exists() and not Path("all.eefetch.db").exists()
+    assert not (tmp_path / "cli").exists() and not state.exists()
 
 
 def test_a_collection_whose_arguments_changed_says_what_will_help(
@@ -281,7 +282,7 @@ def test_a_collection_whose_arguments_changed_says_what_will_help(
     changed = CliRunner().invoke(main, [*base, *grid, *where, "--bands", "B4,B3"])
     assert changed.exit_code == 1
     line = changed.stderr.strip().splitlines()[-1]
-    assert "holds another download of this image (the arguments changed); write the " in line
-    assert "collection to another folder with -o, or delete the images' state files" in line
+    assert "holds another download (it differs in expression, band_ids); write the " in line
+    assert "collection to another folder with -o, or delete the state files (*.eefetch.db)" in line
     assert "run the same command again" not in changed.stderr
     assert "--state" not in changed.stderr  # a collection's file states cannot be chosen

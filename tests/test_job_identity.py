@@ -152,9 +152,9 @@ def test_a_finished_job_whose_output_another_download_replaced_does_not_call_it_
         again = run_cli(*job_a)
         assert again.returncode == 1
         assert one_line_error(again.stderr) == (
-            f"Error: {output} is no longer the file this job wrote (another download has "
+            f"Error: {output} is no longer the output this job wrote (another download has "
             "replaced it); pass --overwrite to write this job's again (its tiles are fetched "
-            "again), or choose another output with -o"
+            "again unless kept), or choose another output with -o"
         )
         merged = run_cli("merge", str(state_a))
         assert merged.returncode == 1

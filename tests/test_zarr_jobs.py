@@ -25,6 +25,7 @@ from engine import api, ee_adapter, open_dataset
 from engine.cli import main
 from engine.emulator.config import EmulatorConfig
 from engine.emulator.server import EmulatorThread
+from engine.errors import OtherJobError
 from engine.outputs import zarr_layout
 from engine.testing.cli import REPO, run_cli, start_cli
 from engine.testing.jobs import dem_args, download_dem, job_spec, state_of
@@ -204,6 +205,17 @@ def test_a_collection_goes_to_one_store_with_a_time_dimension(
     np.testing.assert_array_equal(
         open_dataset(tmp_path / "cli.zarr").band_data.values, ds.band_data.values
     )
+    # Other values into the same store: advice a collection can follow (no --state for it).
+    changed = CliRunner().invoke(main, [*args, "--cloud-mask", "none", "--quiet"])
+    assert changed.exit_code == 1
+    assert "cli.zarr.eefetch.db holds another download (it differs in expression, dtype" in (
+        changed.stderr
+    )
+    assert "write the collection to another folder with -o" in changed.stderr
+    assert "--state" not in changed.stderr
+    with pytest.raises(OtherJobError, match="write the collection to another folder with -o"):
+        fewer = {**common, "bands": ["B4"]}
+        api.download_ee_image_collection(scenes, tmp_path / "scenes", zarr=True, **fewer)
 
 
 def test_the_geotiff_path_never_imports_zarr_or_xarray(
