@@ -31,7 +31,7 @@ from engine import ee_adapter
 from engine.defaults import DEFAULT_PARALLEL_IMAGES, PROJECT_QUOTA
 from engine.errors import EarthEngineError, EefetchError, InvalidJob, JobError, OtherJobError
 from engine.job import JobResult, RunOptions, new_limiter, open_gate, run_job
-from engine.paths import default_state_path
+from engine.paths import state_target
 from engine.progress import Progress, SilentProgress
 from engine.quota_gate import new_owner
 from engine.spec import JobSpec
@@ -196,28 +196,24 @@ class Where:
 
     def state_for(self, output: Path) -> Path | str:
         """The state of the job that writes ``output``: the server's, else the file beside it."""
-        return self.state or default_state_path(output)
+        return state_target(self.state, output)
 
-    def other_job_advice(
-        self, target: Path | str, name: str | None, differs: Sequence[str] = ()
-    ) -> str:
-        """What to do when an image's state holds another download: the collection's
-        arguments changed since it was written, so running it again cannot help."""
-        how = f"it differs in {', '.join(differs)}" if differs else "the arguments changed"
+    def reworded(self, exc: OtherJobError, target: Path | str, name: str | None) -> OtherJobError:
+        """``exc`` (the state of an image, or of a stacked store, holds another download) with
+        what a collection can do: its arguments changed, so running it again cannot help."""
+        how = f"it differs in {', '.join(exc.differs)}" if exc.differs else "the arguments changed"
         if self.state is None:
-            return (
+            advice = (
                 f"{target} holds another download ({how}); write the collection to another "
                 "folder with -o, or delete the state files (*.eefetch.db) there and run it "
                 "again with --overwrite"
             )
-        return (
-            f"job {name} in the --state database is another download ({how}); give the "
-            "collection another --job name"
-        )
-
-    def reworded(self, exc: OtherJobError, target: Path | str, name: str | None) -> OtherJobError:
-        """``exc`` with the advice for a collection (a stacked store's job included)."""
-        return OtherJobError(self.other_job_advice(target, name, exc.differs), exc.differs)
+        else:
+            advice = (
+                f"job {name} in the --state database is another download ({how}); give the "
+                "collection another --job name"
+            )
+        return OtherJobError(advice, exc.differs)
 
     def target(self, image: CollectionImage, spec: JobSpec) -> tuple[Path | str, str | None]:
         """The state and the job name of one image."""
@@ -271,16 +267,11 @@ async def _run_images(
             target, name = where.target(image, spec)
             try:
                 job = await run_job(spec, target, shared, overall.child(image.name), job=name)
-            except JobError as exc:
-                result.blocked.add(image.name)
-                text = (
-                    where.other_job_advice(target, name, exc.differs)
-                    if isinstance(exc, OtherJobError)
-                    else " ".join(str(exc).split())
-                )
-                result.errors[image.name] = text
-                progress.note(f"{image.name}: {text}")
             except (EefetchError, OSError) as exc:
+                if isinstance(exc, JobError):  # running the same command again cannot help
+                    result.blocked.add(image.name)
+                if isinstance(exc, OtherJobError):
+                    exc = where.reworded(exc, target, name)
                 result.errors[image.name] = " ".join(str(exc).split())
                 progress.note(f"{image.name}: {result.errors[image.name]}")
             else:

@@ -163,9 +163,9 @@ def open_job(
     Returns the spec to run: ``spec``, with the stored plan's settings when resuming.
     """
     job = store.job()
-    if job is None and not store.is_server:
-        _refuse_a_second_job(store, state_path)
     if job is None:
+        if not store.is_server:
+            _refuse_a_second_job(store, state_path)
         tiles = [new_tile(t) for t in plan(spec)]
         try:
             store.create_job(spec.fingerprint(), spec.to_dict(), __version__, spec.output, tiles)
@@ -708,6 +708,12 @@ def still_written_by(output: Path, spec: JobSpec) -> bool:
     return recorded_fingerprint(output) == spec.fingerprint()
 
 
+def may_merge_over(status: str, spec: JobSpec) -> bool:
+    """Whether a merge of this job may replace its output unasked: a finished job's own output
+    (merged again from kept tiles), never another download's."""
+    return status == "merged" and still_written_by(Path(spec.output), spec)
+
+
 def replaced_output_error(output: Path) -> JobError:
     return JobError(
         f"{output} is no longer the output this job wrote (another download has replaced "
@@ -764,9 +770,8 @@ def merge_only(
         spec = JobSpec.from_dict(record.spec)
         tiles = TileStore(job_tiles_folder(state_path, Path(spec.output), record.name, tile_folder))
         with OutputLock(spec.output):
-            # A finished job merges again over its own output, not over another download's.
-            mine = record.status == "merged" and still_written_by(Path(spec.output), spec)
-            return _merge_only(store, spec, state_path, tiles, overwrite or mine)
+            replace_own = may_merge_over(record.status, spec)
+            return _merge_only(store, spec, state_path, tiles, overwrite or replace_own)
 
 
 def _merge_only(

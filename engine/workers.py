@@ -38,6 +38,7 @@ from engine.job import (
     add_summary,
     check_output_folder,
     fetching,
+    may_merge_over,
     merge_to_the_end,
     open_job,
     output_exists_error,
@@ -249,8 +250,8 @@ async def _merge_shared(
                         f"{store.target} --job {job.name}` to fetch them again and merge"
                     )
                 await state(store.set_job_status, "downloaded")
-                mine = job.status == "merged" and still_written_by(Path(spec.output), spec)
-                return await _merge(spec, store, state, tiles, overwrite or mine)
+                replace_own = may_merge_over(job.status, spec)
+                return await _merge(spec, store, state, tiles, overwrite or replace_own)
         finally:
             await uninterrupted(store.close, executor=state.executor)
     finally:
